@@ -1,0 +1,150 @@
+"""Build and load psum's compiled CPU kernels (``emulator/kernels/*.c``).
+
+Why a C library through ctypes rather than a torch C++ extension or numba: the kernels
+need no torch API (they take raw pointers), so a plain C file compiles in about a
+second with the system compiler instead of the half-minute a torch extension costs,
+and it adds no dependency. OpenMP spreads the work over the cores.
+
+The shared library is cached under ``$PSUM_CACHE_DIR`` (default ``~/.cache/psum``),
+keyed by a hash of the source, the compiler, its flags and the machine; ``$CC``
+chooses the compiler (default ``cc``). No compiler is a clear error, never a silent
+slow path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+from psum.formats import FloatFormat
+
+_SOURCE = Path(__file__).with_name("kernels") / "psum_cpu.c"
+# -ffp-contract=off: a fused multiply-add would break the exact TwoSum error terms.
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math",
+          "-fPIC", "-shared", "-std=c11"]
+
+
+class KernelBuildError(RuntimeError):
+    """The CPU kernels could not be compiled (no compiler, or the compile failed)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PSUM_CACHE_DIR") or Path.home() / ".cache" / "psum")
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC", "cc")
+    path = shutil.which(cc)
+    if path is None:
+        raise KernelBuildError(
+            f"psum's CPU kernels need a C compiler with OpenMP, and {cc!r} was not found "
+            "(install gcc, e.g. `apt-get install gcc`, or set CC)"
+        )
+    return path
+
+
+def _build(cc: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(out)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
+            raise KernelBuildError(f"compiling {_SOURCE.name} with {cc} failed: {first}")
+        os.replace(out, target)  # atomic: concurrent builders never see half a file
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The compiled kernel library, built on first use."""
+    cc = _compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                             check=False).stdout
+    key = hashlib.blake2b(digest_size=12)
+    for part in (_SOURCE.read_bytes(), cc.encode(), version.encode(), " ".join(_FLAGS).encode(),
+                 platform.machine().encode(), platform.node().encode()):
+        key.update(part)
+        key.update(b"\0")
+    target = cache_dir() / "kernels" / f"psum_cpu-{key.hexdigest()}.so"
+    if not target.exists():
+        _build(cc, target)
+    lib = ctypes.CDLL(str(target))
+    for name in ("psum_quantize_f32", "psum_quantize_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                       ctypes.POINTER(FormatParams), ctypes.c_int]
+        fn.restype = None
+    return lib
+
+
+class FormatParams(ctypes.Structure):
+    """ctypes mirror of ``psum_fmt`` in psum_cpu.c: a FloatFormat as double patterns."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in (
+        "man_bits", "emin", "subnormals", "nearest_even", "max_abs", "overflow_abs",
+        "inf_abs", "min_normal_abs", "min_sub_abs", "half_min_sub_abs", "ftz_up_abs",
+        "nan_result",
+    )]
+
+
+def _pattern(value: Fraction | float) -> int:
+    """Pattern of the double equal to ``value`` (which must be exactly a double)."""
+    as_float = float(value)
+    if not isinstance(value, float) and Fraction(as_float) != value:
+        raise AssertionError(f"{value} is not exactly a double")  # guarded by check_fits
+    return struct.unpack("<Q", struct.pack("<d", as_float))[0]
+
+
+def check_fits(fmt: FloatFormat, dtype_name: str) -> None:
+    """Raise ValueError unless every value and rounding breakpoint of ``fmt`` is exact
+    in the kernels' double arithmetic and every value of ``fmt`` is a ``dtype_name``.
+    """
+    lowest = fmt.emin - fmt.man_bits - 2  # exponent of the finest breakpoint (FTZ)
+    problems = []
+    if fmt.man_bits > 50 or fmt.emax > 1023 or fmt.emin < -1022 or lowest < -1074:
+        problems.append("its breakpoints are not all float64 numbers")
+    if dtype_name == "float32" and (fmt.man_bits > 23 or fmt.emax > 127
+                                    or fmt.emin - fmt.man_bits < -149):
+        problems.append("its values are not all float32 numbers (use a float64 tensor)")
+    if problems:
+        raise ValueError(
+            f"format {fmt} (exponents {fmt.emin}..{fmt.emax}, M={fmt.man_bits}) is not "
+            f"supported on {dtype_name} tensors: {'; '.join(problems)}"
+        )
+
+
+@functools.cache
+def format_params(fmt: FloatFormat) -> FormatParams:
+    """The kernel's description of ``fmt`` (call :func:`check_fits` first)."""
+    pow2 = lambda e: Fraction(2) ** e  # noqa: E731
+    nan_result = {  # docs/semantics.md: NaN where the format has it, else its largest code
+        (True, True): 0x7FF8000000000000,
+        (True, False): _pattern(float("inf")),
+        (False, False): _pattern(fmt.max_finite),
+    }[(fmt.has_inf, fmt.has_nan)]
+    max_abs = _pattern(fmt.max_finite)
+    inf_abs = _pattern(float("inf"))
+    return FormatParams(
+        man_bits=fmt.man_bits,
+        emin=fmt.emin,
+        subnormals=int(fmt.subnormals),
+        nearest_even=int(fmt.rounding == "nearest_even"),
+        max_abs=max_abs,
+        overflow_abs=inf_abs if fmt.has_inf and fmt.rounding == "nearest_even" else max_abs,
+        inf_abs=inf_abs if fmt.has_inf else max_abs,
+        min_normal_abs=_pattern(pow2(fmt.emin)),
+        min_sub_abs=_pattern(pow2(fmt.emin - fmt.man_bits)),
+        half_min_sub_abs=_pattern(pow2(fmt.emin - fmt.man_bits - 1)),
+        ftz_up_abs=_pattern(pow2(fmt.emin) - pow2(fmt.emin - fmt.man_bits - 2)),
+        nan_result=nan_result,
+    )

@@ -1,0 +1,57 @@
+"""Vectorized rounding of torch tensors into a psum number format.
+
+:func:`quantize` is the tensor form of :func:`psum.golden.round_to`: every element is
+rounded exactly as ``docs/semantics.md`` says (ties, both rounding modes, subnormals
+and flush-to-zero, overflow to Inf or saturation, signed zeros, Inf/NaN inputs). It
+runs in the compiled CPU kernel (``emulator/kernels/psum_cpu.c``): bit manipulation
+on the float64 pattern of each element, no per-element Python.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emulator import _native
+from psum.formats import FloatFormat, parse
+
+__all__ = ["quantize"]
+
+_KERNELS = {torch.float32: "psum_quantize_f32", torch.float64: "psum_quantize_f64"}
+
+
+def as_float_format(fmt: FloatFormat | str, role: str = "format") -> FloatFormat:
+    """``fmt`` parsed, checked to be a floating-point format."""
+    fmt = parse(fmt)
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"{role} must be a floating-point format, not the integer format {fmt}")
+    return fmt
+
+
+def quantize(t: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
+    """``t`` with every element rounded into ``fmt``; same shape, dtype and device.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        float32 or float64, on the CPU.
+    fmt : FloatFormat or str
+        Target format or its spec (``"e4m7"``, ``"bf16"``, ``"e5m2:sat"``...). Every
+        value of the format must be representable in ``t``'s dtype (for float32:
+        M <= 23 and exponents within float32's range), else ValueError.
+
+    Returns a new tensor holding values of ``fmt`` (NaN results as float NaN).
+    """
+    fmt = as_float_format(fmt)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"quantize takes a torch.Tensor, not {type(t).__name__}")
+    if t.dtype not in _KERNELS:
+        raise TypeError(f"quantize takes float32 or float64 tensors, not {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"quantize runs on CPU tensors; got a tensor on {t.device}")
+    _native.check_fits(fmt, str(t.dtype).removeprefix("torch."))
+    src = t.detach().contiguous()
+    out = torch.empty_like(src)
+    kernel = getattr(_native.library(), _KERNELS[t.dtype])
+    kernel(src.data_ptr(), out.data_ptr(), src.numel(), _native.format_params(fmt),
+           torch.get_num_threads())
+    return out

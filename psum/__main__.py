@@ -1,0 +1,5 @@
+import sys
+
+from psum.cli import main
+
+sys.exit(main())

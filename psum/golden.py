@@ -1,0 +1,324 @@
+"""The golden model: psum's arithmetic, exactly, in pure Python.
+
+This module is the executable form of ``docs/semantics.md``. It is slow on purpose:
+every intermediate result is an exact rational (``int`` / ``Fraction``) and rounding
+happens in one place only, :func:`round_to`. The fast emulator kernels and the
+generated hardware are tested against it.
+
+Values
+------
+An *exact value* is a :class:`~fractions.Fraction` (or ``int``) for finite numbers and
+a ``float`` for what a Fraction cannot carry: ``-0.0``, ``+-inf`` and ``nan``
+(``0.0`` and ``Fraction(0)`` are both +0). :func:`decode` returns finite nonzero values
+as Fractions and zeros/specials as floats.
+
+Bit patterns
+------------
+Formats are :class:`psum.formats.FloatFormat` / :class:`~psum.formats.IntFormat`;
+values stored in a format are carried as non-negative ``int`` bit patterns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+
+from psum.formats import FloatFormat, IntFormat, parse
+
+__all__ = [
+    "round_to",
+    "decode",
+    "multiply",
+    "add",
+    "mac_step",
+    "dot",
+    "int_mac_step",
+    "int_dot",
+    "nan_pattern",
+]
+
+_FINITE, _INF, _NAN = "finite", "inf", "nan"
+
+
+def _split(x) -> tuple[str, int, Fraction]:
+    """(kind, sign bit, magnitude) of an exact value."""
+    if isinstance(x, float):
+        if math.isnan(x):
+            return _NAN, 0, Fraction(0)
+        sign = 1 if math.copysign(1.0, x) < 0 else 0
+        if math.isinf(x):
+            return _INF, sign, Fraction(0)
+        return _FINITE, sign, abs(Fraction(x))
+    if isinstance(x, bool) or not isinstance(x, (int, Fraction)):
+        raise TypeError(f"exact values are int, Fraction or float, not {x!r}")
+    x = Fraction(x)
+    return _FINITE, 1 if x < 0 else 0, abs(x)
+
+
+def _join(kind: str, sign: int, mag: Fraction):
+    if kind == _NAN:
+        return math.nan
+    if kind == _INF:
+        return -math.inf if sign else math.inf
+    if mag == 0:
+        return -0.0 if sign else 0.0
+    return -mag if sign else mag
+
+
+def _pow2(e: int) -> Fraction:
+    return Fraction(1 << e) if e >= 0 else Fraction(1, 1 << -e)
+
+
+def _floor_log2(mag: Fraction) -> int:
+    """Exponent of the leading bit of ``mag > 0``: ``2^e <= mag < 2^(e+1)``."""
+    num, den = mag.numerator, mag.denominator
+    e = num.bit_length() - den.bit_length()
+    # 2^e <= mag  <=>  num * 2^-e >= den
+    if (num << max(0, -e)) < (den << max(0, e)):
+        e -= 1
+    return e
+
+
+def nan_pattern(fmt: FloatFormat) -> int:
+    """The pattern every NaN result is written as.
+
+    ``0 11..1 10..0`` (positive quiet NaN) where the format has NaN; formats without
+    a NaN code write the largest positive pattern instead: +Inf for ``M = 0`` with
+    ``overflow="inf"``, +max finite for ``overflow="saturate"``.
+    """
+    if fmt.has_nan:
+        return fmt.exp_mask | (1 << (fmt.man_bits - 1))
+    if fmt.has_inf:
+        return fmt.exp_mask
+    return fmt.exp_mask | fmt.man_mask
+
+
+def _max_pattern(fmt: FloatFormat) -> int:
+    """Pattern of +max finite: all-ones mantissa in the top finite exponent code."""
+    top_exp = (1 << fmt.exp_bits) - (2 if fmt.has_inf else 1)
+    return (top_exp << fmt.man_bits) | fmt.man_mask
+
+
+def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
+    """Bit pattern of the exact value ``x`` rounded into ``fmt`` (docs/semantics.md §2).
+
+    For a finite nonzero ``x``: round ``|x|`` to ``M + 1`` significant bits at the
+    quantum of its binade (``2^(max(e, emin) - M)`` with subnormals; ``2^(e - M)``
+    without), ties to even or toward zero as the format says; then a result below
+    the smallest normal flushes to zero when ``subnormals=False``; then a result above
+    the largest finite value becomes Inf (``overflow="inf"`` with nearest-even) or the
+    largest finite value (toward-zero, or ``overflow="saturate"``). Zeros keep the
+    sign of ``x``. For an :class:`IntFormat` ``x`` must be an integer and is wrapped
+    or saturated.
+    """
+    fmt = parse(fmt)
+    if isinstance(fmt, IntFormat):
+        return fmt.encode(x)
+    kind, sign, mag = _split(x)
+    sign_bit = fmt.sign_mask if sign else 0
+    if kind == _NAN:
+        return nan_pattern(fmt)
+    if kind == _INF:
+        return sign_bit | (fmt.exp_mask if fmt.has_inf else _max_pattern(fmt))
+    if mag == 0:
+        return sign_bit
+
+    man_bits = fmt.man_bits
+    lead = _floor_log2(mag)
+    quantum_exp = (max(lead, fmt.emin) if fmt.subnormals else lead) - man_bits
+    scaled = mag / _pow2(quantum_exp)
+    n = scaled.numerator // scaled.denominator
+    if fmt.rounding == "nearest_even":
+        rest = scaled - n
+        if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and n % 2 == 1):
+            n += 1
+    if n == 0:
+        return sign_bit
+    if n == 1 << (man_bits + 1):  # rounding carried into the next binade
+        n, quantum_exp = n >> 1, quantum_exp + 1
+    if not fmt.subnormals and quantum_exp + man_bits < fmt.emin:
+        return sign_bit  # flush: the rounded result is below the smallest normal
+    if n * _pow2(quantum_exp) > fmt.max_finite:
+        overflow_to_inf = fmt.has_inf and fmt.rounding == "nearest_even"
+        return sign_bit | (fmt.exp_mask if overflow_to_inf else _max_pattern(fmt))
+    if n >> man_bits:  # normal
+        exp_field = quantum_exp + man_bits + fmt.bias
+        return sign_bit | (exp_field << man_bits) | (n - (1 << man_bits))
+    return sign_bit | n  # subnormal: exponent field 0, quantum 2^(emin - M)
+
+
+def decode(fmt: FloatFormat | IntFormat | str, bits: int):
+    """Exact value of the bit pattern ``bits`` of ``fmt`` (see module docstring)."""
+    fmt = parse(fmt)
+    if isinstance(fmt, IntFormat):
+        return fmt.decode(bits)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits < (1 << fmt.bits):
+        raise ValueError(f"bit pattern of {fmt} must be an integer in [0, 2^{fmt.bits}), not {bits!r}")
+    sign = bits >> (fmt.exp_bits + fmt.man_bits)
+    exp_field = (bits & fmt.exp_mask) >> fmt.man_bits
+    man = bits & fmt.man_mask
+    if fmt.has_inf and exp_field == (1 << fmt.exp_bits) - 1:
+        return math.nan if man else _join(_INF, sign, Fraction(0))
+    if exp_field == 0:
+        if not fmt.subnormals:
+            man = 0  # subnormal patterns read as zero in a flush-to-zero format
+        mag = man * _pow2(fmt.emin - fmt.man_bits)
+    else:
+        mag = ((1 << fmt.man_bits) | man) * _pow2(exp_field - fmt.bias - fmt.man_bits)
+    return _join(_FINITE, sign, mag)
+
+
+def multiply(x, y):
+    """Exact product of two exact values, with IEEE 754 rules for specials.
+
+    NaN if either is NaN or for Inf x 0; Inf for Inf x nonzero; otherwise exact, and
+    the sign of a zero product is the XOR of the operand signs.
+    """
+    kx, sx, mx = _split(x)
+    ky, sy, my = _split(y)
+    sign = sx ^ sy
+    if _NAN in (kx, ky):
+        return math.nan
+    if _INF in (kx, ky):
+        if (kx == _FINITE and mx == 0) or (ky == _FINITE and my == 0):
+            return math.nan
+        return _join(_INF, sign, Fraction(0))
+    return _join(_FINITE, sign, mx * my)
+
+
+def add(x, y):
+    """Exact sum of two exact values, with IEEE 754 rules for specials.
+
+    NaN if either is NaN or for Inf + (-Inf); Inf if either is Inf. An exactly zero
+    sum is -0 only when both addends are -0, else +0 (the IEEE rule for
+    round-to-nearest and round-toward-zero).
+    """
+    kx, sx, mx = _split(x)
+    ky, sy, my = _split(y)
+    if _NAN in (kx, ky):
+        return math.nan
+    if kx == _INF and ky == _INF:
+        return math.nan if sx != sy else _join(_INF, sx, Fraction(0))
+    if kx == _INF or ky == _INF:
+        return _join(_INF, sx if kx == _INF else sy, Fraction(0))
+    total = (-mx if sx else mx) + (-my if sy else my)
+    if total == 0:
+        both_negative_zero = sx and sy and mx == 0 and my == 0
+        return -0.0 if both_negative_zero else 0.0
+    return total
+
+
+def mac_step(
+    acc: FloatFormat | str,
+    acc_bits: int,
+    a_bits: int,
+    b_bits: int,
+    a_fmt: FloatFormat | str = "bf16",
+    b_fmt: FloatFormat | str | None = None,
+    product: FloatFormat | str | None = None,
+) -> int:
+    """One multiply-accumulate: ``acc' = round_acc(acc + a * b)`` on bit patterns.
+
+    The product is exact, unless ``product`` names a format: then it is rounded into
+    that format first (an unfused MAC). The sum is exact and rounded once into
+    ``acc``. ``b_fmt`` defaults to ``a_fmt``.
+    """
+    acc, a_fmt = parse(acc), parse(a_fmt)
+    b_fmt = a_fmt if b_fmt is None else parse(b_fmt)
+    p = multiply(decode(a_fmt, a_bits), decode(b_fmt, b_bits))
+    if product is not None:
+        product = parse(product)
+        p = decode(product, round_to(product, p))
+    return round_to(acc, add(decode(acc, acc_bits), p))
+
+
+def dot(
+    a_bits: Sequence[int],
+    b_bits: Sequence[int],
+    *,
+    acc: FloatFormat | str,
+    inputs: FloatFormat | str = "bf16",
+    weights: FloatFormat | str | None = None,
+    product: FloatFormat | str | None = None,
+    chunk: int | None = None,
+    chunk_acc: FloatFormat | str = "fp32",
+) -> int:
+    """One output element of an emulated matmul: a sequential dot product.
+
+    ``acc = +0; for k in order: acc = mac_step(acc, a[k], b[k])`` with ``a`` in
+    ``inputs`` and ``b`` in ``weights`` (default: ``inputs``). With ``chunk = C``
+    the K terms are split into consecutive chunks of C (the last may be shorter);
+    each chunk is accumulated as above from +0 in ``acc``, and the chunk results are
+    added in order, exactly, into an outer accumulator in ``chunk_acc`` that starts
+    at +0 and is rounded after each addition. Returns the pattern of the result: in
+    ``chunk_acc`` when chunked, else in ``acc``.
+    """
+    if len(a_bits) != len(b_bits):
+        raise ValueError(f"dot operands differ in length: {len(a_bits)} and {len(b_bits)}")
+    acc = parse(acc)
+    inputs = parse(inputs)
+    weights = inputs if weights is None else parse(weights)
+    if chunk is None:
+        chunks = [range(len(a_bits))]
+    else:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
+        chunks = [range(i, min(i + chunk, len(a_bits))) for i in range(0, len(a_bits), chunk)]
+
+    def accumulate(ks: range) -> int:
+        bits = 0
+        for k in ks:
+            bits = mac_step(acc, bits, a_bits[k], b_bits[k], inputs, weights, product)
+        return bits
+
+    if chunk is None:
+        return accumulate(chunks[0])
+    outer_fmt = parse(chunk_acc)
+    outer = 0
+    for ks in chunks:
+        inner = decode(acc, accumulate(ks))
+        outer = round_to(outer_fmt, add(decode(outer_fmt, outer), inner))
+    return outer
+
+
+def int_mac_step(acc: IntFormat | str, acc_value: int, a: int, b: int) -> int:
+    """Integer MAC: ``acc' = fit(acc + a * b)``, product exact, wrap or saturate."""
+    acc = parse(acc)
+    if not isinstance(acc, IntFormat):
+        raise TypeError(f"int_mac_step needs an integer accumulator format, not {acc}")
+    return acc.fit(acc_value + a * b)
+
+
+def int_dot(
+    a: Sequence[int],
+    b: Sequence[int],
+    *,
+    acc: IntFormat | str,
+    chunk: int | None = None,
+    chunk_acc: IntFormat | str = "int32",
+) -> int:
+    """Integer dot product: sequential :func:`int_mac_step` from 0 (values, not patterns).
+
+    Chunking works as in :func:`dot`: chunks accumulated from 0 in ``acc``, their
+    results added in order into ``chunk_acc`` with its overflow rule.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"dot operands differ in length: {len(a)} and {len(b)}")
+    acc = parse(acc)
+    step = len(a) if chunk is None else chunk
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
+    results = []
+    for start in range(0, max(len(a), 1), step):
+        value = 0
+        for k in range(start, min(start + step, len(a))):
+            value = int_mac_step(acc, value, a[k], b[k])
+        results.append(value)
+    if chunk is None:
+        return results[0]
+    outer_fmt = parse(chunk_acc)
+    outer = 0
+    for value in results:
+        outer = outer_fmt.fit(outer + value)
+    return outer
