@@ -79,10 +79,20 @@ def library() -> ctypes.CDLL:
     if not target.exists():
         _build(cc, target)
     lib = ctypes.CDLL(str(target))
-    for name in ("psum_quantize_f32", "psum_quantize_f64"):
+    fmt_ptr = ctypes.POINTER(FormatParams)
+    signatures = {
+        "psum_quantize_f32": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, fmt_ptr],
+        "psum_quantize_f64": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, fmt_ptr],
+        "psum_round_sum_f64": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_int64, fmt_ptr],
+        "psum_matmul": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                        ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(MacParams)],
+        "psum_int_matmul": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                            ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(IntMacParams)],
+    }
+    for name, args in signatures.items():
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                       ctypes.POINTER(FormatParams), ctypes.c_int]
+        fn.argtypes = [*args, ctypes.c_int]  # every kernel ends with a thread count
         fn.restype = None
     return lib
 
@@ -93,8 +103,22 @@ class FormatParams(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in (
         "man_bits", "emin", "subnormals", "nearest_even", "max_abs", "overflow_abs",
         "inf_abs", "min_normal_abs", "min_sub_abs", "half_min_sub_abs", "ftz_up_abs",
-        "nan_result",
+        "nan_result", "rare_below_abs",
     )]
+
+
+class MacParams(ctypes.Structure):
+    """ctypes mirror of ``psum_mac``: accumulator, product and chunk formats."""
+
+    _fields_ = [("acc", FormatParams), ("product", FormatParams), ("outer", FormatParams),
+                ("has_product", ctypes.c_int64), ("chunk", ctypes.c_int64)]
+
+
+class IntMacParams(ctypes.Structure):
+    """ctypes mirror of ``psum_int_mac``."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in (
+        "bits", "saturate", "outer_bits", "outer_saturate", "chunk")]
 
 
 def _pattern(value: Fraction | float) -> int:
@@ -147,4 +171,7 @@ def format_params(fmt: FloatFormat) -> FormatParams:
         half_min_sub_abs=_pattern(pow2(fmt.emin - fmt.man_bits - 1)),
         ftz_up_abs=_pattern(pow2(fmt.emin) - pow2(fmt.emin - fmt.man_bits - 2)),
         nan_result=nan_result,
+        # below the smallest subnormal (with subnormals) and float64 subnormals
+        rare_below_abs=max(_pattern(pow2(fmt.emin - fmt.man_bits)) if fmt.subnormals else 0,
+                           _pattern(pow2(-1022))),
     )

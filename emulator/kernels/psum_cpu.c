@@ -38,6 +38,7 @@ typedef struct {
     int64_t half_min_sub_abs; /* 2^(emin - M - 1) */
     int64_t ftz_up_abs;       /* 2^emin - 2^(emin - M - 2): FTZ rounds up from here */
     int64_t nan_result;       /* full pattern written for NaN results */
+    int64_t rare_below_abs;   /* the fast MAC step leaves magnitudes in (0, this) alone */
 } psum_fmt;
 
 typedef union { double d; uint64_t u; } psum_pun;
@@ -113,7 +114,7 @@ static void quantize_range_f32(const float *restrict x, float *restrict y, int64
         _Pragma("omp parallel num_threads(nt_)")                                  \
         {                                                                         \
             int64_t t_ = omp_get_thread_num(), k_ = omp_get_num_threads();        \
-            int64_t lo = (n) * t_ / k_, hi = (n) * (t_ + 1) / k_;                 \
+            int64_t first = (n) * t_ / k_, last = (n) * (t_ + 1) / k_;            \
             body;                                                                 \
         }                                                                         \
     } while (0)
@@ -121,11 +122,276 @@ static void quantize_range_f32(const float *restrict x, float *restrict y, int64
 void psum_quantize_f64(const double *x, double *y, int64_t n, const psum_fmt *fp, int threads)
 {
     const psum_fmt f = *fp;
-    PSUM_SPLIT(n, threads, quantize_range_f64(x + lo, y + lo, hi - lo, f));
+    PSUM_SPLIT(n, threads, quantize_range_f64(x + first, y + first, last - first, f));
 }
 
 void psum_quantize_f32(const float *x, float *y, int64_t n, const psum_fmt *fp, int threads)
 {
     const psum_fmt f = *fp;
-    PSUM_SPLIT(n, threads, quantize_range_f32(x + lo, y + lo, hi - lo, f));
+    PSUM_SPLIT(n, threads, quantize_range_f32(x + first, y + first, last - first, f));
+}
+
+/* ---------------------------------------------------------------------------------
+ * Rounding of exact sums given as TwoSum pairs.
+ *
+ * hi = RN(x + y) and lo = (x + y) - hi exactly (|lo| <= ulp(hi)/2): the exact sum lies
+ * on the side of hi that lo's sign says, strictly closer than the next double. */
+static inline int64_t sticky_of(double hi, double lo)
+{
+    int64_t nonzero = lo != 0.0;
+    int64_t same_side = (lo > 0.0) == (hi > 0.0);
+    return nonzero * (2 * same_side - 1);
+}
+
+static inline double two_sum_round(double x, double y, const psum_fmt f)
+{
+    double hi = x + y;
+    double back = hi - x;
+    double lo = (x - (hi - back)) + (y - back);
+    return double_of(round_bits(bits_of(hi), sticky_of(hi, lo), f));
+}
+
+static void round_sum_range(const double *restrict hi, const double *restrict lo,
+                            double *restrict y, int64_t n, const psum_fmt f)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = double_of(round_bits(bits_of(hi[i]), sticky_of(hi[i], lo[i]), f));
+}
+
+/* y = round(hi + lo) for TwoSum pairs (hi, lo). */
+void psum_round_sum_f64(const double *hi, const double *lo, double *y, int64_t n,
+                        const psum_fmt *fp, int threads)
+{
+    const psum_fmt f = *fp;
+    PSUM_SPLIT(n, threads, round_sum_range(hi + first, lo + first, y + first, last - first, f));
+}
+
+/* ---------------------------------------------------------------------------------
+ * Emulated matmul: out[i, j] = the sequential dot product of docs/semantics.md §4-5.
+ *
+ * a is (M, K) and b is (K, N), row-major float32 holding values already rounded to the
+ * input formats (so every product is exact in double). For each output element:
+ *     acc = +0; for k in [k0, k0 + C): acc = round_acc(acc + round_p(a[i,k] * b[k,j]))
+ * chunk by chunk (C = K without chunking), and with chunking
+ *     outer = round_outer(outer + acc) after each chunk, outer starting at +0.
+ * The order over k is strictly sequential; parallelism and SIMD are across (i, j). */
+
+#define PSUM_IB 4  /* rows of a sharing one row of b from L1 */
+#define PSUM_JB 64 /* columns of b per block: the vectorized dimension */
+
+typedef struct {
+    psum_fmt acc;        /* the accumulator (inner accumulator when chunked) */
+    psum_fmt product;    /* product format; used when has_product */
+    psum_fmt outer;      /* chunk accumulator; used when chunk > 0 */
+    int64_t has_product; /* 1: round each product first (unfused MAC) */
+    int64_t chunk;       /* C; 0 means no chunking */
+} psum_mac;
+
+/* The general MAC step for one row segment: acc[j] = round(acc[j] + p_j). */
+static void accumulate_row_general(double *restrict acc, const float *restrict brow, double av,
+                                   int64_t jb, const psum_mac *m)
+{
+    const psum_fmt fa = m->acc, fp = m->product;
+    if (m->has_product) {
+        for (int64_t j = 0; j < jb; j++) {
+            double p = double_of(round_bits(bits_of(av * (double)brow[j]), 0, fp));
+            acc[j] = two_sum_round(acc[j], p, fa);
+        }
+    } else {
+        for (int64_t j = 0; j < jb; j++)
+            acc[j] = two_sum_round(acc[j], av * (double)brow[j], fa);
+    }
+}
+
+/* The same step for the common case, without the branches for rare ones: every
+ * result that is zero, normal or subnormal (not below the smallest subnormal), finite
+ * and not above max is computed right. The rounding position follows from the
+ * exponent field: s = 52 - M, plus emin - e below the smallest normal when the format
+ * has subnormals (flush-to-zero formats round at 52 - M and flush after). Writes
+ * next[j]; returns nonzero if any lane is a rare case (overflow, Inf/NaN, below the
+ * smallest subnormal, a float64 subnormal), and then the caller discards next and
+ * takes the general step. One variant per (subnormals, nearest_even) pair, so that
+ * each loop carries only its mode's work. */
+#define PSUM_FAST_STEP(NAME, SUB, NE)                                                     \
+    static int64_t NAME(double *restrict next, const double *restrict acc,                \
+                        const float *restrict brow, double av, int64_t jb, const psum_fmt f) \
+    {                                                                                     \
+        const int64_t base = 52 - f.man_bits, min_normal_field = f.emin + 1023;           \
+        const uint64_t rare_below = (uint64_t)f.rare_below_abs - 1;                       \
+        int64_t rare = 0;                                                                 \
+        for (int64_t j = 0; j < jb; j++) {                                                \
+            double x = acc[j], y = av * (double)brow[j];                                  \
+            double hi = x + y, back = hi - x;                                             \
+            double lo = (x - (hi - back)) + (y - back); /* TwoSum: hi + lo is exact */    \
+            uint64_t u = bits_of(hi), ul = bits_of(lo);                                   \
+            int64_t sticky = (ul & ~PSUM_SIGN) != 0;                                      \
+            /* exact sum strictly below |hi|: round the double below, with sticky */      \
+            int64_t a = (int64_t)(u & ~PSUM_SIGN) - (sticky & (int64_t)((ul ^ u) >> 63)); \
+            int64_t s = base;                                                             \
+            if (SUB) {                                                                    \
+                int64_t d = min_normal_field - (a >> 52);                                 \
+                s += d > 0 ? d : 0;                                                       \
+                s = s < 52 ? s : 52; /* larger only for the rare tiny values */           \
+            }                                                                             \
+            int64_t r;                                                                    \
+            if (NE) {                                                                     \
+                int64_t t = a >> (s - 1);             /* kept bits and the round bit */   \
+                int64_t rest = ((t << (s - 1)) != a) | sticky;                            \
+                int64_t q = t >> 1;                                                       \
+                int64_t odd = (q | (s == 52)) & 1;    /* at s = 52: the implicit 1 */     \
+                r = (q + (t & 1 & (rest | odd))) << s;                                    \
+            } else {                                                                      \
+                r = (a >> s) << s;                                                        \
+            }                                                                             \
+            if (!SUB)                                                                     \
+                r = r >= f.min_normal_abs ? r : 0; /* flush to zero, after rounding */    \
+            rare |= (r > f.max_abs) | ((uint64_t)(a - 1) < rare_below);                   \
+            next[j] = double_of((u & PSUM_SIGN) | (uint64_t)r);                           \
+        }                                                                                 \
+        return rare;                                                                      \
+    }
+
+PSUM_FAST_STEP(fast_step_sub_ne, 1, 1)
+PSUM_FAST_STEP(fast_step_sub_rz, 1, 0)
+PSUM_FAST_STEP(fast_step_ftz_ne, 0, 1)
+PSUM_FAST_STEP(fast_step_ftz_rz, 0, 0)
+
+typedef int64_t (*psum_fast_step)(double *restrict, const double *restrict,
+                                  const float *restrict, double, int64_t, const psum_fmt);
+
+static psum_fast_step fast_step_for(const psum_fmt *f)
+{
+    if (f->subnormals)
+        return f->nearest_even ? fast_step_sub_ne : fast_step_sub_rz;
+    return f->nearest_even ? fast_step_ftz_ne : fast_step_ftz_rz;
+}
+
+static void matmul_block(const float *a, const float *b, double *out, int64_t N, int64_t K,
+                         int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m)
+{
+    double buf[2][PSUM_IB][PSUM_JB], outer[PSUM_IB][PSUM_JB];
+    double *acc[PSUM_IB], *spare[PSUM_IB]; /* double buffers: the fast step writes spare */
+    const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);
+    const psum_fmt fa = m->acc, fo = m->outer;
+    const psum_fast_step fast_step = fast_step_for(&m->acc);
+    for (int64_t ii = 0; ii < ib; ii++) {
+        acc[ii] = buf[0][ii];
+        spare[ii] = buf[1][ii];
+        for (int64_t j = 0; j < jb; j++)
+            acc[ii][j] = outer[ii][j] = 0.0;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
+        int64_t k1 = k0 + step < K ? k0 + step : K;
+        for (int64_t ii = 0; ii < ib; ii++)
+            for (int64_t j = 0; j < jb; j++)
+                acc[ii][j] = 0.0;
+        for (int64_t k = k0; k < k1; k++) {
+            const float *brow = b + k * N + j0;
+            for (int64_t ii = 0; ii < ib; ii++) {
+                double av = (double)a[(i0 + ii) * K + k];
+                if (!m->has_product && !fast_step(spare[ii], acc[ii], brow, av, jb, fa)) {
+                    double *t = acc[ii];
+                    acc[ii] = spare[ii];
+                    spare[ii] = t;
+                } else {
+                    accumulate_row_general(acc[ii], brow, av, jb, m);
+                }
+            }
+        }
+        if (m->chunk > 0)
+            for (int64_t ii = 0; ii < ib; ii++)
+                for (int64_t j = 0; j < jb; j++)
+                    outer[ii][j] = two_sum_round(outer[ii][j], acc[ii][j], fo);
+    }
+    for (int64_t ii = 0; ii < ib; ii++)
+        for (int64_t j = 0; j < jb; j++)
+            out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : acc[ii][j];
+}
+
+void psum_matmul(const float *a, const float *b, double *out, int64_t M, int64_t N,
+                 int64_t K, const psum_mac *m, int threads)
+{
+    const int64_t mb = (M + PSUM_IB - 1) / PSUM_IB, nb = (N + PSUM_JB - 1) / PSUM_JB;
+    const int64_t tasks = mb * nb;
+#pragma omp parallel for num_threads(threads) schedule(dynamic) if (tasks * K > 4096)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t i0 = (t / nb) * PSUM_IB, j0 = (t % nb) * PSUM_JB;
+        int64_t ib = M - i0 < PSUM_IB ? M - i0 : PSUM_IB;
+        int64_t jb = N - j0 < PSUM_JB ? N - j0 : PSUM_JB;
+        matmul_block(a, b, out, N, K, i0, ib, j0, jb, m);
+    }
+}
+
+/* ---------------------------------------------------------------------------------
+ * Integer matmul: acc = fit(acc + a[i,k] * b[k,j]) at every step, fit = wrap (keep the
+ * low `bits` bits, sign-extended) or saturate (clamp). Operands are int32 values, so a
+ * product fits in 63 bits; saturating accumulators are at most 62 bits wide, so a sum
+ * never overflows int64, and wrapping ones compute modulo 2^64 first, which is exact. */
+
+typedef struct {
+    int64_t bits, saturate;             /* the accumulator */
+    int64_t outer_bits, outer_saturate; /* the chunk accumulator */
+    int64_t chunk;                      /* C; 0 means no chunking */
+} psum_int_mac;
+
+static inline int64_t int_fit(int64_t v, int64_t bits, int64_t saturate)
+{
+    int64_t hi = (int64_t)(((uint64_t)1 << (bits - 1)) - 1), lo = -hi - 1;
+    int64_t clamped = v > hi ? hi : (v < lo ? lo : v);
+    int64_t shift = 64 - bits;
+    int64_t wrapped = (int64_t)((uint64_t)v << shift) >> shift;
+    return saturate ? clamped : wrapped;
+}
+
+static inline int64_t int_add(int64_t x, int64_t y)
+{
+    return (int64_t)((uint64_t)x + (uint64_t)y); /* modulo 2^64; exact where it matters */
+}
+
+static void int_matmul_block(const int32_t *a, const int32_t *b, int64_t *out, int64_t N,
+                             int64_t K, int64_t i0, int64_t ib, int64_t j0, int64_t jb,
+                             const psum_int_mac *m)
+{
+    int64_t acc[PSUM_IB][PSUM_JB], outer[PSUM_IB][PSUM_JB];
+    const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);
+    const int64_t bits = m->bits, sat = m->saturate;
+    for (int64_t ii = 0; ii < ib; ii++)
+        for (int64_t j = 0; j < jb; j++)
+            acc[ii][j] = outer[ii][j] = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
+        int64_t k1 = k0 + step < K ? k0 + step : K;
+        for (int64_t ii = 0; ii < ib; ii++)
+            for (int64_t j = 0; j < jb; j++)
+                acc[ii][j] = 0;
+        for (int64_t k = k0; k < k1; k++) {
+            const int32_t *brow = b + k * N + j0;
+            for (int64_t ii = 0; ii < ib; ii++) {
+                int64_t av = a[(i0 + ii) * K + k];
+                for (int64_t j = 0; j < jb; j++)
+                    acc[ii][j] = int_fit(int_add(acc[ii][j], av * (int64_t)brow[j]), bits, sat);
+            }
+        }
+        if (m->chunk > 0)
+            for (int64_t ii = 0; ii < ib; ii++)
+                for (int64_t j = 0; j < jb; j++)
+                    outer[ii][j] = int_fit(int_add(outer[ii][j], acc[ii][j]), m->outer_bits,
+                                           m->outer_saturate);
+    }
+    for (int64_t ii = 0; ii < ib; ii++)
+        for (int64_t j = 0; j < jb; j++)
+            out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : acc[ii][j];
+}
+
+void psum_int_matmul(const int32_t *a, const int32_t *b, int64_t *out, int64_t M, int64_t N,
+                     int64_t K, const psum_int_mac *m, int threads)
+{
+    const int64_t mb = (M + PSUM_IB - 1) / PSUM_IB, nb = (N + PSUM_JB - 1) / PSUM_JB;
+    const int64_t tasks = mb * nb;
+#pragma omp parallel for num_threads(threads) schedule(dynamic) if (tasks * K > 4096)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t i0 = (t / nb) * PSUM_IB, j0 = (t % nb) * PSUM_JB;
+        int64_t ib = M - i0 < PSUM_IB ? M - i0 : PSUM_IB;
+        int64_t jb = N - j0 < PSUM_JB ? N - j0 : PSUM_JB;
+        int_matmul_block(a, b, out, N, K, i0, ib, j0, jb, m);
+    }
 }

@@ -1,0 +1,228 @@
+"""Emulated matrix products: every output element is a sequential dot product whose
+partial sums live in a chosen format (docs/semantics.md §4-6).
+
+:func:`matmul` / :func:`int_matmul` are the public entry points; they dispatch on the
+tensors' device to a registered backend (the compiled CPU kernel here; a GPU kernel
+registers itself the same way). :func:`matmul_reference` / :func:`int_matmul_reference`
+are the plain, obviously-correct k-loops in PyTorch that the kernels are tested
+against (with the golden model as the final judge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from emulator import _native
+from emulator.config import AccumConfig, IntAccumConfig
+from emulator.quantize import quantize
+from psum.formats import FloatFormat, IntFormat
+
+__all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
+           "register_backend", "round_sum"]
+
+FloatKernel = Callable[[torch.Tensor, torch.Tensor, AccumConfig], torch.Tensor]
+IntKernel = Callable[[torch.Tensor, torch.Tensor, IntAccumConfig], torch.Tensor]
+_BACKENDS: dict[str, tuple[FloatKernel, IntKernel]] = {}
+
+
+def register_backend(device_type: str, float_kernel: FloatKernel, int_kernel: IntKernel) -> None:
+    """Make ``matmul``/``int_matmul`` run on tensors of ``device_type`` with these kernels.
+
+    A float kernel takes ``a`` (M, K) and ``b`` (K, N) float32 tensors already rounded to
+    the input formats, and the config; it returns the (M, N) float64 results. An int
+    kernel takes int32 tensors and returns int64 accumulator values.
+    """
+    _BACKENDS[device_type] = (float_kernel, int_kernel)
+
+
+def _backend(t: torch.Tensor, which: int):
+    try:
+        return _BACKENDS[t.device.type][which]
+    except KeyError:
+        known = ", ".join(sorted(_BACKENDS))
+        raise ValueError(f"no emulation kernel for tensors on {t.device} (available: {known})") from None
+
+
+def _check_operands(a: torch.Tensor, b: torch.Tensor, floating: bool) -> None:
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
+        if floating and t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be float32 or float64, not {t.dtype}")
+        if not floating and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+            raise TypeError(f"{name} must be an integer tensor, not {t.dtype}")
+    if b.dim() != 2 or a.dim() < 1 or a.shape[-1] != b.shape[0]:
+        raise ValueError(f"matmul needs a (..., K) and b (K, N); got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"a is on {a.device} and b on {b.device}")
+
+
+def _check_formats(cfg: AccumConfig, out_dtype: torch.dtype) -> None:
+    for fmt in (cfg.inputs, cfg.weights):
+        _native.check_fits(fmt, "float32")
+    for fmt in (cfg.acc, cfg.chunk_acc, cfg.product):
+        if fmt is not None:
+            _native.check_fits(fmt, "float64")
+            if fmt.emax > 1000:  # keeps every exact sum of the kernels finite in float64
+                raise ValueError(f"format {fmt} reaches 2^{fmt.emax}; accumulators up to 2^1000 are supported")
+    _native.check_fits(cfg.result_format, str(out_dtype).removeprefix("torch."))
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, acc: FloatFormat | str = "fp32", *,
+           inputs: FloatFormat | str = "bf16", weights: FloatFormat | str | None = None,
+           product: FloatFormat | str | None = None, chunk: int | None = None,
+           chunk_acc: FloatFormat | str = "fp32") -> torch.Tensor:
+    """``a @ b`` with every MAC in the given formats (docs/semantics.md §4-5).
+
+    ``a`` (..., K) is rounded to ``inputs`` and ``b`` (K, N) to ``weights`` (default
+    ``inputs``); each output element is the sequential dot product over k = 0..K-1,
+    products exact (or rounded to ``product``), partial sums rounded to ``acc`` after
+    every add, chunked into ``chunk_acc`` every ``chunk`` terms when given. Returns
+    (..., N) in ``a``'s dtype (float32 or float64), holding values of the accumulator
+    (or ``chunk_acc``) format.
+    """
+    cfg = AccumConfig(acc=acc, inputs=inputs, weights=weights, product=product, chunk=chunk,
+                      chunk_acc=chunk_acc)
+    return emulated_matmul(a, b, cfg)
+
+
+def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    """:func:`matmul` with its formats given as one :class:`AccumConfig`."""
+    _check_operands(a, b, floating=True)
+    _check_formats(cfg, a.dtype)
+    kernel = _backend(a, 0)
+    lead, k = a.shape[:-1], a.shape[-1]
+    a2 = quantize(a.detach().reshape(-1, k), cfg.inputs).float()  # (M, K)
+    b2 = quantize(b.detach(), cfg.weights).float()  # (K, N)
+    out = kernel(a2, b2, cfg)  # (M, N) float64
+    return out.to(a.dtype).reshape(*lead, b.shape[1])
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor, acc: IntFormat | str = "int32", *,
+               chunk: int | None = None, chunk_acc: IntFormat | str = "int32") -> torch.Tensor:
+    """Integer ``a @ b`` with the accumulator wrapped or saturated after every add.
+
+    ``a`` (..., K) and ``b`` (K, N) are integer tensors with values in int32's range;
+    products are exact. Returns the (..., N) accumulator values as int64.
+    """
+    cfg = IntAccumConfig(acc=acc, chunk=chunk, chunk_acc=chunk_acc)
+    return emulated_int_matmul(a, b, cfg)
+
+
+def emulated_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
+    """:func:`int_matmul` with its formats given as one :class:`IntAccumConfig`."""
+    _check_operands(a, b, floating=False)
+    for fmt in (cfg.acc, cfg.chunk_acc):
+        if not fmt.signed:
+            raise ValueError(f"integer accumulators are signed; {fmt} is not")
+        if fmt.overflow == "saturate" and fmt.bits > 62:
+            raise ValueError(f"saturating accumulators are supported up to 62 bits, not {fmt}")
+    limit = 2**31
+    for name, t in (("a", a), ("b", b)):
+        if t.numel() and (t.min() < -limit or t.max() >= limit):
+            raise ValueError(f"{name} holds values outside int32's range")
+    lead, k = a.shape[:-1], a.shape[-1]
+    out = _backend(a, 1)(a.reshape(-1, k).to(torch.int32), b.to(torch.int32), cfg)
+    return out.reshape(*lead, b.shape[1])
+
+
+# -- the CPU backend ----------------------------------------------------------------
+
+
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    a, b = a.contiguous(), b.contiguous()
+    (m, k), n = a.shape, b.shape[1]
+    out = torch.empty(m, n, dtype=torch.float64)
+    unused = cfg.acc  # product/outer params are ignored by the kernel when not enabled
+    params = _native.MacParams(
+        acc=_native.format_params(cfg.acc),
+        product=_native.format_params(cfg.product or unused),
+        outer=_native.format_params(cfg.chunk_acc if cfg.chunk else unused),
+        has_product=int(cfg.product is not None),
+        chunk=cfg.chunk or 0,
+    )
+    _native.library().psum_matmul(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, params,
+                                  torch.get_num_threads())
+    return out
+
+
+def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
+    a, b = a.contiguous(), b.contiguous()
+    (m, k), n = a.shape, b.shape[1]
+    out = torch.empty(m, n, dtype=torch.int64)
+    params = _native.IntMacParams(
+        bits=cfg.acc.bits, saturate=int(cfg.acc.overflow == "saturate"),
+        outer_bits=cfg.chunk_acc.bits, outer_saturate=int(cfg.chunk_acc.overflow == "saturate"),
+        chunk=cfg.chunk or 0,
+    )
+    _native.library().psum_int_matmul(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, params,
+                                      torch.get_num_threads())
+    return out
+
+
+register_backend("cpu", _cpu_matmul, _cpu_int_matmul)
+
+
+# -- references: the k-loop, step by step ----------------------------------------------
+
+
+def round_sum(x: torch.Tensor, y: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    """``round_fmt(x + y)`` of the exact sum of two float64 tensors of exact values.
+
+    The sum is carried as a TwoSum pair (``hi = x + y`` rounded, ``lo`` its exact
+    error) and rounded with ``lo`` as the sticky bit, which is correct rounding of
+    the exact sum (docs/semantics.md §4).
+    """
+    hi = x + y
+    back = hi - x
+    lo = (x - (hi - back)) + (y - back)
+    out = torch.empty_like(hi)
+    _native.check_fits(fmt, "float64")
+    _native.library().psum_round_sum_f64(hi.data_ptr(), lo.contiguous().data_ptr(), out.data_ptr(),
+                                         hi.numel(), _native.format_params(fmt), 1)
+    return out
+
+
+def matmul_reference(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    """The plain k-loop of docs/semantics.md §5 in PyTorch; (M, N) float64 results."""
+    aq = quantize(a.double(), cfg.inputs)  # (M, K)
+    bq = quantize(b.double(), cfg.weights)  # (K, N)
+    (m, k), n = aq.shape, bq.shape[1]
+    step = cfg.chunk or max(k, 1)
+    outer = torch.zeros(m, n, dtype=torch.float64)
+    acc = outer
+    for k0 in range(0, k, step):
+        acc = torch.zeros(m, n, dtype=torch.float64)
+        for kk in range(k0, min(k0 + step, k)):
+            p = aq[:, kk, None] * bq[None, kk, :]  # (M, N), exact
+            if cfg.product is not None:
+                p = quantize(p, cfg.product)
+            acc = round_sum(acc, p.contiguous(), cfg.acc)
+        if cfg.chunk:
+            outer = round_sum(outer, acc, cfg.chunk_acc)
+    return outer if cfg.chunk else acc
+
+
+def int_matmul_reference(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
+    """The plain integer k-loop; (M, N) int64 accumulator values."""
+    a, b = a.to(torch.int64), b.to(torch.int64)
+    (m, k), n = a.shape, b.shape[1]
+
+    def fit(v: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+        if fmt.overflow == "saturate":
+            return v.clamp(fmt.min_value, fmt.max_value)
+        shift = 64 - fmt.bits  # keep the low bits, sign-extended
+        return (v << shift) >> shift
+
+    step = cfg.chunk or max(k, 1)
+    outer = torch.zeros(m, n, dtype=torch.int64)
+    acc = outer
+    for k0 in range(0, k, step):
+        acc = torch.zeros(m, n, dtype=torch.int64)
+        for kk in range(k0, min(k0 + step, k)):
+            acc = fit(acc + a[:, kk, None] * b[None, kk, :], cfg.acc)
+        if cfg.chunk:
+            outer = fit(outer + acc, cfg.chunk_acc)
+    return outer if cfg.chunk else acc
