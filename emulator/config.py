@@ -24,8 +24,8 @@ ORDERS = ("im2col", "nhwc")
 def _format(value, kind: type, name: str):
     fmt = parse(value)
     if not isinstance(fmt, kind):
-        wanted = "floating-point" if kind is FloatFormat else "integer"
-        raise ValueError(f"{name} must be a {wanted} format, not {fmt}")
+        wanted = "a floating-point" if kind is FloatFormat else "an integer"
+        raise ValueError(f"{name} must be {wanted} format, not {fmt}")
     return fmt
 
 

@@ -10,6 +10,7 @@ against (with the golden model as the final judge).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -94,7 +95,7 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     _check_formats(cfg, a.dtype)
     kernel = _backend(a, 0)
     lead, k = a.shape[:-1], a.shape[-1]
-    a2 = quantize(a.detach().reshape(-1, k), cfg.inputs).float()  # (M, K)
+    a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
     b2 = quantize(b.detach(), cfg.weights).float()  # (K, N)
     out = kernel(a2, b2, cfg)  # (M, N) float64
     return out.to(a.dtype).reshape(*lead, b.shape[1])
@@ -119,12 +120,12 @@ def emulated_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -
             raise ValueError(f"integer accumulators are signed; {fmt} is not")
         if fmt.overflow == "saturate" and fmt.bits > 62:
             raise ValueError(f"saturating accumulators are supported up to 62 bits, not {fmt}")
-    limit = 2**31
     for name, t in (("a", a), ("b", b)):
-        if t.numel() and (t.min() < -limit or t.max() >= limit):
+        narrow = t.dtype in (torch.int8, torch.uint8, torch.int16, torch.int32)
+        if not narrow and t.numel() and (int(t.min()) < -2**31 or int(t.max()) >= 2**31):
             raise ValueError(f"{name} holds values outside int32's range")
     lead, k = a.shape[:-1], a.shape[-1]
-    out = _backend(a, 1)(a.reshape(-1, k).to(torch.int32), b.to(torch.int32), cfg)
+    out = _backend(a, 1)(a.reshape(math.prod(lead), k).to(torch.int32), b.to(torch.int32), cfg)
     return out.reshape(*lead, b.shape[1])
 
 

@@ -306,9 +306,9 @@ def int_dot(
     if len(a) != len(b):
         raise ValueError(f"dot operands differ in length: {len(a)} and {len(b)}")
     acc = parse(acc)
-    step = len(a) if chunk is None else chunk
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
+    step = max(len(a), 1) if chunk is None else chunk
     results = []
     for start in range(0, max(len(a), 1), step):
         value = 0

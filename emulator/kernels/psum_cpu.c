@@ -245,7 +245,7 @@ static void accumulate_row_general(double *restrict acc, const float *restrict b
             }                                                                             \
             if (!SUB)                                                                     \
                 r = r >= f.min_normal_abs ? r : 0; /* flush to zero, after rounding */    \
-            rare |= (r > f.max_abs) | ((uint64_t)(a - 1) < rare_below);                   \
+            rare |= ((uint64_t)r > (uint64_t)f.max_abs) | ((uint64_t)(a - 1) < rare_below); \
             next[j] = double_of((u & PSUM_SIGN) | (uint64_t)r);                           \
         }                                                                                 \
         return rare;                                                                      \

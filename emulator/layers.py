@@ -1,0 +1,194 @@
+"""Linear and Conv2d layers whose MACs run in emulated formats.
+
+A layer's output is ``acc_result + bias``: the dot products come from
+:func:`emulator.matmul.emulated_matmul` (or the integer path), and the bias is added
+afterwards in fp32 (the output stage, docs/semantics.md §8). Weights stay float32
+parameters; they are rounded to the weight format (or quantized to integers) at each
+forward pass, so a layer can be retargeted by changing its ``config``.
+
+Integer layers (:class:`~emulator.config.IntAccumConfig`) quantize symmetrically:
+weights per output channel, ``w_int = round(w / s_w[o])`` with
+``s_w[o] = max|w[o]| / (2^(b-1) - 1)``; activations per tensor with a calibrated scale
+``s_a`` (see :func:`emulator.convert.calibrate`); the accumulator's integer result is
+dequantized as ``acc * s_a * s_w[o]`` in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emulator.config import AccumConfig, IntAccumConfig
+from emulator.matmul import emulated_int_matmul, emulated_matmul
+
+__all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
+
+Config = AccumConfig | IntAccumConfig
+
+
+def symmetric_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``round(x / scale)`` (ties to even) clamped to ``[-(2^(b-1)-1), 2^(b-1)-1]``, int32."""
+    limit = (1 << (bits - 1)) - 1
+    return torch.round(x / scale).clamp_(-limit, limit).to(torch.int32)
+
+
+class _Emulated(nn.Module):
+    """What both layer types share: the config, the integer scales, the observer."""
+
+    def _setup(self, config: Config, out_features: int) -> None:
+        if not isinstance(config, (AccumConfig, IntAccumConfig)):
+            raise TypeError(f"config must be an AccumConfig or IntAccumConfig, not {config!r}")
+        self.config = config
+        # Per-tensor activation scale of the integer path, set by calibration.
+        self.register_buffer("act_scale", None)
+        self.register_buffer("act_absmax", None)  # running max |x| while observing
+        self.observing = False
+
+    def _observe(self, x: torch.Tensor) -> None:
+        current = x.detach().abs().max().to(torch.float32)
+        self.act_absmax = current if self.act_absmax is None else torch.maximum(self.act_absmax, current)
+
+    def finish_calibration(self) -> None:
+        """Fix ``act_scale`` from the largest |activation| seen while observing."""
+        if self.act_absmax is None:
+            raise RuntimeError("no activations were observed; run some batches while observing")
+        limit = (1 << (self.config.act_bits - 1)) - 1
+        self.act_scale = torch.clamp(self.act_absmax, min=torch.finfo(torch.float32).tiny) / limit
+        self.observing = False
+
+    def _weight_scale(self, w2: torch.Tensor) -> torch.Tensor:
+        """Per-output-channel symmetric scale of the (O, K) weight matrix."""
+        limit = (1 << (self.config.weight_bits - 1)) - 1
+        absmax = w2.detach().abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny)
+        return absmax / limit  # (O,)
+
+    def _dot(self, a: torch.Tensor, w2: torch.Tensor, name: str) -> torch.Tensor:
+        """``a`` (R, K) against weights ``w2`` (O, K): (R, O) float32 before the bias."""
+        cfg = self.config
+        if isinstance(cfg, AccumConfig):
+            return emulated_matmul(a.float(), w2.detach().float().t(), cfg)  # (R, O)
+        if self.observing:
+            self._observe(a)
+        if self.act_scale is None:
+            raise RuntimeError(
+                f"integer layer {name} has no activation scale: calibrate the model first "
+                "(emulator.calibrate)"
+            )
+        w_scale = self._weight_scale(w2)  # (O,)
+        a_int = symmetric_quantize(a.float(), self.act_scale, cfg.act_bits)  # (R, K)
+        w_int = symmetric_quantize(w2.detach().float(), w_scale[:, None], cfg.weight_bits)  # (O, K)
+        acc = emulated_int_matmul(a_int, w_int.t(), cfg)  # (R, O) int64
+        return acc.to(torch.float32) * (self.act_scale * w_scale)  # dequantize in fp32
+
+
+
+class EmulatedLinear(_Emulated):
+    """``nn.Linear`` with emulated MACs: ``y = dot(x, W[o]) + b[o]``, K = in_features
+    accumulated in order 0..K-1."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 config: Config = AccumConfig(), device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+        self._setup(config, out_features)
+        self.layer_name = "EmulatedLinear"
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: Config, name: str = "") -> EmulatedLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, config,
+                  device=linear.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(linear.weight.float())
+            if linear.bias is not None:
+                new.bias.copy_(linear.bias.float())
+        new.layer_name = name or new.layer_name
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._dot(x.reshape(-1, self.in_features), self.weight, self.layer_name)  # (R, O)
+        if self.bias is not None:
+            y = y + self.bias.detach().float()  # fp32 output stage
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self.config}")
+
+
+class EmulatedConv2d(_Emulated):
+    """``nn.Conv2d`` (zero padding, any stride, dilation and groups) with emulated MACs.
+
+    Each output element is a dot product over K = (C / groups) * kh * kw terms, in the
+    config's order: ``"im2col"`` (input channel outermost, then kernel row, then kernel
+    column) or ``"nhwc"`` (kernel row, kernel column, input channel innermost).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, config: Config = AccumConfig(),
+                 device=None):
+        super().__init__()
+        pair = torch.nn.modules.utils._pair
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels ({in_channels}, {out_channels}) must divide by groups={groups}")
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
+                                               *self.kernel_size, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device)) if bias else None
+        self._setup(config, out_channels)
+        self.layer_name = "EmulatedConv2d"
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, config: Config, name: str = "") -> EmulatedConv2d:
+        label = name or "a Conv2d"
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"layer {label}: padding_mode={conv.padding_mode!r} is not supported (only 'zeros')")
+        padding = conv.padding
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise ValueError(f"layer {label}: padding={padding!r} is not supported (give it in pixels)")
+            padding = 0
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
+                  conv.dilation, conv.groups, conv.bias is not None, config,
+                  device=conv.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight.float())
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias.float())
+        new.layer_name = name or new.layer_name
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        out_h = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out_w = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)
+        # cols: (N, C*kh*kw, L), rows ordered (channel, kernel row, kernel column)
+        g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
+        cols = cols.view(n, g, cg, kh * kw, out_h * out_w)  # (N, G, Cg, kh*kw, L)
+        weight = self.weight.view(g, og, cg, kh * kw)  # (G, Og, Cg, kh*kw)
+        if self.config.order == "nhwc":  # channel innermost
+            cols = cols.transpose(2, 3)  # (N, G, kh*kw, Cg, L)
+            weight = weight.transpose(2, 3)  # (G, Og, kh*kw, Cg)
+        outs = []
+        for gi in range(g):
+            a = cols[:, gi].reshape(n, -1, out_h * out_w).transpose(1, 2)  # (N, L, K)
+            a = a.reshape(n * out_h * out_w, -1)  # (N*L, K)
+            w2 = weight[gi].reshape(og, -1)  # (Og, K)
+            outs.append(self._dot(a, w2, self.layer_name))  # (N*L, Og)
+        y = torch.cat(outs, dim=1) if g > 1 else outs[0]  # (N*L, O)
+        if self.bias is not None:
+            y = y + self.bias.detach().float()  # fp32 output stage
+        return y.view(n, out_h * out_w, self.out_channels).transpose(1, 2).reshape(
+            n, self.out_channels, out_h, out_w)  # (N, O, H', W')
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, {self.config}")
