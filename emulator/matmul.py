@@ -132,9 +132,23 @@ def emulated_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -
 # -- the CPU backend ----------------------------------------------------------------
 
 
+def _lanes_on_rows(m: int, n: int) -> bool:
+    """Whether to run the kernel on the transposed problem (out^T = b^T a^T).
+
+    The kernel puts output columns in SIMD lanes (64 per block); a layer with few
+    output channels (LeNet5's conv1 has 6) would leave most lanes idle, so then the
+    rows (batch x output pixels) go in the lanes instead. Every output element is still
+    the same sequential dot product over k, so the result is identical.
+    """
+    return n < 64 and m > n
+
+
 def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
-    a, b = a.contiguous(), b.contiguous()
     (m, k), n = a.shape, b.shape[1]
+    transposed = _lanes_on_rows(m, n)
+    if transposed:
+        a, b, m, n = b.t(), a.t(), n, m
+    a, b = a.contiguous(), b.contiguous()
     out = torch.empty(m, n, dtype=torch.float64)
     unused = cfg.acc  # product/outer params are ignored by the kernel when not enabled
     params = _native.MacParams(
@@ -146,12 +160,15 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Ten
     )
     _native.library().psum_matmul(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, params,
                                   torch.get_num_threads())
-    return out
+    return out.t() if transposed else out
 
 
 def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
-    a, b = a.contiguous(), b.contiguous()
     (m, k), n = a.shape, b.shape[1]
+    transposed = _lanes_on_rows(m, n)
+    if transposed:
+        a, b, m, n = b.t(), a.t(), n, m
+    a, b = a.contiguous(), b.contiguous()
     out = torch.empty(m, n, dtype=torch.int64)
     params = _native.IntMacParams(
         bits=cfg.acc.bits, saturate=int(cfg.acc.overflow == "saturate"),
@@ -160,7 +177,7 @@ def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> to
     )
     _native.library().psum_int_matmul(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, params,
                                       torch.get_num_threads())
-    return out
+    return out.t() if transposed else out
 
 
 register_backend("cpu", _cpu_matmul, _cpu_int_matmul)

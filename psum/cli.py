@@ -18,6 +18,11 @@ from psum.formats import FloatFormat, IntFormat, candidates, parse
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
+# Exceptions of psum's packages that describe bad input (a missing or malformed data
+# set or checkpoint, a missing tool); the CLI reports them in one line. Matched by name
+# so that this module imports none of those packages.
+_USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError"}
+
 
 class UsageError(Exception):
     """An error in what the user asked for; reported in one line, exit status 2."""
@@ -124,6 +129,160 @@ def _parse_spec(spec: str):
         raise UsageError(str(exc)) from None
 
 
+# -- psum models / train / eval ---------------------------------------------------------
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from emulator.data import DATASETS
+    from emulator.models import MODELS, count_macs
+
+    rows = []
+    for spec in MODELS.values():
+        model = spec.make(DATASETS[spec.datasets[0]].num_classes)
+        rows.append({"name": spec.name, "datasets": list(spec.datasets),
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "macs_per_image": count_macs(model, DATASETS[spec.datasets[0]].image_size),
+                     "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| model | datasets | parameters | MACs / image | |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {', '.join(r['datasets'])} | {r['params']:,} | {r['macs_per_image']:,} "
+              f"| {r['description']} |")
+    print("(parameters and MACs for the first dataset listed)")
+    return 0
+
+
+def _data_errors():
+    from emulator.checkpoint import CheckpointError
+    from emulator.data import DataError
+
+    return (DataError, CheckpointError)
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from emulator import data
+    from emulator.models import build
+    from emulator.train import TrainConfig, train
+
+    try:
+        cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
+                          bf16=not args.no_bf16, checkpoint_every=args.checkpoint_every)
+        _, dataset = build(args.model, args.dataset)
+        train_source = data.load(dataset, "train", args.data_dir, download=args.download)
+        test_source = data.load(dataset, "test", args.data_dir, download=args.download)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = args.out or f"checkpoints/{args.model}-{dataset}.pt"
+    command_line = "psum " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    meta = train(cfg, train_source, out, test_source=test_source, progress=not args.quiet,
+                 command=command_line)
+    print(f"wrote {out}: {meta['model']}/{meta['dataset']}, {meta['epochs']} epochs, "
+          f"test top-1 {100 * meta['accuracy']:.2f}% on {meta['test_images']} images, "
+          f"{meta['train_seconds']:.0f} s")
+    return 0
+
+
+def _layer_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise UsageError(f"--layer takes NAME=SPEC (e.g. 'features.0=e5m10' or 'fc=float'), not {item!r}")
+        overrides[name] = spec
+    return overrides
+
+
+def build_policies(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """(label, Policy) for every policy the eval options ask for."""
+    from emulator import AccumConfig, IntAccumConfig, Policy
+    from psum.formats import IntFormat
+
+    overrides = _layer_overrides(args.layer)
+
+    def layer_config(spec: str, base):
+        if spec == "float":
+            return None
+        fmt = parse(spec)
+        if isinstance(fmt, IntFormat):
+            return IntAccumConfig(acc=fmt, weight_bits=args.weight_bits, act_bits=args.act_bits,
+                                  chunk=args.chunk, order=args.order)
+        return AccumConfig(acc=fmt, inputs=args.inputs, weights=args.weights, product=args.product,
+                           chunk=args.chunk, chunk_acc=args.chunk_acc, order=args.order)
+
+    policies = []
+    try:
+        for spec in (args.acc or []) + (args.int_acc or []):
+            default = layer_config(spec, None)
+            if args.int_acc and spec in args.int_acc and not isinstance(default, IntAccumConfig):
+                raise UsageError(f"--int-acc takes integer formats (int16, int24:sat), not {spec!r}")
+            if args.acc and spec in args.acc and isinstance(default, IntAccumConfig) and spec not in (args.int_acc or []):
+                raise UsageError(f"--acc takes floating-point formats; use --int-acc for {spec!r}")
+            layers = {name: layer_config(s, default) for name, s in overrides.items()}
+            label = str(default) if not isinstance(default, IntAccumConfig) else \
+                f"int{args.act_bits}xint{args.weight_bits} acc={default.acc}" + (
+                    f" chunk={args.chunk}" if args.chunk else "")
+            if overrides:
+                label += " + " + ", ".join(f"{n}={s}" for n, s in overrides.items())
+            policies.append((label, Policy(default, layers)))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    return policies
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from emulator import AccumConfig, IntAccumConfig, Policy, calibrate, convert
+    from emulator import checkpoint, data
+    from emulator.evaluate import evaluate
+    from emulator.models import build
+
+    torch.manual_seed(0)
+    policies = build_policies(args)
+    try:
+        model, dataset = build(args.model, args.dataset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    meta = checkpoint.load_model(args.checkpoint, model)
+    if meta.get("model") not in (None, args.model):
+        raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
+    test = data.load(dataset, "test", args.data_dir, download=args.download)
+    rows = []
+    runs = [] if args.no_baselines else [("fp32", None), ("bf16 inputs, fp32 acc", Policy(AccumConfig(acc="fp32")))]
+    for label, policy in runs + policies:
+        emulated = model if policy is None else convert(model, policy)
+        configs = [] if policy is None else [policy.default, *dict(policy.layers).values()]
+        if any(isinstance(c, IntAccumConfig) for c in configs):
+            train_source = data.load(dataset, "train", args.data_dir, download=args.download)
+            batches = [x for x, _ in train_source.batches(args.batch_size, shuffle=True, seed=args.seed,
+                                                           limit=args.calib_batches * args.batch_size)]
+            calibrate(emulated, batches)
+        result = evaluate(emulated, test, limit=args.limit, batch_size=args.batch_size,
+                          progress=not args.quiet, label=label)
+        rows.append({"policy": label, **result.as_dict()})
+    if args.json:
+        print(json.dumps({"model": args.model, "dataset": dataset, "checkpoint": str(args.checkpoint),
+                          "results": rows}, indent=2))
+        return 0
+    top5 = dataset == "imagenet"
+    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images)")
+    print("| policy | top-1 % | 95% CI |" + (" top-5 % | 95% CI |" if top5 else "") + " seconds |")
+    print("|---|---|---|" + ("---|---|" if top5 else "") + "---|")
+    for r in rows:
+        line = f"| {r['policy']} | {100 * r['top1']:.2f} | {100 * r['top1_ci95'][0]:.2f}-{100 * r['top1_ci95'][1]:.2f} |"
+        if top5:
+            line += f" {100 * r['top5']:.2f} | {100 * r['top5_ci95'][0]:.2f}-{100 * r['top5_ci95'][1]:.2f} |"
+        print(line + f" {r['seconds']:.1f} |")
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------
 
 
@@ -144,6 +303,55 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--candidates", action="store_true",
                      help="list the study's default accumulator candidates")
     fmt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    models = sub.add_parser("models", help="list the networks", description="List the study's "
+                            "networks: datasets, parameters and MACs per image.")
+    models.add_argument("--json", action="store_true")
+
+    def data_options(p):
+        p.add_argument("--dataset", help="dataset (default: the model's first)")
+        p.add_argument("--data-dir", help="data directory (default: $PSUM_DATA_DIR or ./data)")
+        p.add_argument("--download", action="store_true", help="download CIFAR if missing")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    tr = sub.add_parser("train", help="train a network in BF16",
+                        description="Train MODEL with BF16 autocast, SGD+Nesterov, cosine schedule; "
+                        "checkpoints periodically to OUT.partial and resumes from it.")
+    tr.add_argument("model")
+    data_options(tr)
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=0.05)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--limit", type=int, help="train on N images only")
+    tr.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    tr.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    tr.add_argument("--out", help="checkpoint path (default checkpoints/MODEL-DATASET.pt)")
+
+    ev = sub.add_parser("eval", help="accuracy under emulated accumulation",
+                        description="Top-1 (top-5 on ImageNet) with 95%% Wilson intervals: fp32, "
+                        "bf16 inputs with fp32 accumulation, and each policy asked for.")
+    ev.add_argument("model")
+    ev.add_argument("--checkpoint", required=True)
+    data_options(ev)
+    ev.add_argument("--limit", type=int, help="evaluate the first N test images")
+    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--acc", nargs="+", metavar="SPEC", help="floating-point accumulator(s)")
+    ev.add_argument("--int-acc", nargs="+", metavar="SPEC", help="integer accumulator(s): int32, int16:sat")
+    ev.add_argument("--inputs", default="bf16", help="activation format (default bf16)")
+    ev.add_argument("--weights", help="weight format (default: as --inputs)")
+    ev.add_argument("--product", help="round products to this format (unfused MAC)")
+    ev.add_argument("--chunk", type=int, help="chunk size of chunked accumulation")
+    ev.add_argument("--chunk-acc", default="fp32", help="outer accumulator when chunked")
+    ev.add_argument("--order", default="im2col", choices=["im2col", "nhwc"])
+    ev.add_argument("--layer", action="append", metavar="NAME=SPEC",
+                    help="per-layer accumulator (name or glob; SPEC 'float' keeps it float); repeatable")
+    ev.add_argument("--weight-bits", type=int, default=8, help="integer path: weight bits")
+    ev.add_argument("--act-bits", type=int, default=8, help="integer path: activation bits")
+    ev.add_argument("--calib-batches", type=int, default=4, help="training batches to calibrate on")
+    ev.add_argument("--seed", type=int, default=0, help="calibration batch selection")
+    ev.add_argument("--no-baselines", action="store_true")
+    ev.add_argument("--json", action="store_true")
     return parser
 
 
@@ -155,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"psum: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # errors about the user's files and tools: one line, exit 2
+        if type(exc).__name__ in _USER_ERRORS:
+            print(f"psum: error: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("psum: interrupted", file=sys.stderr)
         return 130

@@ -55,3 +55,66 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("psum: error: ") and fragment in lines[-1]
     assert len([line for line in lines if line.startswith("psum: error")]) == 1
+
+
+def test_models(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["lenet5"]["params"] == 62006 and rows["resnet18-imagenet"]["macs_per_image"] == 1_814_073_344
+
+
+@pytest.fixture
+def npz_data(tmp_path):
+    import numpy as np
+
+    from emulator import data
+
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    src = data.synthetic("cifar10", 48, seed=1)
+    for split in ("train", "test"):
+        np.savez(folder / f"{split}.npz", images=src.images.numpy(), labels=src.labels.numpy())
+    return tmp_path / "data"
+
+
+def test_train_then_eval_end_to_end(npz_data, tmp_path, capsys):
+    ckpt = tmp_path / "l5.pt"
+    assert main(["train", "lenet5", "--data-dir", str(npz_data), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(ckpt), "--quiet"]) == 0
+    assert "test top-1" in capsys.readouterr().out
+    assert main(["eval", "lenet5", "--checkpoint", str(ckpt), "--data-dir", str(npz_data), "--limit", "20",
+                 "--acc", "e4m7", "e3m4:sat", "--int-acc", "int32", "int12:sat", "--chunk", "16",
+                 "--layer", "classifier.5=float", "--json", "--quiet", "--batch-size", "16",
+                 "--calib-batches", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    policies = [r["policy"] for r in out["results"]]
+    assert policies[:2] == ["fp32", "bf16 inputs, fp32 acc"] and len(policies) == 6
+    assert "acc=e3m4:sat inputs=bf16 chunk=16 chunk_acc=fp32 + classifier.5=float" in policies
+    assert all(r["total"] == 20 and 0 <= r["top1_ci95"][0] <= r["top1"] <= r["top1_ci95"][1] <= 1
+               for r in out["results"])
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--checkpoint", "/nonexistent.pt"], "checkpoint /nonexistent.pt does not exist"),
+    (["--checkpoint", "X", "--layer", "features.0"], "--layer takes NAME=SPEC"),
+    (["--checkpoint", "X", "--int-acc", "e4m7"], "--int-acc takes integer formats"),
+    (["--checkpoint", "X", "--acc", "e4q7"], "invalid format spec 'e4q7'"),
+    (["--checkpoint", "X", "--acc", "e4m7", "--chunk", "0"], "chunk must be a positive integer"),
+])
+def test_eval_bad_input_is_one_line(extra, fragment, tmp_path):
+    proc = run("eval", "lenet5", "--data-dir", str(tmp_path), *extra)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("psum: error:") and fragment in proc.stderr
+
+
+def test_eval_missing_data_and_corrupt_checkpoint(tmp_path):
+    ckpt = tmp_path / "bad.pt"
+    ckpt.write_bytes(b"\x00" * 64)
+    proc = run("eval", "lenet5", "--checkpoint", str(ckpt), "--data-dir", str(tmp_path))
+    assert proc.returncode == 2 and "is not a readable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    good = tmp_path / "good.pt"
+    from emulator import checkpoint
+    from emulator.models import LeNet5
+    checkpoint.save(good, LeNet5().state_dict(), {"model": "lenet5"})
+    proc = run("eval", "lenet5", "--checkpoint", str(good), "--data-dir", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "no cifar10 data under" in proc.stderr and "Traceback" not in proc.stderr

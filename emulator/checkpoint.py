@@ -1,0 +1,79 @@
+"""Checkpoints: weights plus the metadata that says what they are.
+
+A psum checkpoint is a ``torch.save`` of a dict of tensors and plain values, read back
+with ``torch.load(..., weights_only=True)`` (no code runs on load)::
+
+    {"format": "psum-checkpoint", "version": 1,
+     "meta": {"model", "dataset", "epochs", "seed", "accuracy", "psum_version", "command", ...},
+     "state_dict": {...},            # the weights (float32, or bfloat16 when exported so)
+     "training": {...}}              # optimizer, schedule, RNG, position; only while training
+
+A plain ``state_dict`` file (e.g. torchvision's ``resnet18-f37072fd.pth``) loads too.
+Writes are atomic (temporary file, then rename), so an interrupted save never leaves a
+truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "save", "read", "load_model"]
+
+FORMAT = "psum-checkpoint"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+def save(path: str | os.PathLike, state_dict: dict, meta: dict, training: dict | None = None,
+         weights_dtype: torch.dtype = torch.float32) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.to(weights_dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+    blob = {"format": FORMAT, "version": 1, "meta": dict(meta, weights_dtype=str(weights_dtype)),
+            "state_dict": weights}
+    if training is not None:
+        blob["training"] = training
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """The checkpoint's dict; a plain state_dict comes back as ``{"state_dict": ..., "meta": {}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        return blob
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return {"state_dict": blob, "meta": {}}
+    raise CheckpointError(f"{path} holds neither a psum checkpoint nor a state_dict")
+
+
+def load_model(path: str | os.PathLike, model: nn.Module) -> dict:
+    """Load the checkpoint's weights into ``model`` (float32); returns its metadata."""
+    blob = read(path)
+    weights = {k: (v.float() if v.is_floating_point() else v) for k, v in blob["state_dict"].items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        missing = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path} does not fit the model: {' '.join(missing[:2])[:300]}") from None
+    return blob["meta"]

@@ -1,0 +1,303 @@
+"""Datasets: CIFAR-10/100 and ImageNet, from a data directory.
+
+Where the data comes from (the first that exists under the data directory):
+
+- CIFAR: the torchvision layout (``cifar-10-batches-py/`` or ``cifar-100-python/``, as
+  ``torchvision.datasets.CIFAR10(root=data_dir, download=True)`` leaves it; psum
+  downloads and verifies the same archive itself when asked to and online), or the
+  ``.npz`` layout (``train.npz``/``test.npz`` with ``images`` uint8 (N, 32, 32, 3) and
+  ``labels``, directly in the data directory or in ``<data_dir>/cifar10``).
+- ImageNet: an ImageFolder layout, ``<data_dir>/imagenet/{train,val}/<class>/<image>``
+  (or ``<data_dir>/{train,val}/...``).
+
+The data directory is ``--data-dir``, else ``$PSUM_DATA_DIR``, else ``./data``.
+Missing or malformed data raises :class:`DataError` with one line saying what was
+expected where.
+
+Every source yields batches of normalized float32 NCHW images and int64 labels; CIFAR
+training batches are augmented (random 32x32 crop of the 4-pixel zero-padded image and
+horizontal flip), ImageNet training batches use a random resized crop and flip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "DataError", "ArraySource", "ImageFolderSource", "load", "data_dir",
+           "synthetic"]
+
+
+class DataError(Exception):
+    """Data missing or malformed; the message says what was expected where."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    image_size: int
+    mean: tuple[float, float, float]  # per channel, on the 0-1 scale
+    std: tuple[float, float, float]
+
+
+DATASETS = {
+    "cifar10": DatasetSpec("cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetSpec("cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": DatasetSpec("imagenet", 1000, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+# The archives torchvision downloads (same URLs and checksums).
+_CIFAR_ARCHIVES = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+                 ["train"], ["test"], b"fine_labels"),
+}
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("PSUM_DATA_DIR") or "data")
+
+
+def _normalize(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalized float32 (N, 3, H, W)."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class ArraySource:
+    """Images held in memory as uint8 (N, H, W, 3) with int64 labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: DatasetSpec, where: str = ""):
+        if images.ndim != 4 or images.shape[1:] != (spec.image_size, spec.image_size, 3) \
+                or images.dtype != np.uint8:
+            raise DataError(f"{where or spec.name}: expected uint8 images of shape "
+                            f"(N, {spec.image_size}, {spec.image_size}, 3), got {images.dtype} {images.shape}")
+        if labels.shape != (len(images),) or len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
+            raise DataError(f"{where or spec.name}: expected {len(images)} labels in 0..{spec.num_classes - 1}")
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                seed: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images (B, 3, H, W) float32, labels (B,)) batches; deterministic given seed."""
+        n = len(self) if limit is None else min(limit, len(self))
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=gen)[:n] if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            images = self.images[idx]
+            if augment:
+                images = _crop_and_flip(images, pad=4, gen=gen)
+            yield _normalize(images, self.spec), self.labels[idx]
+
+
+def _crop_and_flip(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random crop of the zero-padded image and random horizontal flip, per image."""
+    n, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(images)
+    for i in range(n):
+        crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        out[i] = crop.flip(1) if flip[i] else crop
+    return out
+
+
+class ImageFolderSource:
+    """An ImageFolder layout (``<root>/<class>/<image>``), decoded with Pillow.
+
+    Evaluation: resize the shorter side to 256, center crop 224. Training: random
+    resized crop (scale 0.08-1, ratio 3/4-4/3) to 224 and random horizontal flip.
+    """
+
+    EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp"}
+
+    def __init__(self, root: Path, spec: DatasetSpec):
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if not classes:
+            raise DataError(f"expected class folders with images under {root} (ImageFolder layout)")
+        self.samples = [(path, label) for label, name in enumerate(classes)
+                        for path in sorted((root / name).iterdir())
+                        if path.suffix.lower() in self.EXTENSIONS]
+        if not self.samples:
+            raise DataError(f"no images ({', '.join(sorted(self.EXTENSIONS))}) under {root}")
+        self.classes, self.spec, self.root = classes, spec, root
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
+        from PIL import Image
+
+        path, _ = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                size = self.spec.image_size
+                if augment:
+                    img = _random_resized_crop(img, size, rng)
+                    if rng.random() < 0.5:
+                        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                else:
+                    short = round(size * 256 / 224)
+                    w, h = img.size
+                    scale = short / min(w, h)
+                    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                                     Image.Resampling.BILINEAR)
+                    w, h = img.size
+                    left, top = (w - size) // 2, (h - size) // 2
+                    img = img.crop((left, top, left + size, top + size))
+                return np.asarray(img, dtype=np.uint8)
+        except OSError as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                seed: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self) if limit is None else min(limit, len(self))
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self))[:n] if shuffle else np.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            images = np.stack([self._load(int(i), augment, rng) for i in idx])
+            labels = torch.tensor([self.samples[int(i)][1] for i in idx], dtype=torch.int64)
+            yield _normalize(torch.from_numpy(images), self.spec), labels
+
+
+def _random_resized_crop(img, size: int, rng: np.random.Generator):
+    from PIL import Image
+
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * rng.uniform(0.08, 1.0)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR python batches, allowing only numpy arrays and builtins."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch file")
+
+
+def _read_cifar_batches(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                entry = _CifarUnpickler(f, encoding="bytes").load()
+            data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            images.append(data.transpose(0, 2, 3, 1))  # CHW rows -> HWC
+            labels.append(np.asarray(entry[label_key], dtype=np.int64))
+        except FileNotFoundError:
+            raise DataError(f"missing CIFAR batch file {path}") from None
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
+            raise DataError(f"malformed CIFAR batch file {path}: {exc}") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _download_cifar(dataset: str, root: Path) -> None:
+    url, md5, folder, *_ = _CIFAR_ARCHIVES[dataset]
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url} to {root}", flush=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (fixed https URL)
+            blob = response.read()
+    except OSError as exc:
+        raise DataError(f"cannot download {url}: {exc}") from None
+    if hashlib.md5(blob).hexdigest() != md5:  # noqa: S324 (the published checksum)
+        raise DataError(f"downloaded {url} does not match its published MD5 {md5}")
+    extract_cifar_archive(blob, root, folder)
+
+
+def extract_cifar_archive(blob: bytes, root: Path, folder: str) -> None:
+    """Extract the members of ``folder/`` from a CIFAR tar.gz (refusing any other path)."""
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        members = [m for m in tar.getmembers()
+                   if m.isfile() and Path(m.name).parts[:1] == (folder,) and ".." not in Path(m.name).parts]
+        if not members:
+            raise DataError(f"the archive has no {folder}/ folder")
+        for member in members:
+            target = root / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+
+
+def _load_npz(path: Path, spec: DatasetSpec) -> ArraySource:
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return ArraySource(d["images"], d["labels"].astype(np.int64), spec, where=str(path))
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"malformed {path}: expected arrays 'images' and 'labels' ({exc})") from None
+
+
+def load(dataset: str, split: str, root: str | os.PathLike | None = None, *,
+         download: bool = False) -> ArraySource | ImageFolderSource:
+    """The ``split`` ("train" or "test") of ``dataset`` from the data directory."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', not {split!r}")
+    spec, root = DATASETS[dataset], data_dir(root)
+    if dataset == "imagenet":
+        sub = "train" if split == "train" else "val"
+        for base in (root / "imagenet", root):
+            if (base / sub).is_dir():
+                return ImageFolderSource(base / sub, spec)
+        raise DataError(f"expected ImageNet in ImageFolder layout at {root / 'imagenet' / sub}/<class>/<image>")
+    url, _, folder, train_files, test_files, label_key = _CIFAR_ARCHIVES[dataset]
+    for base in (root, root / dataset):
+        npz = base / f"{split}.npz"
+        if npz.is_file():
+            return _load_npz(npz, spec)
+    if not (root / folder).is_dir() and download:
+        _download_cifar(dataset, root)
+    if (root / folder).is_dir():
+        images, labels = _read_cifar_batches(root / folder, train_files if split == "train" else test_files,
+                                             label_key)
+        return ArraySource(images, labels, spec, where=str(root / folder))
+    raise DataError(f"no {dataset} data under {root}: expected {root / folder}/ (torchvision layout; "
+                    f"--download fetches it) or {root / dataset / (split + '.npz')}")
+
+
+def synthetic(dataset: str, n: int, seed: int = 0) -> ArraySource:
+    """A random dataset with the shapes of ``dataset`` (for tests and dry runs)."""
+    spec = DATASETS[dataset]
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, spec.num_classes, n)
+    return ArraySource(images, labels, spec, where=f"synthetic {dataset}")

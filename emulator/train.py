@@ -1,0 +1,162 @@
+"""BF16 training of the study's networks, with periodic checkpoints and resume.
+
+Recipe (documented defaults of :class:`TrainConfig`): BF16 mixed precision
+(``torch.autocast`` with bfloat16 on the CPU, float32 master weights), SGD with Nesterov
+momentum 0.9 and weight decay 5e-4, a cosine learning-rate schedule per step from
+``lr`` to 0 after a linear warm-up over the first epoch's first 1/10, cross-entropy
+loss, CIFAR augmentation (4-pixel padded random crop, horizontal flip). Everything
+random is seeded from ``seed``: the batch order and augmentation of epoch ``e`` come
+from ``seed * 1000 + e``, dropout from torch's generator, whose state is checkpointed.
+
+A partial checkpoint (``<out>.partial``) is written every ``checkpoint_every`` steps
+and at the end of each epoch; a later run with the same configuration resumes from it
+and reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from emulator import checkpoint
+from emulator.models import build
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    dataset: str | None = None  # default: the model's first dataset
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.1  # epochs of linear warm-up
+    seed: int = 0
+    bf16: bool = True
+    limit: int | None = None  # train on the first N shuffled images only
+    checkpoint_every: int = 200  # steps
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, not {self.lr!r}")
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = max(1, round(cfg.warmup * steps_per_epoch))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+class _Progress:
+    """A one-line progress display on stderr (no dependency, quiet when not a TTY)."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.start, self.last = time.monotonic(), 0.0
+
+    def update(self, done: int, note: str = "") -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.5 and done < self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0
+        sys.stderr.write(f"\r{self.label} {done}/{self.total} [{now - self.start:.0f}s<{eta:.0f}s] {note}  ")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progress: bool = True,
+          command: str = "", log=print) -> dict:
+    """Train ``cfg.model`` on ``source`` and write the checkpoint ``out``.
+
+    Resumes from ``<out>.partial`` when one with the same configuration exists. Returns
+    the final metadata (with the test accuracy when ``test_source`` is given).
+    """
+    from emulator.evaluate import evaluate
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    torch.manual_seed(cfg.seed)
+    model, dataset = build(cfg.model, cfg.dataset)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=True)
+    n = len(source) if cfg.limit is None else min(cfg.limit, len(source))
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    step = 0
+    config = dict(asdict(cfg), dataset=dataset)
+    if partial.exists():
+        blob = checkpoint.read(partial)
+        if blob["meta"].get("train_config") != config:
+            raise checkpoint.CheckpointError(f"{partial} was written by a different training configuration; "
+                                             "delete it or use the same options")
+        model.load_state_dict(blob["state_dict"])
+        optimizer.load_state_dict(blob["training"]["optimizer"])
+        torch.set_rng_state(blob["training"]["rng"])
+        step = int(blob["training"]["step"])
+        log(f"resuming {partial} at step {step}/{total}")
+
+    def save_partial() -> None:
+        checkpoint.save(partial, model.state_dict(), {"train_config": config},
+                        training={"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                                  "step": step})
+
+    loss_fn = nn.CrossEntropyLoss()
+    bar = _Progress(total, f"train {cfg.model}/{dataset}", progress)
+    started = time.monotonic()
+    while step < total:
+        epoch, skip = divmod(step, steps_per_epoch)
+        model.train()
+        batches = source.batches(cfg.batch_size, shuffle=True, augment=True,
+                                 seed=cfg.seed * 1000 + epoch, limit=n)
+        running, seen = 0.0, 0
+        for index, (x, y) in enumerate(batches):
+            if index < skip:
+                continue  # resumed mid-epoch: the same batches, already trained on
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running, seen = running + loss.item() * len(y), seen + len(y)
+            bar.update(step, f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.3f}")
+            if step % cfg.checkpoint_every == 0:
+                save_partial()
+        save_partial()
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {running / max(seen, 1):.4f}")
+    meta = {"model": cfg.model, "dataset": dataset, "epochs": cfg.epochs, "seed": cfg.seed,
+            "train_config": config, "train_seconds": round(time.monotonic() - started, 1),
+            "command": command}
+    from psum import __version__
+
+    meta["psum_version"] = __version__
+    with torch.no_grad():  # the checkpoint holds bf16 weights: evaluate exactly those
+        for p in model.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(p.to(torch.bfloat16).float())
+    if test_source is not None:
+        result = evaluate(model, test_source, progress=progress)
+        meta["accuracy"] = result.top1
+        meta["test_images"] = result.total
+    checkpoint.save(out, model.state_dict(), meta, weights_dtype=torch.bfloat16)
+    partial.unlink(missing_ok=True)
+    return meta
