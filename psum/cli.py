@@ -283,6 +283,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- psum verilog ----------------------------------------------------------------------
+
+
+def build_mac(args: argparse.Namespace):
+    """The MAC unit the --inputs/--acc/--int/... options describe."""
+    from hwgen import FloatMAC, IntMAC
+
+    try:
+        if args.int is not None:
+            return IntMAC(args.int, args.int if args.weight_int is None else args.weight_int,
+                          args.acc or "int32", pipeline=args.pipeline)
+        return FloatMAC(args.inputs, args.acc or "fp32", weights=args.weights, product=args.product,
+                        pipeline=args.pipeline)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+@command("verilog")
+def cmd_verilog(args: argparse.Namespace) -> int:
+    from hwgen.verilog import write
+
+    mac = build_mac(args)
+    if args.vectors < 1:
+        raise UsageError(f"--vectors must be positive, not {args.vectors}")
+    try:
+        paths = write(mac, args.output, with_testbench=args.testbench, n=args.vectors, seed=args.seed)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    if args.testbench:
+        print(f"run: cd {paths[0].parent} && iverilog -o tb {paths[0].name} {paths[1].name} && vvp tb")
+    return 0
+
+
+def mac_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", default="bf16", help="operand format of a float MAC (default bf16)")
+    p.add_argument("--weights", help="format of b (default: as --inputs)")
+    p.add_argument("--acc", help="accumulator format (default fp32; int32 with --int)")
+    p.add_argument("--product", help="round products to this format first (unfused)")
+    p.add_argument("--int", type=int, metavar="BITS", help="an integer MAC with BITS-bit operands")
+    p.add_argument("--weight-int", type=int, metavar="BITS", help="integer MAC: width of b (default --int)")
+    p.add_argument("--pipeline", action="store_true", help="register between multiplier and adder")
+
+
 # -- entry point ----------------------------------------------------------------------
 
 
@@ -352,6 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="calibration batch selection")
     ev.add_argument("--no-baselines", action="store_true")
     ev.add_argument("--json", action="store_true")
+
+    vl = sub.add_parser("verilog", help="write a MAC unit's Verilog",
+                        description="Write synthesizable Verilog of a MAC unit (Amaranth), optionally "
+                        "with a self-checking testbench and golden-model vectors for Icarus Verilog.")
+    mac_options(vl)
+    vl.add_argument("-o", "--output", default="mac.v", help="Verilog file (default mac.v)")
+    vl.add_argument("--testbench", action="store_true", help="also write <stem>_tb.v and <stem>_vectors.hex")
+    vl.add_argument("--vectors", type=int, default=2000, help="testbench vectors (default 2000)")
+    vl.add_argument("--seed", type=int, default=0, help="seed of the vectors")
     return parser
 
 
