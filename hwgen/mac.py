@@ -23,7 +23,7 @@ from psum import golden
 from psum.formats import FloatFormat, IntFormat, parse
 from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_shape
 
-__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION"]
+__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round"]
 
 #: Bumped whenever generated hardware changes; part of synthesis cache keys.
 HWGEN_VERSION = "1"
@@ -41,50 +41,170 @@ def _float_format(value, role: str) -> FloatFormat:
     return fmt
 
 
+def _decoded(dec: FloatDecoder) -> dict:
+    """A decoder's outputs as an operand: sign, zero, inf, nan, exp, sig."""
+    return {"sign": dec.sign, "zero": dec.zero, "inf": dec.inf, "nan": dec.nan, "exp": dec.exp, "sig": dec.sig}
+
+
+def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) -> Signal:
+    """The adder: ``round_fmt(x + y)`` of two exact operands, as a bit pattern of ``fmt``.
+
+    Operands are dicts (sign, zero, inf, nan, exp, sig) as :class:`FloatDecoder` gives
+    them; ``sig`` may have any width (its top bit is the leading 1 of a nonzero finite
+    value, ``exp`` that bit's exponent). Order by magnitude -> align the smaller with a
+    sticky bit in a window of p + 3 bits (p the widest significand, at least M + 1) ->
+    add, or subtract the aligned addend and the sticky bit -> normalize -> round once ->
+    special values (NaN, Inf or max, signed zeros: (-0) + (-0) = -0, exact cancellation
+    +0). With shift d >= 2 a subtraction cancels at most one leading bit, so the rounding
+    position stays two bits above the sticky position; with d <= 1 nothing is shifted out.
+    """
+    p = max(len(x["sig"]), len(y["sig"]), fmt.man_bits + 1)
+    window = p + 3
+    xs, ys = Signal(p, name=f"{name}_x_sig"), Signal(p, name=f"{name}_y_sig")
+    m.d.comb += [xs.eq(Mux(x["zero"], 0, x["sig"] << (p - len(x["sig"])))),
+                 ys.eq(Mux(y["zero"], 0, y["sig"] << (p - len(y["sig"]))))]
+    x_first = Signal(name=f"{name}_x_first")  # x is the larger magnitude
+    with m.If(x["zero"]):
+        m.d.comb += x_first.eq(0)
+    with m.Elif(y["zero"]):
+        m.d.comb += x_first.eq(1)
+    with m.Else():
+        m.d.comb += x_first.eq((x["exp"] > y["exp"]) | ((x["exp"] == y["exp"]) & (xs >= ys)))
+    big_sig, small_sig = Mux(x_first, xs, ys), Mux(x_first, ys, xs)
+    big_exp, small_exp = Mux(x_first, x["exp"], y["exp"]), Mux(x_first, y["exp"], x["exp"])
+    big_sign = Mux(x_first, x["sign"], y["sign"])
+    small_zero = Mux(x_first, y["zero"], x["zero"])
+
+    align = Aligner(window, (window + 1).bit_length())
+    m.submodules[f"{name}_align"] = align
+    distance = big_exp - small_exp
+    m.d.comb += [align.value.eq(Cat(Const(0, 3), small_sig)),
+                 align.shift.eq(Mux(small_zero | (distance > window), window, distance))]
+    big_w = Cat(Const(0, 3), big_sig)
+    total = Signal(window + 1, name=f"{name}_sum")
+    subtract = x["sign"] ^ y["sign"]
+    m.d.comb += total.eq(Mux(subtract, big_w - align.result - align.sticky, big_w + align.result))
+
+    norm = Normalizer(window + 1)
+    rnd = Rounder(fmt, window + 1, es)
+    m.submodules[f"{name}_norm"], m.submodules[f"{name}_round"] = norm, rnd
+    exact_zero = total == 0
+    m.d.comb += [norm.value.eq(total), rnd.sig.eq(norm.result), rnd.sticky.eq(align.sticky),
+                 rnd.exp.eq(big_exp + 1 - norm.count), rnd.zero.eq(exact_zero),
+                 rnd.sign.eq(big_sign & ~exact_zero)]
+
+    nan = x["nan"] | y["nan"] | (x["inf"] & y["inf"] & (x["sign"] != y["sign"]))
+    inf = (x["inf"] | y["inf"]) & ~nan
+    inf_sign = Mux(x["inf"], x["sign"], y["sign"])
+    inf_bits = golden.round_to(fmt, float("inf"))  # Inf, or max when the format has none
+    result = Signal(fmt.bits, name=f"{name}_result")
+    with m.If(nan):
+        m.d.comb += result.eq(golden.nan_pattern(fmt))
+    with m.Elif(inf):
+        m.d.comb += result.eq(Cat(Const(inf_bits, fmt.bits - 1), inf_sign))
+    with m.Elif(x["zero"] & y["zero"]):
+        m.d.comb += result.eq((x["sign"] & y["sign"]) << (fmt.bits - 1))
+    with m.Else():
+        m.d.comb += result.eq(rnd.bits)
+    return result
+
+
 class FloatMAC(wiring.Component):
     """A floating-point MAC: ``acc' = round_acc(acc + a * b)`` (docs/semantics.md §4).
 
     Parameters
     ----------
     inputs : format of ``a`` (default bf16).
-    acc : the accumulator register's format (any mode).
+    acc : the accumulator's format (any mode).
     weights : format of ``b``; default: ``inputs``.
     product : round each product to this format before the add (unfused); default
         exact (fused).
     pipeline : a register between the multiplier and the adder.
+    chunk, chunk_acc : chunked accumulation (docs/semantics.md §5): the ``acc`` register
+        accumulates runs of ``chunk`` terms from +0; each full run is added into an outer
+        register in ``chunk_acc``. The output ``acc`` is then ``round_chunk_acc(outer +
+        inner)``, a ``chunk_acc`` pattern: the chunked dot product of all terms so far.
+        One outer adder serves both: a full run is spilled at the next ``en``.
 
     Datapath: decode (normalizing subnormals) -> exact significand product -> [product
-    rounding] -> swap so the larger operand comes first -> align the smaller with a
-    sticky bit (window of p + 3 bits, p the wider significand) -> add or subtract
-    (subtracting the sticky too) -> normalize (leading-zero count) -> round once into
-    the accumulator format -> special values (NaN, Inf, signed zeros).
+    rounding] -> :func:`add_and_round` into the accumulator format.
     """
 
-    def __init__(self, inputs="bf16", acc="fp32", *, weights=None, product=None, pipeline=False):
+    def __init__(self, inputs="bf16", acc="fp32", *, weights=None, product=None, pipeline=False,
+                 chunk=None, chunk_acc="fp32"):
         self.inputs = _float_format(inputs, "inputs")
         self.weights = self.inputs if weights is None else _float_format(weights, "weights")
         self.acc_format = _float_format(acc, "acc")
         self.product = None if product is None else _float_format(product, "product")
         self.pipeline = bool(pipeline)
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"chunk must be a positive integer or None, not {chunk!r}")
+        self.chunk = chunk
+        self.chunk_acc = _float_format(chunk_acc, "chunk_acc") if chunk else None
+        out_fmt = self.chunk_acc or self.acc_format
         super().__init__({"a": In(self.inputs.bits), "b": In(self.weights.bits), "en": In(1),
-                          "clear": In(1), "acc": Out(self.acc_format.bits)})
+                          "clear": In(1), "acc": Out(out_fmt.bits)})
+
+    @property
+    def result_format(self) -> FloatFormat:
+        """The format of the ``acc`` output."""
+        return self.chunk_acc or self.acc_format
 
     def describe(self) -> str:
         text = f"FloatMAC inputs={self.inputs} weights={self.weights} acc={self.acc_format}"
         if self.product is not None:
             text += f" product={self.product}"
+        if self.chunk:
+            text += f" chunk={self.chunk} chunk_acc={self.chunk_acc}"
         return text + (" pipeline" if self.pipeline else "")
 
     def elaborate(self, platform):
         m = Module()
         fa, fb, fc = self.inputs, self.weights, self.acc_format
-        formats = [fa, fb, fc] + ([self.product] if self.product else [])
-        wp = fa.man_bits + fb.man_bits + 2  # exact product significand
-        p = max(wp if self.product is None else self.product.man_bits + 1, fc.man_bits + 1)
-        window = p + 3  # guard, round and sticky positions below the wider significand
+        formats = [f for f in (fa, fb, fc, self.product, self.chunk_acc) if f is not None]
+        window = max(f.man_bits for f in formats) + fa.man_bits + fb.man_bits + 8
         es = exponent_shape(*formats, fa, extra=2 * window)
 
-        # -- multiply: exact significand product, exponent of its top bit --------------
+        prod, en, clear = self._multiply(m, es)
+        m.submodules.dec_c = dc = FloatDecoder(fc, es)
+        inner = Signal(fc.bits, name="acc_reg")
+        restart = clear
+        if self.chunk:
+            count = Signal(range(self.chunk + 1), name="count")
+            restart = clear | (count == self.chunk)  # a full run starts over at +0
+        m.d.comb += dc.bits.eq(Mux(restart, 0, inner))
+        result = add_and_round(m, "add", prod, _decoded(dc), fc, es)
+
+        if not self.chunk:
+            m.d.comb += self.acc.eq(inner)
+            with m.If(en):
+                m.d.sync += inner.eq(result)
+            with m.Elif(clear):
+                m.d.sync += inner.eq(0)
+            return m
+
+        fo = self.chunk_acc
+        outer = Signal(fo.bits, name="outer_reg")
+        m.submodules.dec_inner = di = FloatDecoder(fc, es)
+        m.submodules.dec_outer = do = FloatDecoder(fo, es)
+        m.d.comb += [di.bits.eq(inner), do.bits.eq(outer)]
+        spilled = add_and_round(m, "spill", _decoded(do), _decoded(di), fo, es)
+        m.d.comb += self.acc.eq(spilled)  # the dot product so far: outer + the open run
+        with m.If(en):
+            m.d.sync += [inner.eq(result), count.eq(Mux(restart, 1, count + 1))]
+            with m.If(clear):
+                m.d.sync += outer.eq(0)
+            with m.Elif(count == self.chunk):
+                m.d.sync += outer.eq(spilled)
+        with m.Elif(clear):
+            m.d.sync += [inner.eq(0), outer.eq(0), count.eq(0)]
+        return m
+
+    def _multiply(self, m: Module, es) -> tuple[dict, object, object]:
+        """The exact product as an operand (rounded to ``product`` when unfused, behind
+        the pipeline register when pipelined), and the ``en``/``clear`` that go with it."""
+        fa, fb = self.inputs, self.weights
+        wp = fa.man_bits + fb.man_bits + 2
         m.submodules.dec_a = da = FloatDecoder(fa, es)
         m.submodules.dec_b = db = FloatDecoder(fb, es)
         m.d.comb += [da.bits.eq(self.a), db.bits.eq(self.b)]
@@ -110,69 +230,7 @@ class FloatMAC(wiring.Component):
             prod = staged
         if self.product is not None:
             prod = self._round_product(m, prod, wp, es)
-        prod_width = len(prod["sig"])
-
-        # -- the accumulator operand: +0 when clearing ---------------------------------
-        m.submodules.dec_c = dc = FloatDecoder(fc, es)
-        acc_reg = Signal(fc.bits, name="acc_reg")
-        m.d.comb += [dc.bits.eq(Mux(clear, 0, acc_reg)), self.acc.eq(acc_reg)]
-
-        # -- order the operands: X the larger magnitude, Y the other -------------------
-        p_sig = Signal(p, name="p_sig")
-        c_sig = Signal(p, name="c_sig")
-        m.d.comb += [p_sig.eq(Mux(prod["zero"], 0, prod["sig"] << (p - prod_width))),
-                     c_sig.eq(Mux(dc.zero, 0, dc.sig << (p - fc.man_bits - 1)))]
-        prod_first = Signal(name="prod_first")
-        with m.If(prod["zero"]):
-            m.d.comb += prod_first.eq(0)
-        with m.Elif(dc.zero):
-            m.d.comb += prod_first.eq(1)
-        with m.Else():
-            m.d.comb += prod_first.eq((prod["exp"] > dc.exp) | ((prod["exp"] == dc.exp) & (p_sig >= c_sig)))
-        x_sig, y_sig = Mux(prod_first, p_sig, c_sig), Mux(prod_first, c_sig, p_sig)
-        x_exp, y_exp = Mux(prod_first, prod["exp"], dc.exp), Mux(prod_first, dc.exp, prod["exp"])
-        x_sign, y_sign = Mux(prod_first, prod["sign"], dc.sign), Mux(prod_first, dc.sign, prod["sign"])
-        y_zero = Mux(prod_first, dc.zero, prod["zero"])
-
-        # -- align Y to X, add or subtract ------------------------------------------
-        m.submodules.align = align = Aligner(window, (window + 1).bit_length())
-        distance = x_exp - y_exp
-        m.d.comb += [align.value.eq(Cat(Const(0, 3), y_sig)),
-                     align.shift.eq(Mux(y_zero | (distance > window), window, distance))]
-        x_w = Cat(Const(0, 3), x_sig)
-        total = Signal(window + 1, name="sum")
-        subtract = x_sign ^ y_sign
-        m.d.comb += total.eq(Mux(subtract, x_w - align.result - align.sticky, x_w + align.result))
-
-        # -- normalize and round once -----------------------------------------------
-        m.submodules.norm = norm = Normalizer(window + 1)
-        m.submodules.rounder = rnd = Rounder(fc, window + 1, es)
-        exact_zero = total == 0
-        m.d.comb += [norm.value.eq(total),
-                     rnd.sig.eq(norm.result), rnd.sticky.eq(align.sticky),
-                     rnd.exp.eq(x_exp + 1 - norm.count),
-                     rnd.zero.eq(exact_zero), rnd.sign.eq(x_sign & ~exact_zero)]
-
-        # -- special values ---------------------------------------------------------
-        nan = prod["nan"] | dc.nan | (prod["inf"] & dc.inf & (prod["sign"] != dc.sign))
-        inf = (prod["inf"] | dc.inf) & ~nan
-        inf_sign = Mux(prod["inf"], prod["sign"], dc.sign)
-        inf_bits = golden.round_to(fc, float("inf"))  # Inf, or max when the format has none
-        result = Signal(fc.bits, name="result")
-        with m.If(nan):
-            m.d.comb += result.eq(golden.nan_pattern(fc))
-        with m.Elif(inf):
-            m.d.comb += result.eq(Cat(Const(inf_bits, fc.bits - 1), inf_sign))
-        with m.Elif(prod["zero"] & dc.zero):  # (-0) + (-0) = -0, else +0
-            m.d.comb += result.eq((prod["sign"] & dc.sign) << (fc.bits - 1))
-        with m.Else():
-            m.d.comb += result.eq(rnd.bits)
-
-        with m.If(en):
-            m.d.sync += acc_reg.eq(result)
-        with m.Elif(clear):
-            m.d.sync += acc_reg.eq(0)
-        return m
+        return prod, en, clear
 
     def _round_product(self, m: Module, prod: dict, wp: int, es) -> dict:
         """Round the exact product into the product format and read it back (unfused)."""
@@ -190,7 +248,7 @@ class FloatMAC(wiring.Component):
             m.d.comb += bits.eq(rnd.bits)
         m.submodules.dec_p = dp = FloatDecoder(fp, es)
         m.d.comb += dp.bits.eq(bits)
-        return {"sign": dp.sign, "nan": dp.nan, "inf": dp.inf, "zero": dp.zero, "sig": dp.sig, "exp": dp.exp}
+        return _decoded(dp)
 
 
 class IntMAC(wiring.Component):

@@ -31,13 +31,32 @@ def _step(mac, acc: int, a: int, b: int, en: int, clear: int) -> int:
 
 
 def expected(mac, program: list[tuple[int, int, int, int]]) -> list[int]:
-    """``acc`` after each cycle's edge, per the port contract and the golden model."""
-    acc, out = 0, []
+    """``acc`` after each cycle's edge, per the port contract and the golden model.
+
+    For a chunked MAC the output is the chunked dot product (docs/semantics.md §5) of
+    the terms accumulated since the last clear, a pattern of ``chunk_acc``."""
     latency = 1 if mac.pipeline else 0
     stream = [(0, 0, 0, 0)] * latency + list(program)
+    if getattr(mac, "chunk", None):
+        return _expected_chunked(mac, stream[:len(program)])
+    acc, out = 0, []
     for cycle in range(len(program)):
         acc = _step(mac, acc, *stream[cycle])
         out.append(acc)
+    return out
+
+
+def _expected_chunked(mac, stream) -> list[int]:
+    terms: list[tuple[int, int]] = []
+    out = []
+    for a, b, en, clear in stream:
+        if clear:
+            terms = []
+        if en:
+            terms.append((a, b))
+        out.append(golden.dot([t[0] for t in terms], [t[1] for t in terms], acc=mac.acc_format,
+                              inputs=mac.inputs, weights=mac.weights, product=mac.product,
+                              chunk=mac.chunk, chunk_acc=mac.chunk_acc))
     return out
 
 

@@ -295,7 +295,7 @@ def build_mac(args: argparse.Namespace):
             return IntMAC(args.int, args.int if args.weight_int is None else args.weight_int,
                           args.acc or "int32", pipeline=args.pipeline)
         return FloatMAC(args.inputs, args.acc or "fp32", weights=args.weights, product=args.product,
-                        pipeline=args.pipeline)
+                        pipeline=args.pipeline, chunk=args.chunk, chunk_acc=args.chunk_acc)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -326,6 +326,8 @@ def mac_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int", type=int, metavar="BITS", help="an integer MAC with BITS-bit operands")
     p.add_argument("--weight-int", type=int, metavar="BITS", help="integer MAC: width of b (default --int)")
     p.add_argument("--pipeline", action="store_true", help="register between multiplier and adder")
+    p.add_argument("--chunk", type=int, help="chunked MAC: spill the accumulator every CHUNK terms")
+    p.add_argument("--chunk-acc", default="fp32", help="chunked MAC: outer accumulator (default fp32)")
 
 
 # -- entry point ----------------------------------------------------------------------

@@ -131,6 +131,15 @@ def test_float_mac_options_match_golden(inputs, acc, product, pipeline):
     check_mac(FloatMAC(inputs, acc, product=product, pipeline=pipeline), 3 * VECTORS)
 
 
+@pytest.mark.parametrize("inputs, acc, chunk, chunk_acc, pipeline, product", [
+    ("bf16", "e4m3", 4, "e5m10", False, None), ("e4m3", "e3m4:sat", 3, "bf16:rz", True, None),
+    ("fp16", "e5m4:ftz", 1, "e4m7:sat", False, "e5m2"), ("bf16", "e5m2:rz", 16, "fp32", False, None),
+])
+def test_chunked_mac_matches_the_golden_chunked_dot_product(inputs, acc, chunk, chunk_acc, pipeline, product):
+    check_mac(FloatMAC(inputs, acc, chunk=chunk, chunk_acc=chunk_acc, pipeline=pipeline, product=product),
+              3 * VECTORS)
+
+
 def test_mixed_operand_formats():
     check_mac(FloatMAC("bf16", "e5m7", weights="e4m3"), 3 * VECTORS)
 
@@ -184,7 +193,8 @@ def run_testbench(tmp_path, args):
 @pytest.mark.parametrize("args", [["--inputs", "bf16", "--acc", "e4m7"], ["--int", "8", "--acc", "int32"],
                                   ["--inputs", "e4m3", "--acc", "e5m4:sat:ftz:rz", "--pipeline"],
                                   ["--inputs", "fp16", "--acc", "e6m9", "--product", "bf16"],
-                                  ["--int", "8", "--acc", "int16:sat", "--pipeline"]])
+                                  ["--int", "8", "--acc", "int16:sat", "--pipeline"],
+                                  ["--inputs", "bf16", "--acc", "e4m3", "--chunk", "8", "--chunk-acc", "e5m10"]])
 def test_exported_verilog_passes_its_testbench_under_iverilog(tmp_path, args):
     out = run_testbench(tmp_path, args)
     assert "PASS: 1500 vectors" in out, out
