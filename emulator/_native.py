@@ -25,6 +25,7 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
+from psum.cache import cache_dir
 from psum.formats import FloatFormat
 
 _SOURCE = Path(__file__).with_name("kernels") / "psum_cpu.c"
@@ -35,10 +36,6 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-ma
 
 class KernelBuildError(RuntimeError):
     """The CPU kernels could not be compiled (no compiler, or the compile failed)."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PSUM_CACHE_DIR") or Path.home() / ".cache" / "psum")
 
 
 def _compiler() -> str:

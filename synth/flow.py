@@ -1,0 +1,180 @@
+"""Gate-level synthesis of a MAC unit and what it costs.
+
+Flow (Yosys through :mod:`synth.yosys`):
+
+1. Amaranth -> RTLIL (``amaranth.back.rtlil``);
+2. ``synth -flatten``; ``dfflibmap -liberty`` (flip-flops, the synchronous reset becomes
+   logic in front of plain flip-flops where the library has no such cell);
+   ``abc -liberty`` (logic); ``stat -liberty -json`` -> cells by type, area;
+   ``ltp -noff`` -> logic depth (cells on the longest combinational path);
+   ``write_json`` -> the netlist for static timing and power;
+3. a library-independent transistor count from a second run: ``abc -g cmos`` and
+   ``stat -tech cmos``.
+
+The critical-path delay is a static timing estimate over the mapped netlist with one
+delay per cell output (the library's NLDM entry at a typical slew and load, see
+:mod:`synth.liberty`): arrival(out) = max(arrival(inputs)) + delay, from primary inputs
+and flip-flop outputs (clock-to-Q) to primary outputs and flip-flop D pins.
+
+Results are cached under ``$PSUM_CACHE_DIR/synth/<key>``, the key a digest of the RTLIL,
+the scripts, the Yosys version, the library's Liberty text and the hwgen version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from synth.liberty import Library, embedded
+from synth.yosys import run_yosys, yosys_version
+
+__all__ = ["SynthResult", "synthesize", "mapped_commands"]
+
+
+@dataclass
+class SynthResult:
+    unit: str
+    library: str
+    cells: dict[str, int]
+    area_um2: float
+    sequential_area_um2: float
+    flip_flops: int
+    transistors: int
+    depth: int
+    critical_path_ns: float
+    synth_seconds: float
+    cached: bool = False
+    netlist: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_cells(self) -> int:
+        return sum(self.cells.values())
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("netlist")
+        d["num_cells"] = self.num_cells
+        return d
+
+
+def mapped_commands(top: str) -> list[str]:
+    return [
+        "read_liberty -lib cells.lib",  # cell port directions for ltp and the netlist
+        "read_rtlil unit.il",
+        f"hierarchy -check -top {top}",
+        f"synth -flatten -top {top}",
+        "dfflibmap -liberty cells.lib",
+        "abc -liberty cells.lib",
+        "opt_clean -purge",
+        "select -clear",
+        "tee -q -o stat.json stat -liberty cells.lib -json",
+        "write_json netlist.json",
+    ]
+
+
+#: Transistors of one static master-slave D flip-flop (two latches with clocked inverters,
+#: the count of a plain DFF like NanGate's DFF_X1), which ``stat -tech cmos`` leaves out.
+FLIP_FLOP_TRANSISTORS = 24
+
+
+def transistor_commands(top: str) -> list[str]:
+    """Library-independent count: logic as CMOS gates (``abc -g cmos``), resets and
+    enables turned into logic in front of plain D flip-flops."""
+    return ["read_rtlil unit.il", f"hierarchy -check -top {top}", f"synth -flatten -top {top}",
+            "dfflegalize -cell $_DFF_P_ 01", "abc -g cmos", "opt_clean -purge",
+            "tee -q -o cmos.json stat -tech cmos -json"]
+
+
+def _transistors(cmos: dict) -> int:
+    logic = int(str(cmos.get("estimated_num_transistors") or "0").rstrip("+"))
+    flops = sum(n for kind, n in cmos.get("num_cells_by_type", {}).items() if kind.startswith("$_DFF"))
+    return logic + FLIP_FLOP_TRANSISTORS * flops
+
+
+def _module(stat: dict, top: str) -> dict:
+    modules = stat.get("modules", {})
+    return modules.get(f"\\{top}") or next(iter(modules.values()))
+
+
+def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
+               cache: bool = True) -> SynthResult:
+    """Synthesize ``mac`` (a hwgen component) to ``library`` (default: embedded NanGate45)."""
+    from amaranth.back import rtlil
+
+    from hwgen.mac import HWGEN_VERSION
+    from psum.cache import cache_dir
+
+    library = library or embedded()
+    il = rtlil.convert(mac, name=top, emit_src=False)
+    key = hashlib.blake2b(digest_size=16)
+    for part in (il, "\n".join(mapped_commands(top) + transistor_commands(top)), yosys_version(),
+                 library.digest, HWGEN_VERSION):
+        key.update(part.encode())
+        key.update(b"\0")
+    folder = cache_dir() / "synth" / key.hexdigest()
+    if cache and (folder / "result.json").is_file():
+        data = json.loads((folder / "result.json").read_text())
+        data["netlist"] = json.loads((folder / "netlist.json").read_text())
+        return SynthResult(**{**data, "cached": True})
+
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="psum-synth-") as tmp:
+        work = Path(tmp)
+        (work / "unit.il").write_text(il)
+        (work / "cells.lib").write_text(library.liberty_text)
+        run_yosys(mapped_commands(top), work)
+        run_yosys(transistor_commands(top), work)
+        stat = _module(json.loads((work / "stat.json").read_text()), top)
+        cmos = _module(json.loads((work / "cmos.json").read_text()), top)
+        netlist = json.loads((work / "netlist.json").read_text())["modules"][top]
+    cells = {k: v for k, v in stat["num_cells_by_type"].items() if not k.startswith("$")}
+    flip_flops = sum(n for name, n in cells.items() if library.cells.get(name) and library.cells[name].ff)
+    depth, delay = timing(netlist, library)
+    result = SynthResult(
+        unit=mac.describe(), library=library.name, cells=cells, area_um2=round(float(stat["area"]), 3),
+        sequential_area_um2=round(float(stat.get("sequential_area", 0.0)), 3), flip_flops=flip_flops,
+        transistors=_transistors(cmos), depth=depth,
+        critical_path_ns=round(delay, 4),
+        synth_seconds=round(time.monotonic() - start, 2), netlist=netlist)
+    if cache:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "netlist.json").write_text(json.dumps(netlist))
+        data = result.as_dict()
+        data.pop("num_cells")
+        partial = folder / "result.json.tmp"
+        partial.write_text(json.dumps(data, indent=1))
+        partial.replace(folder / "result.json")  # atomic: a cache entry is whole or absent
+    return result
+
+
+def timing(netlist: dict, library: Library) -> tuple[int, float]:
+    """(logic depth in cells, critical-path delay in ns) of a mapped netlist.
+
+    Paths run from primary inputs and flip-flop outputs (starting at clock-to-Q) to
+    primary outputs and flip-flop inputs; each cell adds its output's delay.
+    """
+    from synth.netlist import Netlist
+
+    net = Netlist(netlist, library)
+    arrival: dict = {b: 0.0 for b in net.input_bits}
+    depth: dict = {}
+    for cell in net.flops:
+        for pin, bits in cell.outputs.items():
+            for b in bits:
+                arrival[b] = cell.lib.outputs[pin].delay_ns
+    for cell in net.order:  # combinational cells in topological order
+        ins = [b for bits in cell.inputs.values() for b in bits]
+        start = max((arrival.get(b, 0.0) for b in ins), default=0.0)
+        level = 1 + max((depth.get(b, 0) for b in ins), default=0)
+        for pin, bits in cell.outputs.items():
+            for b in bits:
+                arrival[b] = start + cell.lib.outputs[pin].delay_ns
+                depth[b] = level
+    ends = list(net.output_bits) + [b for cell in net.flops for pin, bits in cell.inputs.items()
+                                     if pin != cell.lib.ff["clocked_on"] for b in bits]
+    return (max((depth.get(b, 0) for b in ends), default=0),
+            max((arrival.get(b, 0.0) for b in ends), default=0.0))
