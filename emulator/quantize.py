@@ -9,12 +9,13 @@ on the float64 pattern of each element, no per-element Python.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from emulator import _native
 from psum.formats import FloatFormat, parse
 
-__all__ = ["quantize"]
+__all__ = ["quantize", "to_bits"]
 
 _KERNELS = {torch.float32: "psum_quantize_f32", torch.float64: "psum_quantize_f64"}
 
@@ -55,3 +56,31 @@ def quantize(t: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
     kernel(src.data_ptr(), out.data_ptr(), src.numel(), _native.format_params(fmt),
            torch.get_num_threads())
     return out
+
+
+def to_bits(values, fmt: FloatFormat | str) -> np.ndarray:
+    """Bit patterns (uint64) of values that are exactly values of ``fmt``.
+
+    The vectorized counterpart of ``fmt.encode`` for values already rounded (e.g. by
+    :func:`quantize`): sign, exponent field and mantissa are read off exactly with
+    ``frexp``/``ldexp`` in float64. NaN gives the format's NaN pattern.
+    """
+    from psum import golden
+
+    fmt = as_float_format(fmt)
+    v = np.asarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values,
+                   dtype=np.float64)
+    sign = np.signbit(v).astype(np.uint64) << np.uint64(fmt.exp_bits + fmt.man_bits)
+    a = np.abs(v)
+    finite = np.isfinite(a) & (a > 0)
+    safe = np.where(finite, a, 1.0)
+    exponent = np.frexp(safe)[1] - 1  # leading-bit exponent
+    normal = exponent >= fmt.emin
+    man_normal = np.ldexp(safe, fmt.man_bits - exponent) - 2.0 ** fmt.man_bits
+    man_sub = np.ldexp(safe, fmt.man_bits - fmt.emin)
+    field = np.where(normal, exponent + fmt.bias, 0).astype(np.int64)
+    man = np.where(normal, man_normal, man_sub).astype(np.uint64)
+    bits = sign | (field.astype(np.uint64) << np.uint64(fmt.man_bits)) | man
+    bits = np.where(finite, bits, sign)  # zeros keep their sign
+    bits = np.where(np.isinf(a), sign | np.uint64(golden.round_to(fmt, float("inf"))), bits)
+    return np.where(np.isnan(a), np.uint64(golden.nan_pattern(fmt)), bits).astype(np.uint64)

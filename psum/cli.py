@@ -21,7 +21,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 # Exceptions of psum's packages that describe bad input (a missing or malformed data
 # set or checkpoint, a missing tool); the CLI reports them in one line. Matched by name
 # so that this module imports none of those packages.
-_USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError"}
+_USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError", "LibraryError", "SynthToolError",
+                "YosysError", "NetlistError"}
 
 
 class UsageError(Exception):
@@ -318,6 +319,94 @@ def cmd_verilog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite_patterns(mac):
+    """A predicate on operand bit patterns: finite values only (NaN/Inf excluded)."""
+    import numpy as np
+
+    fmt = getattr(mac, "inputs", None)
+    if fmt is None or not fmt.has_inf:
+        return lambda bits: np.ones(bits.shape, dtype=bool)
+    top = np.uint64((1 << fmt.exp_bits) - 1)
+    return lambda bits: ((bits >> np.uint64(fmt.man_bits)) & top) != top
+
+
+def _activity_streams(args, mac):
+    """Operand streams of a real network's layer, as --activity asks."""
+    import torch
+
+    from emulator import checkpoint, data
+    from emulator.models import build
+    from emulator.streams import largest_layer, operand_streams
+
+    try:
+        model, dataset = build(args.activity, args.dataset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.checkpoint:
+        raise UsageError("--activity needs --checkpoint")
+    checkpoint.load_model(args.checkpoint, model)
+    test = data.load(dataset, "test", args.data_dir)
+    batch, _ = next(test.batches(64, shuffle=True, seed=args.seed))
+    layer = args.layer or largest_layer(model, data.DATASETS[dataset].image_size)
+    torch.manual_seed(args.seed)
+    try:
+        if args.int is not None:
+            a, b = operand_streams(model, layer, batch, args.streams, seed=args.seed, int_bits=args.int)
+        else:
+            a, b = operand_streams(model, layer, batch, args.streams, seed=args.seed, inputs=mac.inputs,
+                                   weights=mac.weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return a, b, f"{args.activity}/{dataset} layer {layer}, {len(batch)} test images"
+
+
+@command("synth")
+def cmd_synth(args: argparse.Namespace) -> int:
+    from synth.flow import synthesize
+    from synth.liberty import embedded, from_liberty
+    from synth.power import estimate_energy, uniform_streams
+
+    mac = build_mac(args)
+    if args.streams < 64:
+        raise UsageError(f"--streams must be at least 64, not {args.streams}")
+    library = from_liberty(args.liberty) if args.liberty else embedded()
+    result = synthesize(mac, library, cache=not args.no_cache)
+    finite = _finite_patterns(mac)
+    width_a, width_b = len(mac.a), len(mac.b)
+    energies = []
+    rand_a = uniform_streams(width_a, finite, args.streams, args.k, seed=args.seed)
+    rand_b = uniform_streams(width_b, finite, args.streams, args.k, seed=args.seed + 1)
+    energies.append(estimate_energy(result.netlist, library, rand_a, rand_b, unit=mac.describe(),
+                                    operands=f"uniform random finite patterns, K={args.k}",
+                                    clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
+    if args.activity:
+        a, b, label = _activity_streams(args, mac)
+        energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
+                                        clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
+    report = {"synthesis": result.as_dict(), "energy": [e.as_dict() for e in energies],
+              "library_notes": list(library.notes)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    r = result
+    print(f"{r.unit} on {r.library}" + (" (cached)" if r.cached else f" ({r.synth_seconds:.1f} s)"))
+    rows = [("cells", f"{r.num_cells}"), ("area", f"{r.area_um2:.1f} um^2 ({r.sequential_area_um2:.1f} sequential)"),
+            ("transistors (CMOS estimate)", f"{r.transistors}"), ("flip-flops", f"{r.flip_flops}"),
+            ("logic depth", f"{r.depth} cells"), ("critical path", f"{r.critical_path_ns:.3f} ns")]
+    for e in energies:
+        rows.append((f"energy/MAC, {e.operands}",
+                     f"{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
+                     f"clock {e.clock_pj:.4f}, leakage {e.leakage_pj:.4f}); {e.power_mw:.3f} mW at "
+                     f"{e.clock_mhz:g} MHz; {e.mac_cycles_per_s / 1e6:.2f} M MAC-cycles/s simulated"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+    print("  cells by type: " + ", ".join(f"{k} {v}" for k, v in sorted(r.cells.items(), key=lambda kv: -kv[1])))
+    for note in library.notes:
+        print(f"  note: {note}")
+    return 0
+
+
 def mac_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", default="bf16", help="operand format of a float MAC (default bf16)")
     p.add_argument("--weights", help="format of b (default: as --inputs)")
@@ -408,6 +497,24 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--testbench", action="store_true", help="also write <stem>_tb.v and <stem>_vectors.hex")
     vl.add_argument("--vectors", type=int, default=2000, help="testbench vectors (default 2000)")
     vl.add_argument("--seed", type=int, default=0, help="seed of the vectors")
+
+    sy = sub.add_parser("synth", help="synthesize a MAC: area, cells, timing, energy",
+                        description="Synthesize a MAC unit with Yosys (pyosys) to a cell library and "
+                        "estimate its energy per MAC by gate-level simulation of operand streams: "
+                        "uniform random ones, and with --activity a real network's.")
+    mac_options(sy)
+    sy.add_argument("--liberty", help="Liberty file (default: embedded NanGate45 subset)")
+    sy.add_argument("--activity", metavar="MODEL", help="operand streams from this network")
+    sy.add_argument("--checkpoint", help="its weights")
+    sy.add_argument("--layer", help="its layer (default: the one with the most MACs)")
+    sy.add_argument("--dataset")
+    sy.add_argument("--data-dir")
+    sy.add_argument("--streams", type=int, default=16384, help="dot products simulated (default 16384)")
+    sy.add_argument("--k", type=int, default=64, help="terms per random stream (default 64)")
+    sy.add_argument("--clock-mhz", type=float, default=500.0, help="clock for power and leakage (default 500)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--no-cache", action="store_true", help="resynthesize even if cached")
+    sy.add_argument("--json", action="store_true")
     return parser
 
 

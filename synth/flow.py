@@ -49,6 +49,7 @@ class SynthResult:
     synth_seconds: float
     cached: bool = False
     netlist: dict = field(default_factory=dict, repr=False)
+    netlist_verilog: str = field(default="", repr=False)
 
     @property
     def num_cells(self) -> int:
@@ -57,6 +58,7 @@ class SynthResult:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("netlist")
+        d.pop("netlist_verilog")
         d["num_cells"] = self.num_cells
         return d
 
@@ -70,9 +72,10 @@ def mapped_commands(top: str) -> list[str]:
         "dfflibmap -liberty cells.lib",
         "abc -liberty cells.lib",
         "opt_clean -purge",
-        "select -clear",
+        "rename -enumerate",  # plain names (_N_), the same in the JSON and the Verilog netlist
         "tee -q -o stat.json stat -liberty cells.lib -json",
         "write_json netlist.json",
+        "write_verilog -noattr netlist.v",
     ]
 
 
@@ -119,6 +122,7 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
     if cache and (folder / "result.json").is_file():
         data = json.loads((folder / "result.json").read_text())
         data["netlist"] = json.loads((folder / "netlist.json").read_text())
+        data["netlist_verilog"] = (folder / "netlist.v").read_text()
         return SynthResult(**{**data, "cached": True})
 
     start = time.monotonic()
@@ -131,6 +135,7 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
         stat = _module(json.loads((work / "stat.json").read_text()), top)
         cmos = _module(json.loads((work / "cmos.json").read_text()), top)
         netlist = json.loads((work / "netlist.json").read_text())["modules"][top]
+        verilog = (work / "netlist.v").read_text()
     cells = {k: v for k, v in stat["num_cells_by_type"].items() if not k.startswith("$")}
     flip_flops = sum(n for name, n in cells.items() if library.cells.get(name) and library.cells[name].ff)
     depth, delay = timing(netlist, library)
@@ -139,10 +144,11 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
         sequential_area_um2=round(float(stat.get("sequential_area", 0.0)), 3), flip_flops=flip_flops,
         transistors=_transistors(cmos), depth=depth,
         critical_path_ns=round(delay, 4),
-        synth_seconds=round(time.monotonic() - start, 2), netlist=netlist)
+        synth_seconds=round(time.monotonic() - start, 2), netlist=netlist, netlist_verilog=verilog)
     if cache:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "netlist.json").write_text(json.dumps(netlist))
+        (folder / "netlist.v").write_text(verilog)
         data = result.as_dict()
         data.pop("num_cells")
         partial = folder / "result.json.tmp"

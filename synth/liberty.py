@@ -138,6 +138,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def _group(cell, name):
+    groups = cell.get_groups(name)
+    return groups[0] if groups else None
+
+
 def extract_cell(cell, time_scale: float, cap_scale: float, leak_scale: float) -> dict:
     """A Liberty cell group as the dict :mod:`synth.nangate45` holds (units converted)."""
     leakage = cell["cell_leakage_power"]
@@ -155,7 +160,7 @@ def extract_cell(cell, time_scale: float, cap_scale: float, leak_scale: float) -
     def energies(pin) -> list[float]:
         found = []
         for ip in pin.get_groups("internal_power"):
-            rise, fall = _table_value(ip.get_group("rise_power")), _table_value(ip.get_group("fall_power"))
+            rise, fall = _table_value(_group(ip, "rise_power")), _table_value(_group(ip, "fall_power"))
             if rise is not None and fall is not None:
                 found.append((rise + fall) / 2 * energy_scale)
         return found
@@ -170,20 +175,13 @@ def extract_cell(cell, time_scale: float, cap_scale: float, leak_scale: float) -
         elif direction == "output" and pin["function"] is not None:
             delays = []
             for t in pin.get_groups("timing"):
-                rise, fall = _table_value(t.get_group("cell_rise")), _table_value(t.get_group("cell_fall"))
+                rise, fall = _table_value(_group(t, "cell_rise")), _table_value(_group(t, "cell_fall"))
                 if rise is not None and fall is not None:
                     delays.append((rise + fall) / 2 * time_scale)
             entry["outputs"][pname] = {"function": str(pin["function"]).strip('"'),
                                        "delay_ns": round(_mean(delays), 6),
                                        "energy_fj": round(_mean(energies(pin)), 6)}
     return entry
-
-
-def _group(cell, name):
-    try:
-        return cell.get_group(name)
-    except Exception:  # noqa: BLE001 (liberty-parser raises plain exceptions for absent groups)
-        return None
 
 
 def from_liberty(path: str | Path) -> Library:

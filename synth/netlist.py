@@ -115,7 +115,7 @@ def compile_function(text: str):
     return tree
 
 
-def evaluate(tree, pins: dict, ones) -> np.ndarray:
+def evaluate(tree, pins: dict, ones) -> np.ndarray:  # the plain reading of a tree
     """Evaluate a compiled function on uint64 words (``ones`` = all-ones words)."""
     kind = tree[0]
     if kind == "pin":
@@ -211,47 +211,91 @@ class Netlist:
         return cap, count
 
 
+def _closure(tree, pin_index: dict):
+    """A compiled function tree as nested closures over a list of input rows."""
+    kind = tree[0]
+    if kind == "pin":
+        i = pin_index[tree[1]]
+        return lambda rows, ones: rows[i]
+    if kind == "const":
+        value = tree[1]
+        return lambda rows, ones: ones if value else ones ^ ones
+    if kind == "not":
+        inner = _closure(tree[1], pin_index)
+        return lambda rows, ones: ~inner(rows, ones)
+    left, right = _closure(tree[1], pin_index), _closure(tree[2], pin_index)
+    if kind == "and":
+        return lambda rows, ones: left(rows, ones) & right(rows, ones)
+    if kind == "or":
+        return lambda rows, ones: left(rows, ones) | right(rows, ones)
+    return lambda rows, ones: left(rows, ones) ^ right(rows, ones)
+
+
 class GateSimulator:
-    """Zero-delay simulation of a :class:`Netlist` over 64 x ``words`` lanes."""
+    """Zero-delay simulation of a :class:`Netlist` over 64 x ``words`` lanes.
+
+    Every net is a row of one (nets, words) uint64 array, so counting the transitions of
+    all nets in a cycle is one vectorized XOR-popcount against the previous cycle.
+    """
 
     def __init__(self, netlist: Netlist, words: int):
         self.net, self.words = netlist, words
         self.ones = np.full(words, np.uint64(0xFFFFFFFFFFFFFFFF))
         self.zero = np.zeros(words, dtype=np.uint64)
-        self.values: dict = {"0": self.zero, "1": self.ones, "x": self.zero, "z": self.zero}
         bits = set(netlist.input_bits) | {b for c in netlist.cells for bs in c.outputs.values() for b in bs}
         self.bits = sorted(b for b in bits if isinstance(b, int))
-        for b in self.bits:
-            self.values[b] = self.zero
-        self.state = {id(c): self.zero for c in netlist.flops}  # flip-flops start at 0 (reset)
-        self.toggles = {b: 0 for b in self.bits}
-        self.previous: dict | None = None
+        self.row = {b: i for i, b in enumerate(self.bits)}
+        n = len(self.bits)
+        self.row.update({"0": n, "1": n + 1, "x": n, "z": n})  # constant rows after the nets
+        self.values = np.zeros((n + 2, words), dtype=np.uint64)
+        self.values[n + 1] = self.ones
+        self.previous: np.ndarray | None = None
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.inputs = {name: [self.row[b] for b in bits] for name, (d, bits) in netlist.ports.items()
+                       if d == "input"}
+        self.comb = []
+        for c in netlist.order:
+            pins = list(c.inputs)
+            index = {p: i for i, p in enumerate(pins)}
+            ins = [self.row[c.inputs[p][0]] for p in pins]
+            for pin, bits in c.outputs.items():
+                if isinstance(bits[0], int):
+                    self.comb.append((_closure(c.functions[pin], index), ins, self.row[bits[0]]))
+        self.flops = []
+        for c in netlist.flops:
+            pins = [p for p in c.inputs if p != c.lib.ff["clocked_on"]]
+            index = {p: i for i, p in enumerate(pins)}
+            outs = [(self.row[bits[0]], c.lib.outputs[pin].function != c.lib.ff["state"][0])
+                    for pin, bits in c.outputs.items() if isinstance(bits[0], int)]
+            self.flops.append((_closure(c.functions["next_state"], index),
+                               [self.row[c.inputs[p][0]] for p in pins], outs))
+        self.state = np.zeros((len(self.flops), words), dtype=np.uint64)  # reset state: 0
 
-    def step(self, inputs: dict[str, np.ndarray], lane_mask: np.ndarray) -> None:
-        """One clock cycle: ``inputs`` maps port name -> (port width, words) array."""
-        v = self.values
-        for name, (direction, bits) in self.net.ports.items():
-            if direction == "input":
-                words = inputs.get(name)
-                for i, b in enumerate(bits):
-                    v[b] = self.zero if words is None else words[i]
-        for c in self.net.flops:  # outputs show the state captured at the last edge
-            s = self.state[id(c)]
-            for pin, bits in c.outputs.items():
-                v[bits[0]] = s if c.lib.outputs[pin].function == c.lib.ff["state"][0] else ~s
-        for c in self.net.order:
-            pins = {p: v[bits[0]] for p, bits in c.inputs.items()}
-            for pin, bits in c.outputs.items():
-                v[bits[0]] = evaluate(c.functions[pin], pins, self.ones)
+    @property
+    def toggles(self) -> dict:
+        """Transitions counted so far, per net (bit id)."""
+        return dict(zip(self.bits, self.counts.tolist()))
+
+    def step(self, inputs: dict, lane_mask: np.ndarray) -> None:
+        """One clock cycle: ``inputs`` maps port name -> per-bit word rows (missing: 0)."""
+        v, ones = self.values, self.ones
+        for name, rows in self.inputs.items():
+            words = inputs.get(name)
+            for i, r in enumerate(rows):
+                v[r] = self.zero if words is None else words[i]
+        for i, (_, _, outs) in enumerate(self.flops):  # outputs show the state of the last edge
+            for r, inverted in outs:
+                v[r] = ~self.state[i] if inverted else self.state[i]
+        for fn, ins, out in self.comb:
+            v[out] = fn([v[r] for r in ins], ones)
+        nets = v[:len(self.bits)]
         if self.previous is not None:
-            for b in self.bits:
-                self.toggles[b] += int(np.bitwise_count((v[b] ^ self.previous[b]) & lane_mask).sum())
-        self.previous = {b: v[b] for b in self.bits}
-        for c in self.net.flops:  # the rising edge: state <= next_state(inputs)
-            pins = {p: v[bits[0]] for p, bits in c.inputs.items()}
-            self.state[id(c)] = evaluate(c.functions["next_state"], pins, self.ones)
+            self.counts += np.bitwise_count((nets ^ self.previous) & lane_mask).sum(axis=1, dtype=np.int64)
+        self.previous = nets.copy()
+        for i, (fn, ins, _) in enumerate(self.flops):  # the rising edge: state <= next_state
+            self.state[i] = fn([v[r] for r in ins], ones)
 
     def read(self, port: str) -> np.ndarray:
-        """(width, words) words of a port's current value."""
+        """(width, words) words of a port's value in the current cycle."""
         _, bits = self.net.ports[port]
-        return np.stack([self.values[b] for b in bits])
+        return np.stack([self.values[self.row[b]] for b in bits])

@@ -1,0 +1,89 @@
+"""Operand streams: what one MAC unit of a layer consumes, taken from a real network.
+
+A stream is one output element's dot product, its K operand pairs in the accumulation
+order of docs/semantics.md §7 (im2col order for convolutions): activation ``a[k]`` and
+weight ``b[k]`` as bit patterns. :func:`operand_streams` samples output elements of a
+layer (image, position and output channel drawn with a fixed seed) on real inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emulator.layers import symmetric_quantize
+from emulator.quantize import quantize, to_bits
+
+__all__ = ["operand_streams", "largest_layer"]
+
+
+def _capture(model: nn.Module, name: str, batch: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    modules = dict(model.named_modules())
+    layer = modules.get(name)
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        choices = ", ".join(n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        raise ValueError(f"layer {name!r} is not a Conv2d/Linear of the model; choose from {choices}")
+    seen = []
+    handle = layer.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    handle.remove()
+    return layer, seen[0]
+
+
+def _columns(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L, K) activations per output position and (O, K) weights, in im2col order."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(x.shape[0], 1, -1), layer.weight.detach().reshape(layer.out_features, -1)
+    if layer.groups != 1:
+        raise ValueError("operand streams of grouped convolutions are not supported")
+    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, K, L)
+    return cols.transpose(1, 2), layer.weight.detach().reshape(layer.out_channels, -1)
+
+
+def largest_layer(model: nn.Module, image_size: int) -> str:
+    """The Conv2d/Linear layer with the most MACs per image."""
+    macs: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            def hook(module, inputs, out, name=name):
+                macs[name] = out[0].numel() * module.weight[0].numel()
+            handles.append(m.register_forward_hook(hook))
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    for h in handles:
+        h.remove()
+    return max(macs, key=macs.get)
+
+
+def operand_streams(model: nn.Module, layer: str, batch: torch.Tensor, count: int, *, seed: int = 0,
+                    inputs="bf16", weights=None, int_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` streams of ``layer`` on ``batch``: (count, K) uint64 arrays of patterns.
+
+    Float MACs: activations rounded to ``inputs`` and weights to ``weights`` (default
+    ``inputs``). Integer MACs (``int_bits``): symmetric quantization as the emulator's
+    integer layers do it (weights per output channel, activations per tensor with the
+    batch's largest magnitude), two's-complement patterns of ``int_bits`` bits.
+    """
+    mod, x = _capture(model, layer, batch)
+    acts, w = _columns(mod, x.float())  # (N, L, K), (O, K)
+    n, positions, k = acts.shape
+    rng = np.random.default_rng(seed)
+    img, pos, out = rng.integers(0, n, count), rng.integers(0, positions, count), rng.integers(0, w.shape[0], count)
+    a_vals = acts[torch.from_numpy(img), torch.from_numpy(pos)]  # (count, K)
+    b_vals = w[torch.from_numpy(out)]  # (count, K)
+    if int_bits is not None:
+        limit = (1 << (int_bits - 1)) - 1
+        a_scale = acts.abs().max().clamp(min=1e-30) / limit
+        w_scale = w.abs().amax(dim=1).clamp(min=1e-30) / limit
+        a_int = symmetric_quantize(a_vals, a_scale, int_bits).numpy().astype(np.int64)
+        b_int = symmetric_quantize(b_vals, w_scale[torch.from_numpy(out)][:, None], int_bits).numpy().astype(np.int64)
+        mask = (1 << int_bits) - 1
+        return (a_int & mask).astype(np.uint64), (b_int & mask).astype(np.uint64)
+    weights = inputs if weights is None else weights
+    return (to_bits(quantize(a_vals.double(), inputs), inputs), to_bits(quantize(b_vals.double(), weights), weights))
