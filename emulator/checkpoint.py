@@ -44,6 +44,7 @@ def save(path: str | os.PathLike, state_dict: dict, meta: dict, training: dict |
     os.close(fd)
     try:
         torch.save(blob, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide checkpoints from other users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
