@@ -12,8 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# Real CIFAR-10 where these machines keep it; elsewhere ./data, downloaded on first use.
+DATA_DIR ?= $(if $(wildcard ../shared/data/cifar10),../shared/data,data)
+
 study: $(VENV)/.installed
-	$(BIN)/psum format --candidates
+	$(BIN)/psum study --data-dir $(DATA_DIR) --download --out study
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

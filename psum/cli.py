@@ -407,6 +407,36 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("study")
+def cmd_study(args: argparse.Namespace) -> int:
+    from reports.study import ModelRun, StudySpec, run_study
+
+    try:
+        overrides = {"limit": args.limit, "data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
+                     "download": args.download or None}
+        spec = StudySpec.from_toml(args.config, **overrides) if args.config else StudySpec(
+            **{k: v for k, v in overrides.items() if v is not None})
+        if args.model:
+            if not args.checkpoint:
+                raise UsageError("--model needs --checkpoint")
+            spec.models = [ModelRun(args.model, args.checkpoint, args.dataset)]
+        if args.no_synth:
+            spec.synth = False
+        if args.no_per_layer:
+            spec.per_layer = False
+        if args.tolerance:
+            spec.tolerances = args.tolerance
+        if args.exp_bits:
+            spec.exp_bits = args.exp_bits
+        results = run_study(spec, args.out, workers=args.workers, scheduler=args.scheduler)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    stats = results["stats"]
+    print(f"wrote {args.out}/report.md (+ results.csv, results.json, plots); {stats['computed']} points computed, "
+          f"{stats['reused']} reused, {stats['seconds']} s")
+    return 0
+
+
 def mac_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", default="bf16", help="operand format of a float MAC (default bf16)")
     p.add_argument("--weights", help="format of b (default: as --inputs)")
@@ -515,6 +545,27 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--no-cache", action="store_true", help="resynthesize even if cached")
     sy.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("study", help="the end-to-end study (the README's main job)",
+                        description="Search the minimal FP and INT accumulators of each network within "
+                        "accuracy tolerances, synthesize the MACs, and write report.md, results.csv/json, "
+                        "Pareto plots and Verilog. Resumes from OUT/results.sqlite.")
+    st.add_argument("--config", help="study spec (TOML); flags below override it")
+    st.add_argument("--out", default="study", help="report folder (default ./study)")
+    st.add_argument("--model", help="one model instead of the spec's (needs --checkpoint)")
+    st.add_argument("--checkpoint")
+    st.add_argument("--dataset")
+    st.add_argument("--data-dir")
+    st.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    st.add_argument("--limit", type=int, help="test images per point (default 2000)")
+    st.add_argument("--tolerance", type=float, nargs="+", help="top-1 points (default 0.5 1.0)")
+    st.add_argument("--exp-bits", type=int, nargs="+", help="exponent widths searched (default 3..8)")
+    st.add_argument("--seed", type=int)
+    st.add_argument("--liberty", help="Liberty file for synthesis (default embedded NanGate45)")
+    st.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in-process)")
+    st.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port)")
+    st.add_argument("--no-synth", action="store_true", help="accuracy only")
+    st.add_argument("--no-per-layer", action="store_true", help="skip the per-layer search")
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The end-to-end study: sweeps, minimal-bits search, hardware cost, report."""

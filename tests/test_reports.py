@@ -1,0 +1,158 @@
+"""The study: search, store, resume after kill -9, Dask, report."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from reports.report import pareto_front
+from reports.store import Store, point_key
+from reports.study import ModelRun, StudySpec, bisect_minimum, run_study
+
+
+def test_bisect_minimum_finds_the_first_pass_with_few_calls():
+    calls = []
+    options = list(range(20))
+
+    def passes(i):
+        calls.append(i)
+        return options[i] >= 13
+
+    assert bisect_minimum(options, passes) == 13 and len(calls) <= 6
+    assert bisect_minimum(options, lambda i: False) is None
+    assert bisect_minimum(options, lambda i: True) == 0
+
+
+def test_pareto_front():
+    pts = [{"unit": "a", "top1": 0.7, "area_um2": 100}, {"unit": "b", "top1": 0.72, "area_um2": 200},
+           {"unit": "c", "top1": 0.69, "area_um2": 150}, {"unit": "d", "top1": 0.72, "area_um2": 250}]
+    assert [p["unit"] for p in pareto_front(pts, "area_um2")] == ["a", "b"]
+
+
+def test_store_keeps_one_row_per_key(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    key = point_key({"x": 1, "y": [1, 2]})
+    assert key == point_key({"y": [1, 2], "x": 1})
+    store.put(key, "accuracy", {"x": 1}, {"top1": 0.5})
+    store.put(key, "accuracy", {"x": 1}, {"top1": 0.9})
+    assert store.get(key) == {"top1": 0.5} and store.count() == 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A LeNet5 trained for one epoch on synthetic CIFAR-shaped data, in the npz layout."""
+    from emulator import data
+    from emulator.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("study")
+    folder = root / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    src = data.synthetic("cifar10", 96, seed=3)
+    for split in ("train", "test"):
+        np.savez(folder / f"{split}.npz", images=src.images.numpy(), labels=src.labels.numpy())
+    ckpt = root / "lenet5.pt"
+    train(TrainConfig(model="lenet5", epochs=1, batch_size=32), src, ckpt, progress=False, log=lambda *_: None)
+    return root, ckpt
+
+
+def tiny_spec(root, ckpt, **kw):
+    base = dict(models=[ModelRun("lenet5", str(ckpt))], exp_bits=[3, 4], max_width=10,
+                int_width_range=(8, 14), tolerances=[2.0, 10.0], limit=64, per_layer=False, synth=False,
+                data_dir=str(root / "data"), batch_size=32)
+    return StudySpec(**{**base, **kw})
+
+
+def accuracies(results):
+    return sorted((json.dumps(p["policy"], sort_keys=True), p["top1"], p["total"]) for p in results["points"])
+
+
+def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
+    root, ckpt = tiny
+    spec = tiny_spec(root, ckpt, exp_bits=[3], max_width=7, int_width_range=(10, 12), per_layer=True,
+                     synth=True, streams=64)
+    results = run_study(spec, tmp_path / "out", log=lambda *_: None)
+    found = results["models"]["lenet5"]
+    assert set(found["baselines"]) == {"fp32", "bf16_fp32acc", "int8_int32acc"}
+    assert set(found["fp"]) == {3} and set(found["int"]) == {":wrap", ":sat"}
+    assert {h["family"] for h in found["hardware"]} == {"fp", "int"}
+    assert all(h["area_um2"] > 0 and h["energy_pj"] > 0 for h in found["hardware"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "### Minimal accumulators (the central comparison)" in report and "area FP/INT" in report
+    for name in ("results.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",
+                 "lenet5_accuracy_vs_bits.png"):
+        assert (tmp_path / "out" / name).is_file()
+    assert list((tmp_path / "out" / "verilog").glob("*_tb.v"))
+    assert "weighted_bits" in found["per_layer"]
+    again = run_study(spec, tmp_path / "out", log=lambda *_: None)  # nothing recomputed
+    assert again["stats"]["computed"] == 0 and accuracies(again) == accuracies(results)
+
+
+def test_killed_study_resumes_with_nothing_lost_or_duplicated(tiny, tmp_path):
+    root, ckpt = tiny
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(f"""
+exp_bits = [3, 4]
+max_width = 10
+int_width_range = [8, 14]
+tolerances = [2.0, 10.0]
+limit = 64
+per_layer = false
+synth = false
+data_dir = "{root / 'data'}"
+batch_size = 32
+[[models]]
+name = "lenet5"
+checkpoint = "{ckpt}"
+""")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "psum", "study", "--config", str(spec_path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "results.sqlite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                if sqlite3.connect(db).execute("SELECT COUNT(*) FROM points").fetchone()[0] >= 5:
+                    break
+            except sqlite3.Error:
+                pass
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = sqlite3.connect(db).execute("SELECT COUNT(*) FROM points").fetchone()[0]
+    assert before >= 5
+    resumed = run_study(StudySpec.from_toml(spec_path), out, log=lambda *_: None)
+    straight = run_study(StudySpec.from_toml(spec_path), tmp_path / "straight", log=lambda *_: None)
+    total = len(resumed["points"])
+    assert total == len(straight["points"])  # nothing duplicated
+    assert resumed["stats"]["computed"] == total - before  # nothing lost, nothing recomputed
+    assert accuracies(resumed) == accuracies(straight)
+
+
+def test_dask_cluster_gives_the_same_results(tiny, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    root, ckpt = tiny
+    spec = tiny_spec(root, ckpt, exp_bits=[4])
+    local = run_study(spec, tmp_path / "local", log=lambda *_: None)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        remote = run_study(spec, tmp_path / "dask", executor=client, log=lambda *_: None)
+    assert accuracies(remote) == accuracies(local)
+
+
+def test_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        StudySpec.from_toml(tmp_path / "none.toml")
+    (tmp_path / "bad.toml").write_text("exp_bitz = [3]\n")
+    with pytest.raises(ValueError, match="unknown keys exp_bitz"):
+        StudySpec.from_toml(tmp_path / "bad.toml")
+    proc = subprocess.run([sys.executable, "-m", "psum", "study", "--model", "lenet5", "--checkpoint",
+                           str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
