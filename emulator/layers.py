@@ -36,7 +36,7 @@ def symmetric_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch
 class _Emulated(nn.Module):
     """What both layer types share: the config, the integer scales, the observer."""
 
-    def _setup(self, config: Config, out_features: int) -> None:
+    def _setup(self, config: Config) -> None:
         if not isinstance(config, (AccumConfig, IntAccumConfig)):
             raise TypeError(f"config must be an AccumConfig or IntAccumConfig, not {config!r}")
         self.config = config
@@ -93,7 +93,7 @@ class EmulatedLinear(_Emulated):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
-        self._setup(config, out_features)
+        self._setup(config)
         self.layer_name = "EmulatedLinear"
 
     @classmethod
@@ -140,7 +140,7 @@ class EmulatedConv2d(_Emulated):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
                                                *self.kernel_size, device=device))
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device)) if bias else None
-        self._setup(config, out_channels)
+        self._setup(config)
         self.layer_name = "EmulatedConv2d"
 
     @classmethod

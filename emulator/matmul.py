@@ -143,13 +143,20 @@ def _lanes_on_rows(m: int, n: int) -> bool:
     return n < 64 and m > n
 
 
-def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+def _oriented(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, kernel) -> torch.Tensor:
+    """Run ``kernel(a, b, out, m, n, k)`` on contiguous operands, on the transposed
+    problem when :func:`_lanes_on_rows` says so; returns the (M, N) result."""
     (m, k), n = a.shape, b.shape[1]
     transposed = _lanes_on_rows(m, n)
     if transposed:
         a, b, m, n = b.t(), a.t(), n, m
     a, b = a.contiguous(), b.contiguous()
-    out = torch.empty(m, n, dtype=torch.float64)
+    out = torch.empty(m, n, dtype=dtype)
+    kernel(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k)
+    return out.t() if transposed else out
+
+
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
     unused = cfg.acc  # product/outer params are ignored by the kernel when not enabled
     params = _native.MacParams(
         acc=_native.format_params(cfg.acc),
@@ -158,26 +165,18 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Ten
         has_product=int(cfg.product is not None),
         chunk=cfg.chunk or 0,
     )
-    _native.library().psum_matmul(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, params,
-                                  torch.get_num_threads())
-    return out.t() if transposed else out
+    run = _native.library().psum_matmul
+    return _oriented(a, b, torch.float64, lambda *args: run(*args, params, torch.get_num_threads()))
 
 
 def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
-    (m, k), n = a.shape, b.shape[1]
-    transposed = _lanes_on_rows(m, n)
-    if transposed:
-        a, b, m, n = b.t(), a.t(), n, m
-    a, b = a.contiguous(), b.contiguous()
-    out = torch.empty(m, n, dtype=torch.int64)
     params = _native.IntMacParams(
         bits=cfg.acc.bits, saturate=int(cfg.acc.overflow == "saturate"),
         outer_bits=cfg.chunk_acc.bits, outer_saturate=int(cfg.chunk_acc.overflow == "saturate"),
         chunk=cfg.chunk or 0,
     )
-    _native.library().psum_int_matmul(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, params,
-                                      torch.get_num_threads())
-    return out.t() if transposed else out
+    run = _native.library().psum_int_matmul
+    return _oriented(a, b, torch.int64, lambda *args: run(*args, params, torch.get_num_threads()))
 
 
 register_backend("cpu", _cpu_matmul, _cpu_int_matmul)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import hashlib
-import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -156,6 +155,13 @@ def evaluate_task(task: dict) -> dict:
 
 
 def _digest(path: str) -> str:
+    """Content digest of a checkpoint (part of every point's key)."""
+    stat = Path(path).stat()
+    return _digest_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest()
 
 
@@ -434,5 +440,3 @@ def _spec_dict(spec: StudySpec) -> dict:
     return d
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: psum study")

@@ -243,8 +243,8 @@ static void accumulate_row_general(double *restrict acc, const float *restrict b
             } else {                                                                      \
                 r = (a >> s) << s;                                                        \
             }                                                                             \
-            if (!SUB)                                                                     \
-                r = r >= f.min_normal_abs ? r : 0; /* flush to zero, after rounding */    \
+            if (!SUB) /* flush to zero, after rounding (a mask keeps it vectorizable) */  \
+                r &= -(int64_t)(r >= f.min_normal_abs);                                   \
             rare |= ((uint64_t)r > (uint64_t)f.max_abs) | ((uint64_t)(a - 1) < rare_below); \
             next[j] = double_of((u & PSUM_SIGN) | (uint64_t)r);                           \
         }                                                                                 \

@@ -7,7 +7,7 @@ and with real operands (LeNet5's largest layer on CIFAR-10 test images), plus th
 simulation throughput and the int8/int32 MAC against Horowitz's 45 nm figures
 (ISSCC 2014: int8 multiply 0.2 pJ + int32 add 0.1 pJ).
 
-    python benchmarks/synth.py [--liberty FILE ...] [--data-dir ../shared/data]
+    python benchmarks/mac_cost.py [--liberty FILE ...] [--data-dir ../shared/data]
 """
 
 from __future__ import annotations
