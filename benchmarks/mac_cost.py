@@ -81,7 +81,7 @@ def main() -> None:
                   f"{e_real.energy_per_mac_pj:.3f} | {e_rand.energy_per_mac_pj:.3f} | "
                   f"{e_real.mac_cycles_per_s / 1e6:.2f} |")
             if isinstance(mac, IntMAC) and mac.acc_format.bits == 32:
-                print(f"|  | (Horowitz 45 nm int8 mult + int32 add = {HOROWITZ_INT8_MAC_PJ} pJ; ours/Horowitz: "
+                print(f"|  | (Horowitz 45 nm int8 mult + int32 add = {HOROWITZ_INT8_MAC_PJ:.2f} pJ; ours/Horowitz: "
                       f"real {e_real.energy_per_mac_pj / HOROWITZ_INT8_MAC_PJ:.1f}x, random "
                       f"{e_rand.energy_per_mac_pj / HOROWITZ_INT8_MAC_PJ:.1f}x) |||||||||")
 

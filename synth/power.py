@@ -81,7 +81,7 @@ def uniform_streams(fmt_bits: int, finite_mask, count: int, k: int, seed: int) -
 
 
 def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.ndarray, *, unit: str,
-                    operands: str, clock_mhz: float = 500.0, max_lanes: int = 2048,
+                    operands: str, clock_mhz: float = 500.0, max_lanes: int = 16384,
                     wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN, pipeline: bool = False) -> PowerResult:
     """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K)."""
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:
