@@ -16,7 +16,7 @@ from torch import nn
 from emulator.layers import symmetric_quantize
 from emulator.quantize import quantize, to_bits
 
-__all__ = ["operand_streams", "largest_layer"]
+__all__ = ["operand_streams", "largest_layer", "layer_macs"]
 
 
 def _capture(model: nn.Module, name: str, batch: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
@@ -44,20 +44,25 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return cols.transpose(1, 2), layer.weight.detach().reshape(layer.out_channels, -1)
 
 
-def largest_layer(model: nn.Module, image_size: int) -> str:
-    """The Conv2d/Linear layer with the most MACs per image."""
+def layer_macs(model: nn.Module, image_size: int) -> dict[str, int]:
+    """MACs per image of each Conv2d/Linear layer, in forward order."""
     macs: dict[str, int] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            def hook(module, inputs, out, name=name):
-                macs[name] = out[0].numel() * module.weight[0].numel()
-            handles.append(m.register_forward_hook(hook))
+    handles = [m.register_forward_hook(
+        lambda mod, inputs, out, name=name: macs.__setitem__(name, out[0].numel() * mod.weight[0].numel()))
+        for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         model(torch.zeros(1, 3, image_size, image_size))
+    model.train(was_training)
     for h in handles:
         h.remove()
+    return macs
+
+
+def largest_layer(model: nn.Module, image_size: int) -> str:
+    """The Conv2d/Linear layer with the most MACs per image."""
+    macs = layer_macs(model, image_size)
     return max(macs, key=macs.get)
 
 

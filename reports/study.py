@@ -277,6 +277,7 @@ def _search_model(runner: Runner, run: ModelRun, out: dict, log) -> None:
 
 def _per_layer(runner: Runner, run: ModelRun, out: dict, fp_policy, fp_ref: dict, threshold: float) -> None:
     from emulator.data import DATASETS
+    from emulator.streams import layer_macs
 
     spec = runner.spec
     tol = min(spec.tolerances)
@@ -285,7 +286,7 @@ def _per_layer(runner: Runner, run: ModelRun, out: dict, fp_policy, fp_ref: dict
         return
     exp_bits, acc = min(best, key=lambda item: (int(item[1].split("m")[1].split(":")[0]) + item[0], item[0]))
     model, dataset = _model(run.name, run.dataset, run.checkpoint)
-    macs = _layer_macs(model, DATASETS[dataset].image_size)
+    macs = layer_macs(model, DATASETS[dataset].image_size)
     m_net = int(acc.split("m")[1].split(":")[0])
     need = fp_ref["top1"] - tol / 100
     layers = {}
@@ -299,20 +300,6 @@ def _per_layer(runner: Runner, run: ModelRun, out: dict, fp_policy, fp_ref: dict
     out["per_layer"] = {"tolerance": tol, "network_format": acc, "layers": layers, "macs": macs,
                         "weighted_bits": sum(macs[n] * bits[n] for n in macs) / total,
                         "network_bits": 1 + exp_bits + m_net}
-
-
-def _layer_macs(model, image_size: int) -> dict[str, int]:
-    import torch
-    from torch import nn
-
-    macs: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: macs.__setitem__(n, o[0].numel() * mod.weight[0].numel()))
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
-    for h in hooks:
-        h.remove()
-    return macs
 
 
 # -- hardware -----------------------------------------------------------------------------
