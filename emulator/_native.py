@@ -108,7 +108,7 @@ class MacParams(ctypes.Structure):
     """ctypes mirror of ``psum_mac``: accumulator, product and chunk formats."""
 
     _fields_ = [("acc", FormatParams), ("product", FormatParams), ("outer", FormatParams),
-                ("has_product", ctypes.c_int64), ("chunk", ctypes.c_int64)]
+                ("has_product", ctypes.c_int64), ("chunk", ctypes.c_int64), ("narrow", ctypes.c_int64)]
 
 
 class IntMacParams(ctypes.Structure):

@@ -156,6 +156,17 @@ def _oriented(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, kernel) -> t
     return out.t() if transposed else out
 
 
+def narrow_lanes(cfg: AccumConfig) -> bool:
+    """Whether the kernel may accumulate in float32 lanes (twice as many per vector):
+    every breakpoint of the accumulator (values, midpoints, subnormal midpoints) is a
+    float32 number and every product of two inputs has at most 24 significant bits, so
+    exact float32 products and TwoSums carry the exact sums (docs/emulator.md)."""
+    acc = cfg.acc
+    product_bits = cfg.inputs.man_bits + cfg.weights.man_bits + 2
+    return (cfg.product is None and acc.man_bits <= 22 and acc.emax <= 127
+            and acc.emin - acc.man_bits - 1 >= -149 and acc.emin >= -125 and product_bits <= 24)
+
+
 def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
     unused = cfg.acc  # product/outer params are ignored by the kernel when not enabled
     params = _native.MacParams(
@@ -164,6 +175,7 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Ten
         outer=_native.format_params(cfg.chunk_acc if cfg.chunk else unused),
         has_product=int(cfg.product is not None),
         chunk=cfg.chunk or 0,
+        narrow=int(narrow_lanes(cfg)),
     )
     run = _native.library().psum_matmul
     return _oriented(a, b, torch.float64, lambda *args: run(*args, params, torch.get_num_threads()))

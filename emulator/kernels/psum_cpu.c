@@ -185,6 +185,7 @@ typedef struct {
     psum_fmt outer;      /* chunk accumulator; used when chunk > 0 */
     int64_t has_product; /* 1: round each product first (unfused MAC) */
     int64_t chunk;       /* C; 0 means no chunking */
+    int64_t narrow;      /* 1: accumulate in float32 lanes (see matmul_block32) */
 } psum_mac;
 
 /* The general MAC step for one row segment: acc[j] = round(acc[j] + p_j). */
@@ -308,6 +309,140 @@ static void matmul_block(const float *a, const float *b, double *out, int64_t N,
             out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : acc[ii][j];
 }
 
+
+/* ---------------------------------------------------------------------------------
+ * The same MAC step in float32 lanes (twice the SIMD width), for the common case of
+ * an accumulator with M <= 22 whose values, midpoints and subnormal midpoints are all
+ * float32 numbers, and inputs whose products have at most 24 significant bits (bf16,
+ * fp16, FP8): then a normal float32 product is exact, float32 TwoSum is exact, and the
+ * sticky rounding of the float32 pattern is the correct rounding, as in the float64
+ * step. A product that is not a normal float32 (underflow, subnormal) or any rare
+ * result sends the row to the general float64 step. The caller (Python) decides
+ * eligibility. */
+
+typedef union { float f; uint32_t u; } psum_pun32;
+static inline uint32_t bits32(float x) { psum_pun32 p = {.f = x}; return p.u; }
+static inline float float_of(uint32_t u) { psum_pun32 p = {.u = u}; return p.f; }
+
+typedef struct {
+    int32_t man_bits, emin, nearest_even, subnormals;
+    int32_t max_abs, min_normal_abs, rare_below_abs;
+} psum_fmt32;
+
+static psum_fmt32 narrow_params(const psum_fmt *f)
+{
+    psum_fmt32 g;
+    g.man_bits = (int32_t)f->man_bits;
+    g.emin = (int32_t)f->emin;
+    g.nearest_even = (int32_t)f->nearest_even;
+    g.subnormals = (int32_t)f->subnormals;
+    g.max_abs = (int32_t)bits32((float)double_of((uint64_t)f->max_abs));
+    g.min_normal_abs = (int32_t)bits32((float)double_of((uint64_t)f->min_normal_abs));
+    int32_t below = f->subnormals ? (int32_t)bits32((float)double_of((uint64_t)f->min_sub_abs)) : 0;
+    g.rare_below_abs = below > 0x00800000 ? below : 0x00800000; /* float32 subnormals too */
+    return g;
+}
+
+#define PSUM_FAST_STEP32(NAME, SUB, NE)                                                   \
+    static int32_t NAME(float *restrict next, const float *restrict acc,                  \
+                        const float *restrict brow, float av, int64_t jb, const psum_fmt32 f) \
+    {                                                                                     \
+        const int32_t base = 23 - f.man_bits, min_normal_field = f.emin + 127;            \
+        const uint32_t rare_below = (uint32_t)f.rare_below_abs - 1;                       \
+        const int32_t a_nonzero = av != 0.0f;                                             \
+        int32_t rare = 0;                                                                 \
+        for (int64_t j = 0; j < jb; j++) {                                                \
+            float x = acc[j], w = brow[j], y = av * w;                                    \
+            float hi = x + y, back = hi - x;                                              \
+            float lo = (x - (hi - back)) + (y - back);                                    \
+            uint32_t u = bits32(hi), ul = bits32(lo), uy = bits32(y) & 0x7fffffffu;        \
+            /* an inexact product: subnormal, or zero from nonzero operands */            \
+            int32_t inexact = ((uy - 1u) < 0x007fffffu) | ((uy == 0) & a_nonzero & (w != 0.0f)); \
+            int32_t sticky = (ul & 0x7fffffffu) != 0;                                     \
+            int32_t a = (int32_t)(u & 0x7fffffffu) - (sticky & (int32_t)((ul ^ u) >> 31)); \
+            int32_t s = base;                                                             \
+            if (SUB) {                                                                    \
+                int32_t d = min_normal_field - (a >> 23);                                 \
+                s += d > 0 ? d : 0;                                                       \
+                s = s < 23 ? s : 23;                                                      \
+            }                                                                             \
+            int32_t r;                                                                    \
+            if (NE) {                                                                     \
+                int32_t t = a >> (s - 1);                                                 \
+                int32_t rest = ((t << (s - 1)) != a) | sticky;                            \
+                int32_t q = t >> 1;                                                       \
+                int32_t odd = (q | (s == 23)) & 1;                                        \
+                r = (q + (t & 1 & (rest | odd))) << s;                                    \
+            } else {                                                                      \
+                r = (a >> s) << s;                                                        \
+            }                                                                             \
+            if (!SUB)                                                                     \
+                r &= -(int32_t)(r >= f.min_normal_abs);                                   \
+            rare |= ((uint32_t)r > (uint32_t)f.max_abs) | ((uint32_t)(a - 1) < rare_below) | inexact; \
+            next[j] = float_of((u & 0x80000000u) | (uint32_t)r);                          \
+        }                                                                                 \
+        return rare;                                                                      \
+    }
+
+PSUM_FAST_STEP32(fast_step32_sub_ne, 1, 1)
+PSUM_FAST_STEP32(fast_step32_sub_rz, 1, 0)
+PSUM_FAST_STEP32(fast_step32_ftz_ne, 0, 1)
+PSUM_FAST_STEP32(fast_step32_ftz_rz, 0, 0)
+
+typedef int32_t (*psum_fast_step32)(float *restrict, const float *restrict, const float *restrict,
+                                    float, int64_t, const psum_fmt32);
+
+static void matmul_block32(const float *a, const float *b, double *out, int64_t N, int64_t K,
+                           int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m)
+{
+    float buf[2][PSUM_IB][PSUM_JB];
+    double outer[PSUM_IB][PSUM_JB], wide[PSUM_JB];
+    float *acc[PSUM_IB], *spare[PSUM_IB];
+    const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);
+    const psum_fmt fo = m->outer;
+    const psum_fmt32 f32 = narrow_params(&m->acc);
+    const psum_fast_step32 fast = f32.subnormals ? (f32.nearest_even ? fast_step32_sub_ne : fast_step32_sub_rz)
+                                                 : (f32.nearest_even ? fast_step32_ftz_ne : fast_step32_ftz_rz);
+    for (int64_t ii = 0; ii < ib; ii++) {
+        acc[ii] = buf[0][ii];
+        spare[ii] = buf[1][ii];
+        for (int64_t j = 0; j < jb; j++) {
+            acc[ii][j] = 0.0f;
+            outer[ii][j] = 0.0;
+        }
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
+        int64_t k1 = k0 + step < K ? k0 + step : K;
+        for (int64_t ii = 0; ii < ib; ii++)
+            for (int64_t j = 0; j < jb; j++)
+                acc[ii][j] = 0.0f;
+        for (int64_t k = k0; k < k1; k++) {
+            const float *brow = b + k * N + j0;
+            for (int64_t ii = 0; ii < ib; ii++) {
+                float av = a[(i0 + ii) * K + k];
+                if (!fast(spare[ii], acc[ii], brow, av, jb, f32)) {
+                    float *t = acc[ii];
+                    acc[ii] = spare[ii];
+                    spare[ii] = t;
+                } else { /* the general float64 step; every result is a float32 number */
+                    for (int64_t j = 0; j < jb; j++)
+                        wide[j] = (double)acc[ii][j];
+                    accumulate_row_general(wide, brow, (double)av, jb, m);
+                    for (int64_t j = 0; j < jb; j++)
+                        acc[ii][j] = (float)wide[j];
+                }
+            }
+        }
+        if (m->chunk > 0)
+            for (int64_t ii = 0; ii < ib; ii++)
+                for (int64_t j = 0; j < jb; j++)
+                    outer[ii][j] = two_sum_round(outer[ii][j], (double)acc[ii][j], fo);
+    }
+    for (int64_t ii = 0; ii < ib; ii++)
+        for (int64_t j = 0; j < jb; j++)
+            out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : (double)acc[ii][j];
+}
+
 void psum_matmul(const float *a, const float *b, double *out, int64_t M, int64_t N,
                  int64_t K, const psum_mac *m, int threads)
 {
@@ -318,7 +453,10 @@ void psum_matmul(const float *a, const float *b, double *out, int64_t M, int64_t
         int64_t i0 = (t / nb) * PSUM_IB, j0 = (t % nb) * PSUM_JB;
         int64_t ib = M - i0 < PSUM_IB ? M - i0 : PSUM_IB;
         int64_t jb = N - j0 < PSUM_JB ? N - j0 : PSUM_JB;
-        matmul_block(a, b, out, N, K, i0, ib, j0, jb, m);
+        if (m->narrow)
+            matmul_block32(a, b, out, N, K, i0, ib, j0, jb, m);
+        else
+            matmul_block(a, b, out, N, K, i0, ib, j0, jb, m);
     }
 }
 
