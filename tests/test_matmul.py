@@ -204,6 +204,6 @@ def test_float32_lanes_are_used_only_where_exact():
     assert narrow_lanes(AccumConfig(acc="e4m7")) and narrow_lanes(AccumConfig(acc="e5m10:ftz:rz"))
     assert narrow_lanes(AccumConfig(acc="e4m3", inputs="fp16"))
     assert not narrow_lanes(AccumConfig(acc="fp32"))  # M = 23: midpoints need 25 bits
-    assert not narrow_lanes(AccumConfig(acc="bf16"))  # subnormal midpoints below float32's
+    assert not narrow_lanes(AccumConfig(acc="bf16"))  # its binade below emin is float32-subnormal
     assert not narrow_lanes(AccumConfig(acc="e4m7", inputs="fp32"))  # 48-bit products
     assert not narrow_lanes(AccumConfig(acc="e4m7", product="e4m3"))
