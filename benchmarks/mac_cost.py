@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from emulator import checkpoint, data
@@ -24,19 +23,11 @@ from emulator.streams import largest_layer, operand_streams
 from hwgen import FloatMAC, IntMAC
 from synth.flow import synthesize
 from synth.liberty import embedded, from_liberty
-from synth.power import estimate_energy, uniform_streams
+from synth.power import estimate_energy, finite_patterns, uniform_streams
 
 UNITS = [FloatMAC("bf16", acc) for acc in ("fp32", "fp16", "bf16", "e5m10", "e4m7", "e4m3")] + \
         [IntMAC(8, 8, acc) for acc in ("int32", "int24", "int16")]
 HOROWITZ_INT8_MAC_PJ = 0.2 + 0.1
-
-
-def finite(mac):
-    fmt = getattr(mac, "inputs", None)
-    if fmt is None:
-        return lambda bits: np.ones(bits.shape, dtype=bool)
-    top = np.uint64((1 << fmt.exp_bits) - 1)
-    return lambda bits: ((bits >> np.uint64(fmt.man_bits)) & top) != top
 
 
 def main() -> None:
@@ -71,8 +62,9 @@ def main() -> None:
             r = synthesize(mac, lib)
             a, b = real[mac.describe()]
             e_real = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands="lenet5")
-            ra = uniform_streams(len(mac.a), finite(mac), args.streams, args.k, seed=1)
-            rb = uniform_streams(len(mac.b), finite(mac), args.streams, args.k, seed=2)
+            finite = finite_patterns(getattr(mac, "inputs", None))
+            ra = uniform_streams(len(mac.a), finite, args.streams, args.k, seed=1)
+            rb = uniform_streams(len(mac.b), finite, args.streams, args.k, seed=2)
             e_rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="random")
             label = mac.describe().replace("FloatMAC inputs=bf16 weights=bf16 ", "bf16 ").replace(
                 "IntMAC a=int8 b=int8 ", "int8 ")

@@ -42,8 +42,8 @@ def main() -> None:
     t = torch.from_numpy(x)
     print(f"{args.n} float32 values (standard normal, seed {args.seed}), "
           f"{torch.get_num_threads()} threads, best of {args.repeat}")
-    print(f"| format | psum quantize (M/s) | ml_dtypes cast (M/s) | ml_dtypes round trip (M/s) "
-          f"| psum / cast | psum / round trip |")
+    print("| format | psum quantize (M/s) | ml_dtypes cast (M/s) | ml_dtypes round trip (M/s) "
+          "| psum / cast | psum / round trip |")
     print("|---|---|---|---|---|---|")
     for spec, dtype in [("bf16", ml_dtypes.bfloat16), ("e4m3", ml_dtypes.float8_e4m3),
                         ("e5m2", ml_dtypes.float8_e5m2), ("fp16", np.float16)]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs"]
+__all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs", "layer_macs"]
 
 
 class LeNet5(nn.Module):
@@ -166,20 +166,12 @@ def build(name: str, dataset: str | None = None) -> tuple[nn.Module, str]:
     return spec.make(DATASETS[dataset].num_classes), dataset
 
 
-def count_macs(model: nn.Module, image_size: int) -> int:
-    """Multiply-accumulates of one forward pass on one image, in conv and linear layers."""
-    macs = 0
-
-    def hook(module, inputs, output):
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs += output.numel() * k
-        else:
-            macs += output.numel() * module.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+def layer_macs(model: nn.Module, image_size: int) -> dict[str, int]:
+    """Multiply-accumulates per image of each Conv2d/Linear layer, in forward order."""
+    macs: dict[str, int] = {}
+    handles = [m.register_forward_hook(
+        lambda mod, inputs, out, name=name: macs.__setitem__(name, out[0].numel() * mod.weight[0].numel()))
+        for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -188,3 +180,8 @@ def count_macs(model: nn.Module, image_size: int) -> int:
     for h in handles:
         h.remove()
     return macs
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass on one image, in conv and linear layers."""
+    return sum(layer_macs(model, image_size).values())

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.layers import symmetric_quantize
+from emulator.models import layer_macs
 from emulator.quantize import quantize, to_bits
 
-__all__ = ["operand_streams", "largest_layer", "layer_macs"]
+__all__ = ["operand_streams", "largest_layer"]
 
 
 def _capture(model: nn.Module, name: str, batch: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
@@ -42,22 +43,6 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         raise ValueError("operand streams of grouped convolutions are not supported")
     cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, K, L)
     return cols.transpose(1, 2), layer.weight.detach().reshape(layer.out_channels, -1)
-
-
-def layer_macs(model: nn.Module, image_size: int) -> dict[str, int]:
-    """MACs per image of each Conv2d/Linear layer, in forward order."""
-    macs: dict[str, int] = {}
-    handles = [m.register_forward_hook(
-        lambda mod, inputs, out, name=name: macs.__setitem__(name, out[0].numel() * mod.weight[0].numel()))
-        for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return macs
 
 
 def largest_layer(model: nn.Module, image_size: int) -> str:

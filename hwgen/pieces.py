@@ -15,7 +15,7 @@ tests check it against:
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

@@ -319,17 +319,6 @@ def cmd_verilog(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finite_patterns(mac):
-    """A predicate on operand bit patterns: finite values only (NaN/Inf excluded)."""
-    import numpy as np
-
-    fmt = getattr(mac, "inputs", None)
-    if fmt is None or not fmt.has_inf:
-        return lambda bits: np.ones(bits.shape, dtype=bool)
-    top = np.uint64((1 << fmt.exp_bits) - 1)
-    return lambda bits: ((bits >> np.uint64(fmt.man_bits)) & top) != top
-
-
 def _activity_streams(args, mac):
     """Operand streams of a real network's layer, as --activity asks."""
     import torch
@@ -364,14 +353,14 @@ def _activity_streams(args, mac):
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import synthesize
     from synth.liberty import embedded, from_liberty
-    from synth.power import estimate_energy, uniform_streams
+    from synth.power import estimate_energy, finite_patterns, uniform_streams
 
     mac = build_mac(args)
     if args.streams < 64:
         raise UsageError(f"--streams must be at least 64, not {args.streams}")
     library = from_liberty(args.liberty) if args.liberty else embedded()
     result = synthesize(mac, library, cache=not args.no_cache)
-    finite = _finite_patterns(mac)
+    finite = finite_patterns(getattr(mac, "inputs", None))
     width_a, width_b = len(mac.a), len(mac.b)
     energies = []
     rand_a = uniform_streams(width_a, finite, args.streams, args.k, seed=args.seed)

@@ -277,7 +277,7 @@ def _search_model(runner: Runner, run: ModelRun, out: dict, log) -> None:
 
 def _per_layer(runner: Runner, run: ModelRun, out: dict, fp_policy, fp_ref: dict, threshold: float) -> None:
     from emulator.data import DATASETS
-    from emulator.streams import layer_macs
+    from emulator.models import layer_macs
 
     spec = runner.spec
     tol = min(spec.tolerances)
@@ -307,14 +307,12 @@ def _per_layer(runner: Runner, run: ModelRun, out: dict, fp_policy, fp_ref: dict
 
 def _hardware(runner: Runner, run: ModelRun, found: dict, log) -> list[dict]:
     """Synthesis and energy of every MAC the study names for ``run``."""
-    import numpy as np
-
     from emulator import data
     from emulator.streams import largest_layer, operand_streams
     from hwgen import FloatMAC, IntMAC
     from synth.flow import synthesize
     from synth.liberty import embedded, from_liberty
-    from synth.power import estimate_energy, uniform_streams
+    from synth.power import estimate_energy, finite_patterns, uniform_streams
 
     spec = runner.spec
     library = from_liberty(spec.liberty) if spec.liberty else embedded()
@@ -337,11 +335,9 @@ def _hardware(runner: Runner, run: ModelRun, found: dict, log) -> list[dict]:
             r = synthesize(mac, library)
             if family == "int":
                 a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, int_bits=spec.int_bits)
-                finite = lambda bits: np.ones(bits.shape, dtype=bool)  # noqa: E731
             else:
                 a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, inputs=spec.inputs)
-                top = np.uint64((1 << mac.inputs.exp_bits) - 1)
-                finite = lambda bits: ((bits >> np.uint64(mac.inputs.man_bits)) & top) != top  # noqa: E731
+            finite = finite_patterns(getattr(mac, "inputs", None))
             real = estimate_energy(r.netlist, library, a, b, unit=mac.describe(), operands=f"{run.name} {layer}")
             ra = uniform_streams(len(mac.a), finite, spec.streams, 64, seed=spec.seed + 1)
             rb = uniform_streams(len(mac.b), finite, spec.streams, 64, seed=spec.seed + 2)

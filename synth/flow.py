@@ -6,12 +6,13 @@ Flow (Yosys through :mod:`synth.yosys`):
 2. ``synth -flatten``; ``dfflibmap -liberty`` (flip-flops, the synchronous reset becomes
    logic in front of plain flip-flops where the library has no such cell);
    ``abc -liberty`` (logic); ``stat -liberty -json`` -> cells by type, area;
-   ``ltp -noff`` -> logic depth (cells on the longest combinational path);
-   ``write_json`` -> the netlist for static timing and power;
+   ``write_json``/``write_verilog`` -> the mapped netlist (static timing, power, and
+   the cross-check under Icarus Verilog);
 3. a library-independent transistor count from a second run: ``abc -g cmos`` and
    ``stat -tech cmos``.
 
-The critical-path delay is a static timing estimate over the mapped netlist with one
+Logic depth (cells on the longest combinational path) and the critical-path delay come
+from a static timing pass over the mapped netlist with one
 delay per cell output (the library's NLDM entry at a typical slew and load, see
 :mod:`synth.liberty`): arrival(out) = max(arrival(inputs)) + delay, from primary inputs
 and flip-flop outputs (clock-to-Q) to primary outputs and flip-flop D pins.

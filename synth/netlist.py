@@ -4,7 +4,8 @@ bit-parallel simulation with toggle counting.
 Each net holds a row of ``uint64`` words: lane ``l`` is bit ``l % 64`` of word
 ``l // 64``, so one numpy operation evaluates a gate for 64 x W independent MAC units
 at once. A cycle: drive the input ports, evaluate the combinational cells in
-topological order (their Liberty functions compiled to numpy operations, no ``eval``),
+topological order (their Liberty functions compiled to closures over numpy operations,
+no ``eval``),
 count the nets whose value differs from the previous cycle's (zero-delay: at most one
 transition per net per cycle, no glitches), then clock the flip-flops.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from synth.liberty import Cell, Library
 
-__all__ = ["Netlist", "NetCell", "compile_function", "GateSimulator", "NetlistError"]
+__all__ = ["Netlist", "NetCell", "compile_function", "closure", "to_verilog_expr", "GateSimulator", "NetlistError"]
 
 
 class NetlistError(Exception):
@@ -115,19 +116,6 @@ def compile_function(text: str):
     return tree
 
 
-def evaluate(tree, pins: dict, ones) -> np.ndarray:  # the plain reading of a tree
-    """Evaluate a compiled function on uint64 words (``ones`` = all-ones words)."""
-    kind = tree[0]
-    if kind == "pin":
-        return pins[tree[1]]
-    if kind == "const":
-        return ones if tree[1] else np.zeros_like(ones)
-    if kind == "not":
-        return ~evaluate(tree[1], pins, ones)
-    left, right = evaluate(tree[1], pins, ones), evaluate(tree[2], pins, ones)
-    return left & right if kind == "and" else left | right if kind == "or" else left ^ right
-
-
 def to_verilog_expr(tree) -> str:
     kind = tree[0]
     if kind == "pin":
@@ -211,8 +199,9 @@ class Netlist:
         return cap, count
 
 
-def _closure(tree, pin_index: dict):
-    """A compiled function tree as nested closures over a list of input rows."""
+def closure(tree, pin_index: dict):
+    """A compiled function tree as nested closures: ``fn(rows, ones)`` evaluates it on
+    uint64 words, ``rows[pin_index[pin]]`` holding each pin, ``ones`` all-ones words."""
     kind = tree[0]
     if kind == "pin":
         i = pin_index[tree[1]]
@@ -221,9 +210,9 @@ def _closure(tree, pin_index: dict):
         value = tree[1]
         return lambda rows, ones: ones if value else ones ^ ones
     if kind == "not":
-        inner = _closure(tree[1], pin_index)
+        inner = closure(tree[1], pin_index)
         return lambda rows, ones: ~inner(rows, ones)
-    left, right = _closure(tree[1], pin_index), _closure(tree[2], pin_index)
+    left, right = closure(tree[1], pin_index), closure(tree[2], pin_index)
     if kind == "and":
         return lambda rows, ones: left(rows, ones) & right(rows, ones)
     if kind == "or":
@@ -260,14 +249,14 @@ class GateSimulator:
             ins = [self.row[c.inputs[p][0]] for p in pins]
             for pin, bits in c.outputs.items():
                 if isinstance(bits[0], int):
-                    self.comb.append((_closure(c.functions[pin], index), ins, self.row[bits[0]]))
+                    self.comb.append((closure(c.functions[pin], index), ins, self.row[bits[0]]))
         self.flops = []
         for c in netlist.flops:
             pins = [p for p in c.inputs if p != c.lib.ff["clocked_on"]]
             index = {p: i for i, p in enumerate(pins)}
             outs = [(self.row[bits[0]], c.lib.outputs[pin].function != c.lib.ff["state"][0])
                     for pin, bits in c.outputs.items() if isinstance(bits[0], int)]
-            self.flops.append((_closure(c.functions["next_state"], index),
+            self.flops.append((closure(c.functions["next_state"], index),
                                [self.row[c.inputs[p][0]] for p in pins], outs))
         self.state = np.zeros((len(self.flops), words), dtype=np.uint64)  # reset state: 0
 

@@ -29,7 +29,8 @@ import numpy as np
 from synth.liberty import Library
 from synth.netlist import GateSimulator, Netlist
 
-__all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "uniform_streams"]
+__all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "uniform_streams",
+           "finite_patterns"]
 
 WIRE_CAP_FF_PER_PIN = 0.5
 
@@ -66,6 +67,15 @@ def pack_lanes(values: np.ndarray, width: int) -> np.ndarray:
     bits = ((values.T[:, None, :] >> np.arange(width, dtype=np.uint64)[None, :, None]) & 1).astype(np.uint8)
     packed = np.packbits(bits.reshape(cycles, width, lanes // 64, 64), axis=-1, bitorder="little")
     return packed.view(np.uint64).reshape(cycles, width, lanes // 64)
+
+
+def finite_patterns(fmt):
+    """A predicate on bit patterns of operand format ``fmt``: True where the value is
+    finite (every pattern for integer or saturating formats)."""
+    if fmt is None or not getattr(fmt, "has_inf", False):
+        return lambda bits: np.ones(bits.shape, dtype=bool)
+    top = np.uint64((1 << fmt.exp_bits) - 1)
+    return lambda bits: ((bits >> np.uint64(fmt.man_bits)) & top) != top
 
 
 def uniform_streams(fmt_bits: int, finite_mask, count: int, k: int, seed: int) -> np.ndarray:

@@ -14,7 +14,6 @@ from amaranth.sim import Simulator
 from hwgen import (Aligner, FloatDecoder, FloatMAC, IntMAC, LeadingZeroCounter, Normalizer, Rounder)
 from hwgen.pieces import exponent_shape
 from hwgen.verify import expected, random_program, simulate
-from oracles import same_value
 from psum import golden
 from psum.formats import parse
 

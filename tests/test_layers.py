@@ -1,6 +1,5 @@
 """Emulated layers and model conversion."""
 
-import math
 from fractions import Fraction
 
 import pytest

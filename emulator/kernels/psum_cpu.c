@@ -267,49 +267,6 @@ static psum_fast_step fast_step_for(const psum_fmt *f)
     return f->nearest_even ? fast_step_ftz_ne : fast_step_ftz_rz;
 }
 
-static void matmul_block(const float *a, const float *b, double *out, int64_t N, int64_t K,
-                         int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m)
-{
-    double buf[2][PSUM_IB][PSUM_JB], outer[PSUM_IB][PSUM_JB];
-    double *acc[PSUM_IB], *spare[PSUM_IB]; /* double buffers: the fast step writes spare */
-    const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);
-    const psum_fmt fa = m->acc, fo = m->outer;
-    const psum_fast_step fast_step = fast_step_for(&m->acc);
-    for (int64_t ii = 0; ii < ib; ii++) {
-        acc[ii] = buf[0][ii];
-        spare[ii] = buf[1][ii];
-        for (int64_t j = 0; j < jb; j++)
-            acc[ii][j] = outer[ii][j] = 0.0;
-    }
-    for (int64_t k0 = 0; k0 < K; k0 += step) {
-        int64_t k1 = k0 + step < K ? k0 + step : K;
-        for (int64_t ii = 0; ii < ib; ii++)
-            for (int64_t j = 0; j < jb; j++)
-                acc[ii][j] = 0.0;
-        for (int64_t k = k0; k < k1; k++) {
-            const float *brow = b + k * N + j0;
-            for (int64_t ii = 0; ii < ib; ii++) {
-                double av = (double)a[(i0 + ii) * K + k];
-                if (!m->has_product && !fast_step(spare[ii], acc[ii], brow, av, jb, fa)) {
-                    double *t = acc[ii];
-                    acc[ii] = spare[ii];
-                    spare[ii] = t;
-                } else {
-                    accumulate_row_general(acc[ii], brow, av, jb, m);
-                }
-            }
-        }
-        if (m->chunk > 0)
-            for (int64_t ii = 0; ii < ib; ii++)
-                for (int64_t j = 0; j < jb; j++)
-                    outer[ii][j] = two_sum_round(outer[ii][j], acc[ii][j], fo);
-    }
-    for (int64_t ii = 0; ii < ib; ii++)
-        for (int64_t j = 0; j < jb; j++)
-            out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : acc[ii][j];
-}
-
-
 /* ---------------------------------------------------------------------------------
  * The same MAC step in float32 lanes (twice the SIMD width), for the common case of
  * an accumulator with M <= 22 whose values, midpoints and subnormal midpoints are all
@@ -392,71 +349,95 @@ PSUM_FAST_STEP32(fast_step32_ftz_rz, 0, 0)
 typedef int32_t (*psum_fast_step32)(float *restrict, const float *restrict, const float *restrict,
                                     float, int64_t, const psum_fmt32);
 
-static void matmul_block32(const float *a, const float *b, double *out, int64_t N, int64_t K,
-                           int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m)
+/* One block of PSUM_IB rows x PSUM_JB columns, its accumulators in lanes of type T:
+ * the k-loop in runs of C terms (C = K without chunking), each MAC step of a row by the
+ * lane type's fast step or, when a lane meets a rare case (or products are rounded), by
+ * the general float64 step; each run's results added into the float64 outer
+ * accumulator. Every value an accumulator holds is exactly a T. */
+#define PSUM_MATMUL_BLOCK(NAME, T, FAST_T, PARAMS_T)                                         \
+    static void NAME(const float *a, const float *b, double *out, int64_t N, int64_t K,      \
+                     int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m,      \
+                     FAST_T fast, const PARAMS_T params)                                     \
+    {                                                                                        \
+        T buf[2][PSUM_IB][PSUM_JB];                                                          \
+        T *acc[PSUM_IB], *spare[PSUM_IB]; /* double buffers: the fast step writes spare */   \
+        double outer[PSUM_IB][PSUM_JB], wide[PSUM_JB];                                       \
+        const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);                      \
+        for (int64_t ii = 0; ii < ib; ii++) {                                                \
+            acc[ii] = buf[0][ii];                                                            \
+            spare[ii] = buf[1][ii];                                                          \
+            for (int64_t j = 0; j < jb; j++) {                                               \
+                acc[ii][j] = 0;                                                              \
+                outer[ii][j] = 0.0;                                                          \
+            }                                                                                \
+        }                                                                                    \
+        for (int64_t k0 = 0; k0 < K; k0 += step) {                                           \
+            int64_t k1 = k0 + step < K ? k0 + step : K;                                      \
+            for (int64_t ii = 0; ii < ib; ii++)                                              \
+                for (int64_t j = 0; j < jb; j++)                                             \
+                    acc[ii][j] = 0;                                                          \
+            for (int64_t k = k0; k < k1; k++) {                                              \
+                const float *brow = b + k * N + j0;                                          \
+                for (int64_t ii = 0; ii < ib; ii++) {                                        \
+                    float av = a[(i0 + ii) * K + k];                                         \
+                    if (!m->has_product && !fast(spare[ii], acc[ii], brow, (T)av, jb, params)) { \
+                        T *t = acc[ii];                                                      \
+                        acc[ii] = spare[ii];                                                 \
+                        spare[ii] = t;                                                       \
+                    } else {                                                                 \
+                        for (int64_t j = 0; j < jb; j++)                                     \
+                            wide[j] = (double)acc[ii][j];                                    \
+                        accumulate_row_general(wide, brow, (double)av, jb, m);               \
+                        for (int64_t j = 0; j < jb; j++)                                     \
+                            acc[ii][j] = (T)wide[j];                                         \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+            if (m->chunk > 0)                                                                \
+                for (int64_t ii = 0; ii < ib; ii++)                                          \
+                    for (int64_t j = 0; j < jb; j++)                                         \
+                        outer[ii][j] = two_sum_round(outer[ii][j], (double)acc[ii][j], m->outer); \
+        }                                                                                    \
+        for (int64_t ii = 0; ii < ib; ii++)                                                  \
+            for (int64_t j = 0; j < jb; j++)                                                 \
+                out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : (double)acc[ii][j]; \
+    }
+
+PSUM_MATMUL_BLOCK(matmul_block, double, psum_fast_step, psum_fmt)
+PSUM_MATMUL_BLOCK(matmul_block32, float, psum_fast_step32, psum_fmt32)
+
+static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
 {
-    float buf[2][PSUM_IB][PSUM_JB];
-    double outer[PSUM_IB][PSUM_JB], wide[PSUM_JB];
-    float *acc[PSUM_IB], *spare[PSUM_IB];
-    const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);
-    const psum_fmt fo = m->outer;
-    const psum_fmt32 f32 = narrow_params(&m->acc);
-    const psum_fast_step32 fast = f32.subnormals ? (f32.nearest_even ? fast_step32_sub_ne : fast_step32_sub_rz)
-                                                 : (f32.nearest_even ? fast_step32_ftz_ne : fast_step32_ftz_rz);
-    for (int64_t ii = 0; ii < ib; ii++) {
-        acc[ii] = buf[0][ii];
-        spare[ii] = buf[1][ii];
-        for (int64_t j = 0; j < jb; j++) {
-            acc[ii][j] = 0.0f;
-            outer[ii][j] = 0.0;
-        }
-    }
-    for (int64_t k0 = 0; k0 < K; k0 += step) {
-        int64_t k1 = k0 + step < K ? k0 + step : K;
-        for (int64_t ii = 0; ii < ib; ii++)
-            for (int64_t j = 0; j < jb; j++)
-                acc[ii][j] = 0.0f;
-        for (int64_t k = k0; k < k1; k++) {
-            const float *brow = b + k * N + j0;
-            for (int64_t ii = 0; ii < ib; ii++) {
-                float av = a[(i0 + ii) * K + k];
-                if (!fast(spare[ii], acc[ii], brow, av, jb, f32)) {
-                    float *t = acc[ii];
-                    acc[ii] = spare[ii];
-                    spare[ii] = t;
-                } else { /* the general float64 step; every result is a float32 number */
-                    for (int64_t j = 0; j < jb; j++)
-                        wide[j] = (double)acc[ii][j];
-                    accumulate_row_general(wide, brow, (double)av, jb, m);
-                    for (int64_t j = 0; j < jb; j++)
-                        acc[ii][j] = (float)wide[j];
-                }
-            }
-        }
-        if (m->chunk > 0)
-            for (int64_t ii = 0; ii < ib; ii++)
-                for (int64_t j = 0; j < jb; j++)
-                    outer[ii][j] = two_sum_round(outer[ii][j], (double)acc[ii][j], fo);
-    }
-    for (int64_t ii = 0; ii < ib; ii++)
-        for (int64_t j = 0; j < jb; j++)
-            out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : (double)acc[ii][j];
+    if (f->subnormals)
+        return f->nearest_even ? fast_step32_sub_ne : fast_step32_sub_rz;
+    return f->nearest_even ? fast_step32_ftz_ne : fast_step32_ftz_rz;
 }
+
+/* Runs BODY for every block (i0, ib, j0, jb) of an M x N output, blocks spread over
+ * the threads; within a block the k-loop is sequential. */
+#define PSUM_FOR_BLOCKS(M, N, K, threads, BODY)                                              \
+    do {                                                                                     \
+        const int64_t mb_ = ((M) + PSUM_IB - 1) / PSUM_IB, nb_ = ((N) + PSUM_JB - 1) / PSUM_JB; \
+        const int64_t tasks_ = mb_ * nb_;                                                    \
+        _Pragma("omp parallel for num_threads(threads) schedule(dynamic) if (tasks_ * (K) > 4096)") \
+        for (int64_t t_ = 0; t_ < tasks_; t_++) {                                            \
+            int64_t i0 = (t_ / nb_) * PSUM_IB, j0 = (t_ % nb_) * PSUM_JB;                    \
+            int64_t ib = (M) - i0 < PSUM_IB ? (M) - i0 : PSUM_IB;                            \
+            int64_t jb = (N) - j0 < PSUM_JB ? (N) - j0 : PSUM_JB;                            \
+            BODY;                                                                            \
+        }                                                                                    \
+    } while (0)
 
 void psum_matmul(const float *a, const float *b, double *out, int64_t M, int64_t N,
                  int64_t K, const psum_mac *m, int threads)
 {
-    const int64_t mb = (M + PSUM_IB - 1) / PSUM_IB, nb = (N + PSUM_JB - 1) / PSUM_JB;
-    const int64_t tasks = mb * nb;
-#pragma omp parallel for num_threads(threads) schedule(dynamic) if (tasks * K > 4096)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t i0 = (t / nb) * PSUM_IB, j0 = (t % nb) * PSUM_JB;
-        int64_t ib = M - i0 < PSUM_IB ? M - i0 : PSUM_IB;
-        int64_t jb = N - j0 < PSUM_JB ? N - j0 : PSUM_JB;
-        if (m->narrow)
-            matmul_block32(a, b, out, N, K, i0, ib, j0, jb, m);
-        else
-            matmul_block(a, b, out, N, K, i0, ib, j0, jb, m);
+    if (m->narrow) {
+        const psum_fmt32 f32 = narrow_params(&m->acc);
+        const psum_fast_step32 fast = fast_step32_for(&f32);
+        PSUM_FOR_BLOCKS(M, N, K, threads, matmul_block32(a, b, out, N, K, i0, ib, j0, jb, m, fast, f32));
+    } else {
+        const psum_fast_step fast = fast_step_for(&m->acc);
+        PSUM_FOR_BLOCKS(M, N, K, threads, matmul_block(a, b, out, N, K, i0, ib, j0, jb, m, fast, m->acc));
     }
 }
 
@@ -523,13 +504,5 @@ static void int_matmul_block(const int32_t *a, const int32_t *b, int64_t *out, i
 void psum_int_matmul(const int32_t *a, const int32_t *b, int64_t *out, int64_t M, int64_t N,
                      int64_t K, const psum_int_mac *m, int threads)
 {
-    const int64_t mb = (M + PSUM_IB - 1) / PSUM_IB, nb = (N + PSUM_JB - 1) / PSUM_JB;
-    const int64_t tasks = mb * nb;
-#pragma omp parallel for num_threads(threads) schedule(dynamic) if (tasks * K > 4096)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t i0 = (t / nb) * PSUM_IB, j0 = (t % nb) * PSUM_JB;
-        int64_t ib = M - i0 < PSUM_IB ? M - i0 : PSUM_IB;
-        int64_t jb = N - j0 < PSUM_JB ? N - j0 : PSUM_JB;
-        int_matmul_block(a, b, out, N, K, i0, ib, j0, jb, m);
-    }
+    PSUM_FOR_BLOCKS(M, N, K, threads, int_matmul_block(a, b, out, N, K, i0, ib, j0, jb, m));
 }
