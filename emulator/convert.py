@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
+from emulator.device import model_device
 from emulator.layers import EmulatedConv2d, EmulatedLinear
 
 __all__ = ["Policy", "convert", "calibrate", "emulated_layers"]
@@ -142,7 +143,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     for layer in int_layers:  # one layer at a time, in order
         layer.act_scale, layer.act_absmax, layer.observing = None, None, True
     pending = list(int_layers)
-    batches = list(batches)
+    device = model_device(model)
+    batches = [batch.to(device) for batch in batches]
     if not batches:
         raise ValueError("calibration needs at least one batch")
     while pending:

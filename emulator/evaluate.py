@@ -69,13 +69,15 @@ class Accuracy:
 @torch.no_grad()
 def evaluate(model: nn.Module, source, *, limit: int | None = None, batch_size: int = 256,
              progress: bool = False, label: str = "eval", stop=None) -> Accuracy:
-    """Top-1/top-5 of ``model`` on ``source``.
+    """Top-1/top-5 of ``model`` on ``source``, on the device of the model's parameters.
 
     ``stop(correct, seen, total)``, when given, is asked after each batch; returning
     True ends the evaluation early (for sweeps that drop clearly failing points).
     """
+    from emulator.device import model_device
     from emulator.train import _Progress
 
+    device = model_device(model)
     was_training = model.training
     model.eval()
     n = len(source) if limit is None else min(limit, len(source))
@@ -84,6 +86,7 @@ def evaluate(model: nn.Module, source, *, limit: int | None = None, batch_size: 
     start = time.monotonic()
     subset = n < len(source)
     for x, y in source.batches(batch_size, shuffle=subset, seed=0, limit=n):
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
         correct += int((top[:, 0] == y).sum())

@@ -2,8 +2,8 @@
 partial sums live in a chosen format (docs/semantics.md §4-6).
 
 :func:`matmul` / :func:`int_matmul` are the public entry points; they dispatch on the
-tensors' device to a registered backend (the compiled CPU kernel here; a GPU kernel
-registers itself the same way). :func:`matmul_reference` / :func:`int_matmul_reference`
+tensors' device to a registered backend: the compiled CPU kernel, or for CUDA tensors
+the Triton kernels of :mod:`emulator.triton_kernels` (same bits). :func:`matmul_reference` / :func:`int_matmul_reference`
 are the plain, obviously-correct k-loops in PyTorch that the kernels are tested
 against (with the golden model as the final judge).
 """
@@ -39,6 +39,10 @@ def register_backend(device_type: str, float_kernel: FloatKernel, int_kernel: In
 
 
 def _backend(t: torch.Tensor, which: int):
+    if t.device.type == "cuda" and "cuda" not in _BACKENDS:
+        from emulator.device import load_gpu_backend
+
+        load_gpu_backend()
     try:
         return _BACKENDS[t.device.type][which]
     except KeyError:

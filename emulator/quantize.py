@@ -3,8 +3,9 @@
 :func:`quantize` is the tensor form of :func:`psum.golden.round_to`: every element is
 rounded exactly as ``docs/semantics.md`` says (ties, both rounding modes, subnormals
 and flush-to-zero, overflow to Inf or saturation, signed zeros, Inf/NaN inputs). It
-runs in the compiled CPU kernel (``emulator/kernels/psum_cpu.c``): bit manipulation
-on the float64 pattern of each element, no per-element Python.
+runs in the compiled CPU kernel (``emulator/kernels/psum_cpu.c``), or for CUDA
+tensors in its Triton port (``emulator/triton_kernels.py``): bit manipulation on the
+float64 pattern of each element, no per-element Python.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def quantize(t: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
     Parameters
     ----------
     t : torch.Tensor
-        float32 or float64, on the CPU.
+        float32 or float64, on the CPU (compiled C kernel) or a CUDA GPU (Triton).
     fmt : FloatFormat or str
         Target format or its spec (``"e4m7"``, ``"bf16"``, ``"e5m2:sat"``...). Every
         value of the format must be representable in ``t``'s dtype (for float32:
@@ -47,8 +48,15 @@ def quantize(t: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
         raise TypeError(f"quantize takes a torch.Tensor, not {type(t).__name__}")
     if t.dtype not in _KERNELS:
         raise TypeError(f"quantize takes float32 or float64 tensors, not {t.dtype}")
+    if t.device.type == "cuda":
+        from emulator.device import load_gpu_backend
+
+        load_gpu_backend()
+        from emulator.triton_kernels import triton_quantize
+
+        return triton_quantize(t, fmt)
     if t.device.type != "cpu":
-        raise ValueError(f"quantize runs on CPU tensors; got a tensor on {t.device}")
+        raise ValueError(f"quantize runs on CPU or CUDA tensors; got a tensor on {t.device}")
     _native.check_fits(fmt, str(t.dtype).removeprefix("torch."))
     src = t.detach().contiguous()
     out = torch.empty_like(src)

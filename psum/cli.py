@@ -22,7 +22,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 # set or checkpoint, a missing tool); the CLI reports them in one line. Matched by name
 # so that this module imports none of those packages.
 _USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError", "LibraryError", "SynthToolError",
-                "YosysError", "NetlistError"}
+                "YosysError", "NetlistError", "DeviceError"}
 
 
 class UsageError(Exception):
@@ -242,16 +242,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from emulator import AccumConfig, IntAccumConfig, Policy, calibrate, convert
     from emulator import checkpoint, data
+    from emulator.device import resolve_device
     from emulator.evaluate import evaluate
     from emulator.models import build
 
     torch.manual_seed(0)
     policies = build_policies(args)
+    device = resolve_device(args.device)
     try:
         model, dataset = build(args.model, args.dataset)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     meta = checkpoint.load_model(args.checkpoint, model)
+    model.to(device)
     if meta.get("model") not in (None, args.model):
         raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
     test = data.load(dataset, "test", args.data_dir, download=args.download)
@@ -270,10 +273,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows.append({"policy": label, **result.as_dict()})
     if args.json:
         print(json.dumps({"model": args.model, "dataset": dataset, "checkpoint": str(args.checkpoint),
-                          "results": rows}, indent=2))
+                          "device": str(device), "results": rows}, indent=2))
         return 0
     top5 = dataset == "imagenet"
-    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images)")
+    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images, {device})")
     print("| policy | top-1 % | 95% CI |" + (" top-5 % | 95% CI |" if top5 else "") + " seconds |")
     print("|---|---|---|" + ("---|---|" if top5 else "") + "---|")
     for r in rows:
@@ -402,7 +405,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     try:
         overrides = {"limit": args.limit, "data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
-                     "download": args.download or None}
+                     "download": args.download or None, "device": args.device}
         spec = StudySpec.from_toml(args.config, **overrides) if args.config else StudySpec(
             **{k: v for k, v in overrides.items() if v is not None})
         if args.model:
@@ -507,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="calibration batch selection")
     ev.add_argument("--no-baselines", action="store_true")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (Triton kernels)")
 
     vl = sub.add_parser("verilog", help="write a MAC unit's Verilog",
                         description="Write synthesizable Verilog of a MAC unit (Amaranth), optionally "
@@ -555,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port)")
     st.add_argument("--no-synth", action="store_true", help="accuracy only")
     st.add_argument("--no-per-layer", action="store_true", help="skip the per-layer search")
+    st.add_argument("--device", help="evaluate on cpu (default), cuda or cuda:N: same bits, other speed")
     return parser
 
 

@@ -66,6 +66,7 @@ class StudySpec:
     data_dir: str | None = None
     download: bool = False  # fetch CIFAR into data_dir when missing (a user's machine)
     batch_size: int = 500
+    device: str = "cpu"  # where points are evaluated; results are the same bits on any
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> StudySpec:
@@ -129,12 +130,15 @@ def evaluate_task(task: dict) -> dict:
     import torch
 
     from emulator import calibrate, convert
+    from emulator.device import resolve_device
     from emulator.evaluate import evaluate, wilson_interval
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
     torch.manual_seed(task["seed"])
+    device = resolve_device(task.get("device", "cpu"))
     model, dataset = _model(task["model"], task["dataset"], task["checkpoint"])
+    model.to(device)
     policy = _policy(task["policy"])
     emulated = model if policy is None else convert(model, policy)
     if task["policy"]["kind"] == "int":
@@ -148,7 +152,7 @@ def evaluate_task(task: dict) -> dict:
     test = _source(dataset, "test", task["data_dir"], task.get("download", False))
     result = evaluate(emulated, test, limit=task["limit"], batch_size=task["batch_size"], stop=clearly_failing)
     n = len(test) if task["limit"] is None else min(task["limit"], len(test))
-    return {**result.as_dict(), "early_stopped": result.total < n}
+    return {**result.as_dict(), "early_stopped": result.total < n, "device": str(device)}
 
 
 # -- the search --------------------------------------------------------------------------
@@ -187,7 +191,7 @@ class Runner:
         task = {"model": run.name, "dataset": run.dataset, "checkpoint": str(run.checkpoint), "policy": policy,
                 "limit": self.spec.limit, "seed": self.spec.seed, "threshold": threshold,
                 "data_dir": self.spec.data_dir, "download": self.spec.download, "batch_size": self.spec.batch_size,
-                "threads": self.threads}
+                "threads": self.threads, "device": self.spec.device}
         start = time.monotonic()
         result = self.executor.submit(evaluate_task, task).result()
         self.store.put(key, "accuracy", fields, result)
@@ -383,8 +387,10 @@ def make_executor(workers: int = 1, scheduler: str | None = None):
 def run_study(spec: StudySpec, out: str | Path, *, workers: int = 1, scheduler: str | None = None,
               executor=None, log=print) -> dict:
     """Run (or resume) the study into ``out``; returns the results and writes the report."""
+    from emulator.device import resolve_device
     from reports.report import write_report
 
+    resolve_device(spec.device)  # a missing GPU is an error here, before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

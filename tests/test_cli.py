@@ -100,11 +100,26 @@ def test_train_then_eval_end_to_end(npz_data, tmp_path, capsys):
     (["--checkpoint", "X", "--int-acc", "e4m7"], "--int-acc takes integer formats"),
     (["--checkpoint", "X", "--acc", "e4q7"], "invalid format spec 'e4q7'"),
     (["--checkpoint", "X", "--acc", "e4m7", "--chunk", "0"], "chunk must be a positive integer"),
+    (["--checkpoint", "X", "--acc", "e4m7", "--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_eval_bad_input_is_one_line(extra, fragment, tmp_path):
     proc = run("eval", "lenet5", "--data-dir", str(tmp_path), *extra)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("psum: error:") and fragment in proc.stderr
+
+
+def test_asking_for_a_missing_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for args in (["eval", "lenet5", "--checkpoint", "X", "--acc", "e4m7", "--device", "cuda"],
+                 ["study", "--out", str(tmp_path / "s"), "--device", "cuda:0"]):
+        proc = run(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        assert "sees no CUDA GPU" in proc.stderr, proc.stderr
+    assert not (tmp_path / "s").exists()  # refused before any work
 
 
 def test_eval_missing_data_and_corrupt_checkpoint(tmp_path):

@@ -1,0 +1,290 @@
+"""The Triton (GPU) kernels: bit for bit the CPU kernel's results and the golden model's.
+
+Without a GPU they run through Triton's interpreter (``TRITON_INTERPRET=1``, set in
+conftest.py) on CPU tensors; on a machine with CUDA they run on the GPU. Either way
+the CPU kernel (itself proven against MPFR and the golden model in test_matmul.py /
+test_quantize.py) and the golden model are the oracles. A last test compiles every
+kernel for a real GPU (sm_90) to check that the compiler, not just the interpreter,
+accepts them, and that the float arithmetic stays unfused.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from emulator import AccumConfig, IntAccumConfig, quantize  # noqa: E402
+from emulator import triton_kernels as tk  # noqa: E402
+from emulator.device import DeviceError, resolve_device  # noqa: E402
+from emulator.matmul import _cpu_int_matmul, _cpu_matmul, narrow_lanes  # noqa: E402
+from psum import golden  # noqa: E402
+from psum.formats import parse  # noqa: E402
+from test_matmul import assert_same, golden_matmul, identical, values  # noqa: E402
+
+matmul_module = importlib.import_module("emulator.matmul")  # the module, not the function
+# inf - inf and the like inside the interpreter's numpy: the NaNs are intended
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROOT = Path(__file__).resolve().parent.parent
+
+# Twelve accumulators over every mode: subnormals/FTZ, Inf/saturate, nearest-even/toward
+# zero, custom biases, M = 0, narrow (float32 lanes) and wide (float64 lanes).
+FLOAT_ACCS = ["e4m7", "e5m10", "fp32", "e4m3:sat", "e5m4:ftz", "e4m7:rz", "e5m10:ftz:rz",
+              "e3m4:sat:ftz:rz", "e6m9b40:sat:rz", "e4m0", "e8m15:ftz", "e5m2b3:ftz"]
+INT_ACCS = ["int32", "int24", "int16", "int12:sat", "int20:sat", "int62:sat", "int64", "int8"]
+
+
+def on_device(*tensors):
+    return [t.to(DEVICE) for t in tensors]
+
+
+def operands(cfg: AccumConfig, m: int, k: int, n: int, seed: int, specials: bool):
+    """a (m, k), b (k, n) float32 holding values of the input formats, with zeros,
+    signed zeros, several scales and (optionally) Inf/NaN."""
+    rng = np.random.default_rng(seed)
+    a = quantize(values(rng, (m, k), specials), cfg.inputs).float()
+    b = quantize(values(rng, (k, n), specials), cfg.weights).float()
+    return a, b
+
+
+def run_both(a, b, cfg, blocks=None):
+    want = _cpu_matmul(a, b, cfg)
+    da, db = on_device(a, b)
+    got = tk.triton_matmul(da, db, cfg, blocks).cpu()
+    return got, want
+
+
+# -- quantize ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["bf16", "fp16", "e4m3", "e5m2:sat", "e3m4:ftz:rz", "e4m7b10:rz",
+                                  "e2m1", "e7m0", "e8m15:ftz:rz", "e6m9b40:sat:rz", "e5m10:ftz"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_quantize_equals_cpu_kernel(spec, dtype):
+    rng = np.random.default_rng(1)
+    x = values(rng, (6000,), specials=True)
+    x = torch.cat([x, torch.tensor([float.fromhex("0x1p-149"), float.fromhex("-0x1.8p-140"),
+                                    3.4e38, -3.4e38, 65504.0, 65520.0, 2.0 ** -24 * 0.75])])
+    x = x.to(dtype)
+    want = quantize(x, spec)
+    got = tk.triton_quantize(x.to(DEVICE), parse(spec)).cpu()
+    assert got.dtype == dtype
+    assert bool(((got == want) & (torch.signbit(got) == torch.signbit(want)) | (got.isnan() & want.isnan())).all())
+
+
+def test_quantize_against_golden():
+    fmt = parse("e4m3:sat")
+    x = torch.linspace(-300, 300, 2001, dtype=torch.float64)
+    got = tk.triton_quantize(x.to(DEVICE), fmt).cpu()
+    for v, g in zip(x.tolist(), got.tolist()):
+        assert fmt.decode(golden.round_to(fmt, v)) == g
+
+
+# -- float matmul ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acc", FLOAT_ACCS)
+def test_float_kernel_equals_cpu_kernel(acc):
+    """Plain, chunked and unfused MACs, with and without special operands, on odd
+    shapes that cross tile edges; the CPU kernel is the oracle."""
+    blocks = tk.BlockConfig(16, 32, num_warps=2, check_every=5)
+    cases = [
+        (AccumConfig(acc=acc), (23, 41, 37), False),
+        (AccumConfig(acc=acc), (19, 29, 35), True),
+        (AccumConfig(acc=acc, chunk=6, chunk_acc="e6m9"), (17, 33, 21), False),
+        (AccumConfig(acc=acc, inputs="fp16", weights="e4m3", product="e5m7"), (9, 26, 40), True),
+        (AccumConfig(acc=acc, inputs="fp32"), (8, 31, 18), False),
+    ]
+    for i, (cfg, (m, k, n), specials) in enumerate(cases):
+        a, b = operands(cfg, m, k, n, seed=100 + i, specials=specials)
+        got, want = run_both(a, b, cfg, blocks)
+        assert identical(got, want), f"{cfg} case {i}: {(got.view(torch.int64) != want.view(torch.int64)).sum()} differ"
+
+
+@pytest.mark.parametrize("acc", ["e4m7", "e3m2:sat:rz", "e5m4:ftz", "fp32"])
+def test_float_kernel_against_golden(acc):
+    cfg = AccumConfig(acc=acc, chunk=5, chunk_acc="e5m6")
+    a, b = operands(cfg, 3, 17, 4, seed=7, specials=True)
+    got = tk.triton_matmul(*on_device(a, b), cfg).cpu()
+    assert_same(got, golden_matmul(a, b, cfg), f"triton {cfg}")
+
+
+def test_narrow_rare_cases_take_the_exact_path():
+    """Cases the float32 fast step must hand to the float64 step: products that
+    underflow float32, partial sums and products near float32's underflow, results in
+    and below the accumulator's subnormals, overflow, Inf/NaN mid-run, signed zeros."""
+    tiny = float.fromhex("0x1p-70")
+    rows = [
+        [tiny, tiny, 1.0, -1.0, 0.0],             # product 2^-140: not a normal float32
+        [2.0 ** -60, -(2.0 ** -60), 2.0 ** -52, 1.0, 1.0],  # sums around 2^-103..2^-120
+        [1e-3, 1e-3, -1e-3, 2e-3, -1e-3],         # subnormals of e5m4 / e4m7
+        [200.0, 200.0, 200.0, -200.0, -200.0],    # overflow of e4m3-like accumulators
+        [float("inf"), 1.0, float("-inf"), 1.0, 0.0],
+        [-0.0, -0.0, -0.0, -0.0, -0.0],           # -0 products: the sum stays +0
+        [-1.0, 1.0, -1.0, 1.0, -1.0],
+    ]
+    cols = [[1.0] * 5, [tiny] * 5, [-(2.0 ** -75)] * 5, [0.5, -0.25, 3.0, 1e-3, -7.0]]
+    a = torch.tensor(rows, dtype=torch.float32)
+    b = torch.tensor(cols, dtype=torch.float32).t().contiguous()
+    for acc in ["e4m7", "e5m4", "e5m10:rz", "e4m3:sat", "e4m3", "e7m9", "e5m4:ftz:rz"]:
+        cfg = AccumConfig(acc=acc)
+        aq, bq = quantize(a, cfg.inputs), quantize(b, cfg.weights)
+        assert narrow_lanes(cfg)
+        for check_every in (1, 3, 16):
+            got, want = run_both(aq, bq, cfg, tk.BlockConfig(8, 4, num_warps=1, check_every=check_every))
+            assert identical(got, want), f"{acc}, check_every={check_every}"
+        assert_same(got, golden_matmul(aq, bq, cfg), f"triton {acc}")
+
+
+def test_results_do_not_depend_on_the_launch_shape():
+    cfg = AccumConfig(acc="e5m3:rz", chunk=9, chunk_acc="e5m10")
+    a, b = operands(cfg, 33, 50, 45, seed=3, specials=False)
+    want = _cpu_matmul(a, b, cfg)
+    for blocks in (tk.BlockConfig(16, 16, 1, 1), tk.BlockConfig(64, 64, 4, 16),
+                   tk.BlockConfig(32, 128, 8, 64)):
+        assert identical(tk.triton_matmul(*on_device(a, b), cfg, blocks).cpu(), want), blocks
+
+
+def test_empty_and_degenerate_shapes():
+    cfg = AccumConfig(acc="e4m7")
+    for m, k, n in [(0, 4, 3), (3, 0, 2), (2, 5, 0), (1, 1, 1)]:
+        a, b = operands(cfg, m, k, n, seed=0, specials=False)
+        got, want = run_both(a, b, cfg)
+        assert got.shape == (m, n) and identical(got, want)
+
+
+def test_layers_run_on_the_triton_kernels(monkeypatch):
+    """LeNet5 with an e4m7 accumulator (convolutions in nhwc order and linear layers)
+    gives the same logits through the Triton kernels as through the CPU kernel."""
+    from emulator import Policy, convert
+    from emulator.models import build
+
+    torch.manual_seed(0)
+    model, _ = build("lenet5")
+    x = torch.randn(1, 3, 32, 32)
+    for order in ("nhwc",):
+        emulated = convert(model, Policy(AccumConfig(acc="e4m7", order=order)))
+        want = emulated(x)
+        big = tk.BlockConfig(128, 128, num_warps=8)  # few programs: quick in the interpreter
+        monkeypatch.setitem(matmul_module._BACKENDS, "cpu",
+                            (lambda a, b, cfg: tk.triton_matmul(a, b, cfg, big), tk.triton_int_matmul))
+        got = emulated.to(DEVICE)(x.to(DEVICE)).cpu()
+        monkeypatch.undo()
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), order
+
+
+# -- integer matmul ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acc", INT_ACCS)
+def test_int_kernel_equals_cpu_kernel(acc):
+    rng = np.random.default_rng(5)
+    for i, (chunk, chunk_acc, bits) in enumerate([(None, "int32", 8), (7, "int32:sat", 8),
+                                                  (4, "int64", 16), (None, "int32", 32)]):
+        cfg = IntAccumConfig(acc=acc, chunk=chunk, chunk_acc=chunk_acc)
+        m, k, n = 13 + i, 29, 21
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1)
+        a = torch.from_numpy(rng.integers(lo, hi, (m, k))).to(torch.int32)
+        b = torch.from_numpy(rng.integers(lo, hi, (k, n))).to(torch.int32)
+        if bits == 32:
+            a[0, :] = -(2 ** 31)  # the largest products, every step
+            b[:, 0] = -(2 ** 31)
+        want = _cpu_int_matmul(a, b, cfg)
+        got = tk.triton_int_matmul(*on_device(a, b), cfg, tk.BlockConfig(16, 16, 2)).cpu()
+        assert torch.equal(got, want), f"{cfg}"
+    a_small, b_small = a[:2, :6].to(torch.int64), b[:6, :3].to(torch.int64)
+    got = tk.triton_int_matmul(*on_device(a[:2, :6], b[:6, :3]), cfg).cpu()
+    for i in range(2):
+        for j in range(3):
+            assert int(got[i, j]) == golden.int_dot(a_small[i].tolist(), b_small[:, j].tolist(),
+                                                    acc=cfg.acc, chunk=cfg.chunk,
+                                                    chunk_acc=cfg.chunk_acc)
+
+
+# -- devices and errors -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_an_error():
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            resolve_device(spec)
+    for spec in ("tpu", "cuda:x", "mps"):
+        with pytest.raises(DeviceError):
+            resolve_device(spec)
+    assert resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
+
+
+def test_kernel_argument_errors():
+    cfg = AccumConfig(acc="e4m7")
+    with pytest.raises(TypeError):
+        tk.triton_matmul(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 2), cfg)
+    with pytest.raises(TypeError):
+        tk.triton_int_matmul(torch.zeros(2, 2), torch.zeros(2, 2), IntAccumConfig(acc="int16"))
+    with pytest.raises(ValueError, match="power of two"):
+        tk.BlockConfig(block_m=48)
+
+
+# -- the real compiler ---------------------------------------------------------------------
+
+_COMPILE_SCRIPT = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from emulator import triton_kernels as tk
+from emulator.config import AccumConfig, IntAccumConfig
+
+def compile(fn, types, constants, num_warps=4):
+    sig = {name: types.get(name, "constexpr") for name in fn.arg_names}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig,
+                                    constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": num_warps, "enable_fp_fusion": False})
+    ptx = kernel.asm["ptx"]
+    return {"fma": len(re.findall(r"\bfma\.", ptx)), "ftz": len(re.findall(r"\.f(32|64)\b.*\.ftz|\.ftz\.f", ptx)),
+            "cubin_bytes": len(kernel.asm["cubin"])}
+
+ptr = {"at_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*fp64", "M": "i32", "N": "i32", "K": "i32", "CHUNK": "i32"}
+out = {}
+for name, cfg in [("narrow", AccumConfig(acc="e5m10")), ("narrow_ftz_rz_chunked", AccumConfig(acc="e4m3:ftz:rz", chunk=32)),
+                  ("wide_unfused", AccumConfig(acc="fp32", product="e5m10"))]:
+    c = {**tk.format_constants(cfg.acc, "A"), **tk.format_constants(cfg.product or cfg.acc, "P"),
+         **tk.format_constants(cfg.chunk_acc, "O"), **tk._narrow_constants(cfg.acc),
+         "NARROW": name.startswith("narrow"), "HAS_PRODUCT": cfg.product is not None,
+         "CHUNKED": cfg.chunk is not None, "BLOCK_M": 64, "BLOCK_N": 64, "CHECK_EVERY": 16}
+    out[name] = compile(tk._float_matmul_kernel, ptr, c)
+ints = {"at_ptr": "*i32", "b_ptr": "*i32", "out_ptr": "*i64", "M": "i32", "N": "i32", "K": "i32", "CHUNK": "i32"}
+for name, cfg in [("int_wrap", IntAccumConfig(acc="int16")), ("int_sat_chunked", IntAccumConfig(acc="int20:sat", chunk=8))]:
+    out[name] = compile(tk._int_matmul_kernel, ints,
+                        {"BITS": cfg.acc.bits, "SAT": cfg.acc.overflow == "saturate", "OUTER_BITS": 32,
+                         "OUTER_SAT": False, "CHUNKED": cfg.chunk is not None, "BLOCK_M": 64, "BLOCK_N": 64})
+out["quantize"] = compile(tk._quantize_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32"},
+                          {**tk.format_constants(tk.FloatFormat(4, 3), "F"), "BLOCK": 1024})
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_a_gpu_without_fused_or_flushed_arithmetic():
+    """Triton's compiler (not the interpreter) accepts every kernel specialization and
+    emits sm_90 code with no FMA and no flush-to-zero float instruction."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(Path(os.environ.get("PSUM_CACHE_DIR", Path.home() / ".cache/psum")) / "triton")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True,
+                          cwd=ROOT, env=env, check=False, timeout=600)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("this Triton has no ptxas to compile with")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) == {"narrow", "narrow_ftz_rz_chunked", "wide_unfused", "int_wrap",
+                           "int_sat_chunked", "quantize"}
+    for name, info in result.items():
+        assert info["cubin_bytes"] > 0, name
+        assert info["fma"] == 0 and info["ftz"] == 0, (name, info)
