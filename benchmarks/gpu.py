@@ -37,9 +37,9 @@ FLOAT_ACCS = ["e5m10", "e4m7", "e4m3", "e3m4", "e5m2", "e6m9b40", "e8m7", "fp32"
               "e5m4:ftz", "e4m7:rz", "e5m10:ftz:rz", "e3m4:sat:ftz:rz", "e4m0"]
 INT_ACCS = ["int32", "int24", "int16", "int12:sat", "int20:sat", "int64"]
 SPEED_ACCS = ["e5m10", "e4m7", "e4m7:ftz:rz", "fp32"]
-LAUNCH_SHAPES = [tk.BlockConfig(64, 64, 4, 16), tk.BlockConfig(128, 64, 4, 16),
-                 tk.BlockConfig(64, 128, 8, 32), tk.BlockConfig(128, 128, 8, 32),
-                 tk.BlockConfig(32, 64, 2, 16)]
+LAUNCH_SHAPES = [tk.BlockConfig(), tk.BlockConfig(16, 128, 4, 32), tk.BlockConfig(32, 128, 4, 16),
+                 tk.BlockConfig(16, 256, 8, 16), tk.BlockConfig(32, 64, 2, 16),
+                 tk.BlockConfig(64, 32, 4, 16)]
 
 
 def sync(device: torch.device) -> None:

@@ -10,10 +10,10 @@ step, so that a GPU run and a CPU run give the same bits (docs/emulator.md, "GPU
   and rounds hi with lo's side as the sticky direction, which is the correct rounding
   of the exact sum (docs/semantics.md §4);
 - for accumulators whose breakpoints are all float32 numbers ("narrow" configs, see
-  :func:`emulator.matmul.narrow_lanes`) the step runs in float32 lanes; a run of
-  ``check_every`` steps that meets a rare case (overflow, Inf/NaN, values below the
-  accumulator's smallest subnormal, a product or partial sum near float32's underflow)
-  is redone from its start in the general float64 step.
+  :func:`emulator.matmul.narrow_lanes`) the step runs in float32 lanes (rounding by
+  the float adder where it can, see :func:`_fast_step32`); a run of ``check_every``
+  steps in which a lane meets a rare case (overflow, Inf/NaN, a product or partial
+  sum near float32's underflow) is redone from its start in the general float64 step.
 
 Each program owns a BLOCK_M x BLOCK_N tile of outputs and walks k = 0..K-1 in order;
 parallelism is across output elements only, never across k, so the order of
@@ -118,47 +118,84 @@ def _two_sum_round(x, y, MAN: tl.constexpr, EMIN: tl.constexpr, SUB: tl.constexp
 
 @triton.jit
 def _fast_step32(x, av, bw, MAN: tl.constexpr, EMIN: tl.constexpr, SUB: tl.constexpr,
-                 NE: tl.constexpr, MAX32: tl.constexpr, MIN_NORMAL32: tl.constexpr,
+                 NE: tl.constexpr, FLOAT_ROUND: tl.constexpr, CHECK_X: tl.constexpr,
+                 CHECK_Y: tl.constexpr, MAXF: tl.constexpr, MIN_NORMALF: tl.constexpr,
+                 MIN_NORMAL32: tl.constexpr, MIN_SUB32: tl.constexpr,
                  RARE_BELOW32: tl.constexpr):
-    """One MAC step ``round(x + av*bw)`` in float32 lanes, and a per-lane flag (int32)
-    set where the step may be wrong and the float64 step must be taken instead.
+    """One MAC step ``round(x + av*bw)`` in float32 lanes. A lane where this step may
+    be wrong gets NaN instead (a poison that every later step keeps), and the caller
+    redoes the run in the float64 step: |sum| above the format's max, Inf, NaN, and
+    (CHECK_X/CHECK_Y, compiled in only where they can occur) accumulators or products
+    that are nonzero but below 2^-103, or products that underflowed.
 
-    Right for every result that is zero, normal or subnormal (not below the smallest
-    subnormal), finite and not above max, when x and the product are zero or at least
-    2^-103 and the product is exact; everything else is flagged."""
+    The exact sum hi + lo (TwoSum) lies strictly between the float32 pattern p and
+    its neighbour toward zero (p = hi's pattern less one when lo points toward zero)
+    and the next one up, when lo != 0. Rounding:
+    - FLOAT_ROUND (nearest-even, M <= 21): jam the sticky bit into p's last bit (round
+      to odd: with two or more bits to spare that keeps every tie decision), then let
+      the float adder round: (v + C) - C with C = 1.5 * 2^(q + 23) rounds v to a
+      multiple of 2^q, q the format's quantum at |v| (emin - M from the subnormals
+      down; flush-to-zero formats round at precision M, then flush);
+    - otherwise integer rounding of |p| at bit s = q - float32's quantum."""
     y = av * bw
     hi = x + y
     back = hi - x
     lo = (x - (hi - back)) + (y - back)  # TwoSum: hi + lo is exact
     u = hi.to(tl.int32, bitcast=True)
-    ul = lo.to(tl.int32, bitcast=True)
-    ux = x.to(tl.int32, bitcast=True) & _ABS32
-    uy = y.to(tl.int32, bitcast=True) & _ABS32
-    sticky = ((ul & _ABS32) != 0).to(tl.int32)
-    below = ((ul ^ u) < 0).to(tl.int32)  # lo points toward zero
-    a = (u & _ABS32) - (sticky & below)  # exact sum strictly inside (a, a + 1 ulp)
-    s = tl.zeros_like(a) + (23 - MAN)  # the format's quantum relative to float32's
-    if SUB:  # below the smallest normal the quantum stays at emin - M
-        s = tl.minimum(s + tl.maximum((EMIN + 127) - (a >> 23), 0), 23)
-    if NE:
-        t = a >> (s - 1)  # kept bits and the round bit
-        rest = ((t << (s - 1)) != a).to(tl.int32) | sticky
-        q = t >> 1
-        odd = (q | (s == 23).to(tl.int32)) & 1  # at s = 23 the kept bit is the implicit 1
-        r = (q + (t & 1 & (rest | odd))) << s
+    sticky = (lo != 0.0).to(tl.int32)
+    below = ((lo.to(tl.int32, bitcast=True) ^ u) >> 31) & sticky  # lo points toward zero
+    if FLOAT_ROUND:
+        p = u - below  # keeps hi's sign: the magnitude steps down
+        jammed = (p | sticky).to(tl.float32, bitcast=True)
+        exponent = p & 0x7F800000
+        if SUB:
+            exponent = tl.maximum(exponent, (EMIN + 127) << 23)
+        magic = (exponent + (((23 - MAN) << 23) + (1 << 22))).to(tl.float32, bitcast=True)
+        r = (jammed + magic) - magic
+        if not SUB:
+            r = tl.where(tl.abs(r) >= MIN_NORMALF, r, 0.0)
+        r = r.to(tl.int32, bitcast=True)
     else:
-        r = (a >> s) << s
-    if not SUB:
-        r = tl.where(r >= MIN_NORMAL32, r, 0)  # flush to zero, after rounding
-    rare = (r > MAX32) | (r < 0)  # overflow, Inf/NaN (r < 0: a NaN pattern rounded up)
-    rare = rare | ((a >= 1) & (a < RARE_BELOW32))
-    rare = rare | ((ux >= 1) & (ux < _TINY32)) | ((uy >= 1) & (uy < _TINY32))
-    rare = rare | ((uy == 0) & (av != 0) & (bw != 0))  # a product that underflowed
-    out = ((u & _SIGN32) | r).to(tl.float32, bitcast=True)
-    return out, rare.to(tl.int32)
+        a = (u & _ABS32) - below
+        s = tl.zeros_like(a) + (23 - MAN)  # the format's quantum relative to float32's
+        if SUB:  # below the smallest normal the quantum stays at emin - M
+            s = tl.minimum(s + tl.maximum((EMIN + 127) - (a >> 23), 0), 23)
+        if NE:
+            t = a >> (s - 1)  # kept bits and the round bit
+            rest = ((t << (s - 1)) != a).to(tl.int32) | sticky
+            q = t >> 1
+            odd = (q | (s == 23).to(tl.int32)) & 1  # at s = 23 the kept bit is the implicit 1
+            r = (q + (t & 1 & (rest | odd))) << s
+        else:
+            r = (a >> s) << s
+            if SUB:
+                r = tl.where(a < MIN_SUB32, 0, r)  # toward zero below the smallest subnormal
+        if not SUB:
+            r = tl.where(r >= MIN_NORMAL32, r, 0)  # flush to zero, after rounding
+        if NE:  # below the smallest subnormal: not handled here
+            r = tl.where((a >= 1) & (a < RARE_BELOW32), 0x7FC00000, r)
+    bad = ~(tl.abs(hi) <= MAXF)  # overflow, Inf, NaN
+    if CHECK_X:
+        ux = x.to(tl.int32, bitcast=True) & _ABS32
+        bad = bad | ((ux >= 1) & (ux < _TINY32))
+    if CHECK_Y:
+        uy = y.to(tl.int32, bitcast=True) & _ABS32
+        bad = bad | ((uy >= 1) & (uy < _TINY32)) | ((uy == 0) & (av != 0) & (bw != 0))
+    r = tl.where(bad, 0x7FC00000, r)
+    return ((u & _SIGN32) | r).to(tl.float32, bitcast=True)
 
 
 # -- kernels ----------------------------------------------------------------------------
+
+
+@triton.jit
+def _index(i, WIDE: tl.constexpr):
+    """``i`` as an offset: int64 where an operand or the output has 2^31 elements or
+    more, else int32 (one instruction less per address)."""
+    if WIDE:
+        return tl.cast(i, tl.int64)
+    else:
+        return i
 
 
 @triton.jit
@@ -177,7 +214,8 @@ def _quantize_kernel(x_ptr, y_ptr, n, F_MAN: tl.constexpr, F_EMIN: tl.constexpr,
 
 
 @triton.jit
-def _general_step(acc, at_ptr, b_ptr, k, M, N, rm, rn, mm, mn, HAS_PRODUCT: tl.constexpr,
+def _general_step(acc, at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE: tl.constexpr,
+                  HAS_PRODUCT: tl.constexpr,
                   A_MAN: tl.constexpr, A_EMIN: tl.constexpr, A_SUB: tl.constexpr,
                   A_NE: tl.constexpr, A_MAX: tl.constexpr, A_OVF: tl.constexpr,
                   A_INF: tl.constexpr, A_MINN: tl.constexpr, A_MINS: tl.constexpr,
@@ -188,9 +226,9 @@ def _general_step(acc, at_ptr, b_ptr, k, M, N, rm, rn, mm, mn, HAS_PRODUCT: tl.c
                   P_HALFS: tl.constexpr, P_FTZUP: tl.constexpr, P_NAN: tl.constexpr):
     """acc (float64) after the MAC step of term k: products exact in float64 (rounded
     to the product format when there is one), the sum correctly rounded."""
-    kk = tl.cast(k, tl.int64)
-    av = tl.load(at_ptr + kk * M + rm, mask=mm, other=0.0).to(tl.float64)
-    bw = tl.load(b_ptr + kk * N + rn, mask=mn, other=0.0).to(tl.float64)
+    kk = _index(k, WIDE)
+    av = tl.load(at_ptr + kk * MP + rm).to(tl.float64)
+    bw = tl.load(b_ptr + kk * NP + rn).to(tl.float64)
     p = av[:, None] * bw[None, :]
     if HAS_PRODUCT:
         p = _round_bits(p.to(tl.int64, bitcast=True), tl.zeros(p.shape, tl.int64), P_MAN,
@@ -202,13 +240,15 @@ def _general_step(acc, at_ptr, b_ptr, k, M, N, rm, rn, mm, mn, HAS_PRODUCT: tl.c
 
 @triton.jit
 def _float_matmul_kernel(
-        at_ptr, b_ptr, out_ptr, M, N, K, CHUNK,
+        at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
         NARROW: tl.constexpr, HAS_PRODUCT: tl.constexpr, CHUNKED: tl.constexpr,
         A_MAN: tl.constexpr, A_EMIN: tl.constexpr, A_SUB: tl.constexpr, A_NE: tl.constexpr,
         A_MAX: tl.constexpr, A_OVF: tl.constexpr, A_INF: tl.constexpr, A_MINN: tl.constexpr,
         A_MINS: tl.constexpr, A_HALFS: tl.constexpr, A_FTZUP: tl.constexpr,
         A_NAN: tl.constexpr,
-        A_MAX32: tl.constexpr, A_MINN32: tl.constexpr, A_RARE32: tl.constexpr,
+        FLOAT_ROUND: tl.constexpr, CHECK_X: tl.constexpr, CHECK_Y: tl.constexpr,
+        A_MAXF: tl.constexpr, A_MINNF: tl.constexpr, A_MINN32: tl.constexpr,
+        A_MINS32: tl.constexpr, A_RARE32: tl.constexpr,
         P_MAN: tl.constexpr, P_EMIN: tl.constexpr, P_SUB: tl.constexpr, P_NE: tl.constexpr,
         P_MAX: tl.constexpr, P_OVF: tl.constexpr, P_INF: tl.constexpr, P_MINN: tl.constexpr,
         P_MINS: tl.constexpr, P_HALFS: tl.constexpr, P_FTZUP: tl.constexpr,
@@ -217,16 +257,16 @@ def _float_matmul_kernel(
         O_MAX: tl.constexpr, O_OVF: tl.constexpr, O_INF: tl.constexpr, O_MINN: tl.constexpr,
         O_MINS: tl.constexpr, O_HALFS: tl.constexpr, O_FTZUP: tl.constexpr,
         O_NAN: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_EVERY: tl.constexpr):
-    """out[i, j] (float64) = the sequential dot product of docs/semantics.md §4-5 of row
-    i of a (given transposed: at is (K, M)) and column j of b (K, N), both float32
-    holding values of the input formats: chunks of CHUNK terms (CHUNK >= K without
-    chunking) accumulated from +0 in the A format, chunk results added in order into
-    the O format."""
-    rm = tl.cast(tl.program_id(0), tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.cast(tl.program_id(1), tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mm = rm < M
-    mn = rn < N
+        WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        CHECK_EVERY: tl.constexpr):
+    """out[i, j] (float64, (M, N)) = the sequential dot product of docs/semantics.md
+    §4-5 of row i of a and column j of b, both float32 holding values of the input
+    formats, given as at (K, MP) = a transposed and b (K, NP), zero-padded to whole
+    tiles (so loads need no masks): chunks of CHUNK terms (CHUNK >= K without chunking)
+    accumulated from +0 in the A format, chunk results added in order into the O
+    format."""
+    rm = _index(tl.program_id(0), WIDE) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = _index(tl.program_id(1), WIDE) * BLOCK_N + tl.arange(0, BLOCK_N)
     outer = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
     if NARROW:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -239,19 +279,20 @@ def _float_matmul_kernel(
             for kb in range(k0, k1, CHECK_EVERY):
                 ke = tl.minimum(kb + CHECK_EVERY, k1)
                 start = acc
-                rare = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
                 for k in range(kb, ke):
-                    kk = tl.cast(k, tl.int64)
-                    av = tl.load(at_ptr + kk * M + rm, mask=mm, other=0.0)
-                    bw = tl.load(b_ptr + kk * N + rn, mask=mn, other=0.0)
-                    acc, flag = _fast_step32(acc, av[:, None], bw[None, :], A_MAN, A_EMIN,
-                                             A_SUB, A_NE, A_MAX32, A_MINN32, A_RARE32)
-                    rare = rare | flag
-                if tl.max(tl.max(rare, axis=1), axis=0) != 0:  # redo the run exactly
+                    kk = _index(k, WIDE)
+                    av = tl.load(at_ptr + kk * MP + rm)
+                    bw = tl.load(b_ptr + kk * NP + rn)
+                    acc = _fast_step32(acc, av[:, None], bw[None, :], A_MAN, A_EMIN, A_SUB,
+                                       A_NE, FLOAT_ROUND, CHECK_X, CHECK_Y, A_MAXF, A_MINNF,
+                                       A_MINN32,
+                                       A_MINS32, A_RARE32)
+                poisoned = tl.where(acc != acc, 1, 0)
+                if tl.max(tl.max(poisoned, axis=1), axis=0) != 0:  # redo the run exactly
                     wide = start.to(tl.float64)
                     for k in range(kb, ke):
-                        wide = _general_step(wide, at_ptr, b_ptr, k, M, N, rm, rn, mm, mn,
-                                             False, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF,
+                        wide = _general_step(wide, at_ptr, b_ptr, k, MP, NP, rm, rn,
+                                             WIDE, False, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF,
                                              A_INF, A_MINN, A_MINS, A_HALFS, A_FTZUP, A_NAN,
                                              P_MAN, P_EMIN, P_SUB, P_NE, P_MAX, P_OVF, P_INF,
                                              P_MINN, P_MINS, P_HALFS, P_FTZUP, P_NAN)
@@ -259,7 +300,7 @@ def _float_matmul_kernel(
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
             for k in range(k0, k1):
-                acc = _general_step(acc, at_ptr, b_ptr, k, M, N, rm, rn, mm, mn, HAS_PRODUCT,
+                acc = _general_step(acc, at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE, HAS_PRODUCT,
                                     A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF, A_INF, A_MINN,
                                     A_MINS, A_HALFS, A_FTZUP, A_NAN, P_MAN, P_EMIN, P_SUB,
                                     P_NE, P_MAX, P_OVF, P_INF, P_MINN, P_MINS, P_HALFS,
@@ -273,7 +314,7 @@ def _float_matmul_kernel(
     else:
         result = acc.to(tl.float64)
     offs = rm[:, None] * N + rn[None, :]
-    tl.store(out_ptr + offs, result, mask=mm[:, None] & mn[None, :])
+    tl.store(out_ptr + offs, result, mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
 @triton.jit
@@ -287,26 +328,24 @@ def _int_fit(v, BITS: tl.constexpr, SAT: tl.constexpr):
 
 
 @triton.jit
-def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, CHUNK,
+def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
                        BITS: tl.constexpr, SAT: tl.constexpr, OUTER_BITS: tl.constexpr,
-                       OUTER_SAT: tl.constexpr, CHUNKED: tl.constexpr,
+                       OUTER_SAT: tl.constexpr, CHUNKED: tl.constexpr, WIDE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[i, j] (int64): acc = fit(acc + a[i,k] * b[k,j]) for k in order, operands
-    int32 (so products are exact in int64; wrapping sums are computed modulo 2^64
+    """out[i, j] (int64, (M, N)): acc = fit(acc + a[i,k] * b[k,j]) for k in order,
+    operands laid out as in the float kernel, int32 (so products are exact in int64; wrapping sums are computed modulo 2^64
     first, which is exact; saturating accumulators are at most 62 bits, so their sums
     never overflow); chunk results fitted into the outer accumulator."""
-    rm = tl.cast(tl.program_id(0), tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.cast(tl.program_id(1), tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mm = rm < M
-    mn = rn < N
+    rm = _index(tl.program_id(0), WIDE) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = _index(tl.program_id(1), WIDE) * BLOCK_N + tl.arange(0, BLOCK_N)
     outer = tl.zeros((BLOCK_M, BLOCK_N), tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.int64)
     for k0 in range(0, K, CHUNK):
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.int64)
         for k in range(k0, tl.minimum(k0 + CHUNK, K)):
-            kk = tl.cast(k, tl.int64)
-            av = tl.load(at_ptr + kk * M + rm, mask=mm, other=0).to(tl.int64)
-            bw = tl.load(b_ptr + kk * N + rn, mask=mn, other=0).to(tl.int64)
+            kk = _index(k, WIDE)
+            av = tl.load(at_ptr + kk * MP + rm).to(tl.int64)
+            bw = tl.load(b_ptr + kk * NP + rn).to(tl.int64)
             acc = _int_fit(acc + av[:, None] * bw[None, :], BITS, SAT)
         if CHUNKED:
             outer = _int_fit(outer + acc, OUTER_BITS, OUTER_SAT)
@@ -315,7 +354,7 @@ def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, CHUNK,
     else:
         result = acc
     offs = rm[:, None] * N + rn[None, :]
-    tl.store(out_ptr + offs, result, mask=mm[:, None] & mn[None, :])
+    tl.store(out_ptr + offs, result, mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
 # -- Python side ---------------------------------------------------------------------------
@@ -324,9 +363,14 @@ def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, CHUNK,
 class BlockConfig:
     """Launch shape of the matmul kernels: a BLOCK_M x BLOCK_N output tile per program,
     ``num_warps`` warps, and (narrow float kernel) ``check_every`` fast steps between
-    checks for rare cases. Changes speed only, never results."""
+    checks for rare cases. Changes speed only, never results.
 
-    def __init__(self, block_m: int = 64, block_n: int = 64, num_warps: int = 4,
+    The default, 16 x 128 with 4 warps, gives each thread 4 rows x 4 columns of
+    accumulators: the sm_90 code of the float32 fast step is then 23.4 instructions
+    per MAC including 8 loads per 16 MACs, in 91 registers (64 x 64 with 4 warps gives
+    a thread 16 rows of one column: 16 + 1 loads per 16 MACs, and spills)."""
+
+    def __init__(self, block_m: int = 16, block_n: int = 128, num_warps: int = 4,
                  check_every: int = 16):
         for name, value in (("block_m", block_m), ("block_n", block_n),
                             ("num_warps", num_warps)):
@@ -357,13 +401,34 @@ def format_constants(fmt: FloatFormat, prefix: str) -> dict[str, int]:
             for name, field in zip(_ROUNDING_NAMES, _ROUNDING_FIELDS)}
 
 
-def _narrow_constants(fmt: FloatFormat) -> dict[str, int]:
-    """Float32 patterns the fast step compares against (the CPU kernel's psum_fmt32)."""
+def _narrow_constants(fmt: FloatFormat, tiny_inputs: bool) -> dict:
+    """What the float32 fast step needs (the CPU kernel's psum_fmt32 and more): patterns
+    it compares against, whether the float adder can round (nearest-even, M <= 21, and
+    the constant C = 1.5 * 2^(q + 23) finite up to the format's max), and whether
+    accumulator values (CHECK_X) or products (CHECK_Y: some input is nonzero and below
+    2^-51) can be nonzero and below 2^-103."""
     pattern = lambda value: int(torch.tensor(float(value)).view(torch.int32))  # noqa: E731
-    max_abs = pattern(fmt.max_finite)
-    min_normal = pattern(2.0 ** fmt.emin)
     below = pattern(2.0 ** (fmt.emin - fmt.man_bits)) if fmt.subnormals else 0
-    return {"A_MAX32": max_abs, "A_MINN32": min_normal, "A_RARE32": max(below, 1 << 23)}
+    smallest = fmt.emin - fmt.man_bits if fmt.subnormals else fmt.emin
+    return {"FLOAT_ROUND": fmt.rounding == "nearest_even" and fmt.man_bits <= 21
+            and fmt.emax - fmt.man_bits + 23 <= 127,
+            "CHECK_X": smallest < -103, "CHECK_Y": tiny_inputs,
+            "A_MAXF": float(fmt.max_finite), "A_MINNF": 2.0 ** fmt.emin,
+            "A_MINN32": pattern(2.0 ** fmt.emin),
+            "A_MINS32": pattern(2.0 ** (fmt.emin - fmt.man_bits)),
+            "A_RARE32": max(below, 1 << 23)}
+
+
+_NOT_NARROW = {"FLOAT_ROUND": False, "CHECK_X": False, "CHECK_Y": False, "A_MAXF": 0.0,
+               "A_MINNF": 0.0,
+               "A_MINN32": 0, "A_MINS32": 0, "A_RARE32": 0}
+
+
+def _has_tiny(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds a value with 0 < |v| < 2^-51 (then products of two inputs
+    can be nonzero and below 2^-103)."""
+    mag = t.abs()
+    return bool(((mag > 0) & (mag < 2.0 ** -51)).any())
 
 
 def _check_tensor(t: torch.Tensor, dtypes: tuple, what: str) -> None:
@@ -386,8 +451,35 @@ def triton_quantize(t: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     return out
 
 
-def _launch_shape(m: int, n: int, blocks: BlockConfig) -> tuple[int, int]:
-    return triton.cdiv(m, blocks.block_m), triton.cdiv(n, blocks.block_n)
+def _lanes_on_rows(m: int, n: int, blocks: BlockConfig) -> bool:
+    """Whether to compute out^T = b^T a^T instead: a layer with fewer output columns
+    than a tile is wide (LeNet5's conv1 has 6) would leave most of each tile idle.
+    Every output is still the same sequential dot product over k."""
+    return n < blocks.block_n and m > n
+
+
+class _Operands:
+    """``a`` (M, K) and ``b`` (K, N) laid out for a kernel: ``at`` = a transposed,
+    (K, MP), and ``b`` (K, NP), zero-padded to whole tiles so that every load is
+    unmasked and contiguous; the launch grid; whether offsets need 64 bits."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, blocks: BlockConfig):
+        (self.m, self.k), self.n = a.shape, b.shape[1]
+        self.grid = (triton.cdiv(self.m, blocks.block_m), triton.cdiv(self.n, blocks.block_n))
+        self.mp, self.np = self.grid[0] * blocks.block_m, self.grid[1] * blocks.block_n
+        self.at = a.new_zeros(self.k, self.mp)
+        self.at[:, :self.m] = a.t()
+        if self.np == self.n and b.is_contiguous():
+            self.b = b
+        else:
+            self.b = b.new_zeros(self.k, self.np)
+            self.b[:, :self.n] = b
+        kk = max(self.k, 1)
+        self.wide = max(self.mp * kk, kk * self.np, self.mp * self.np) >= 2 ** 31
+
+    def args(self, out: torch.Tensor, chunk: int | None) -> tuple:
+        return (self.at, self.b, out, self.m, self.n, self.k, self.mp, self.np,
+                chunk or max(self.k, 1))
 
 
 def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
@@ -398,21 +490,24 @@ def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
     _check_tensor(a, (torch.float32,), "a")
     _check_tensor(b, (torch.float32,), "b")
     (m, k), n = a.shape, b.shape[1]
+    if _lanes_on_rows(m, n, blocks):
+        return triton_matmul(b.t(), a.t(), cfg, blocks).t()
     out = torch.empty(m, n, dtype=torch.float64, device=a.device)
     if m == 0 or n == 0:
         return out
+    ops = _Operands(a, b, blocks)
     narrow = narrow_lanes(cfg)
     unused = cfg.acc  # the product and outer constants are compiled out when not used
     constants = {**format_constants(cfg.acc, "A"),
                  **format_constants(cfg.product or unused, "P"),
                  **format_constants(cfg.chunk_acc if cfg.chunk else unused, "O"),
-                 **(_narrow_constants(cfg.acc) if narrow else
-                    {"A_MAX32": 0, "A_MINN32": 0, "A_RARE32": 0})}
-    _float_matmul_kernel[_launch_shape(m, n, blocks)](
-        a.t().contiguous(), b.contiguous(), out, m, n, k, cfg.chunk or max(k, 1),
-        NARROW=narrow, HAS_PRODUCT=cfg.product is not None, CHUNKED=cfg.chunk is not None,
-        **constants, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-        CHECK_EVERY=blocks.check_every, num_warps=blocks.num_warps, enable_fp_fusion=False)
+                 **(_narrow_constants(cfg.acc, _has_tiny(a) or _has_tiny(b)) if narrow
+                    else _NOT_NARROW)}
+    _float_matmul_kernel[ops.grid](
+        *ops.args(out, cfg.chunk), NARROW=narrow, HAS_PRODUCT=cfg.product is not None,
+        CHUNKED=cfg.chunk is not None, **constants, WIDE=ops.wide, BLOCK_M=blocks.block_m,
+        BLOCK_N=blocks.block_n, CHECK_EVERY=blocks.check_every, num_warps=blocks.num_warps,
+        enable_fp_fusion=False)
     return out
 
 
@@ -423,14 +518,17 @@ def triton_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig,
     _check_tensor(a, (torch.int32,), "a")
     _check_tensor(b, (torch.int32,), "b")
     (m, k), n = a.shape, b.shape[1]
+    if _lanes_on_rows(m, n, blocks):
+        return triton_int_matmul(b.t(), a.t(), cfg, blocks).t()
     out = torch.empty(m, n, dtype=torch.int64, device=a.device)
     if m == 0 or n == 0:
         return out
-    _int_matmul_kernel[_launch_shape(m, n, blocks)](
-        a.t().contiguous(), b.contiguous(), out, m, n, k, cfg.chunk or max(k, 1),
-        BITS=cfg.acc.bits, SAT=cfg.acc.overflow == "saturate", OUTER_BITS=cfg.chunk_acc.bits,
-        OUTER_SAT=cfg.chunk_acc.overflow == "saturate", CHUNKED=cfg.chunk is not None,
-        BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, num_warps=blocks.num_warps)
+    ops = _Operands(a, b, blocks)
+    _int_matmul_kernel[ops.grid](
+        *ops.args(out, cfg.chunk), BITS=cfg.acc.bits, SAT=cfg.acc.overflow == "saturate",
+        OUTER_BITS=cfg.chunk_acc.bits, OUTER_SAT=cfg.chunk_acc.overflow == "saturate",
+        CHUNKED=cfg.chunk is not None, WIDE=ops.wide, BLOCK_M=blocks.block_m,
+        BLOCK_N=blocks.block_n, num_warps=blocks.num_warps)
     return out
 
 

@@ -35,10 +35,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parent.parent
 
-# Twelve accumulators over every mode: subnormals/FTZ, Inf/saturate, nearest-even/toward
-# zero, custom biases, M = 0, narrow (float32 lanes) and wide (float64 lanes).
+# Accumulators over every mode: subnormals/FTZ, Inf/saturate, nearest-even/toward zero,
+# custom biases, M = 0, wide (float64 lanes) and narrow (float32 lanes), and of the
+# narrow ones each way the fast step rounds: by the float adder (e4m7...), by integer
+# rounding for M = 22 (e5m22) and for a range too wide for the adder's constant
+# (e7m2b10), with accumulator values below 2^-103 (e7m10b110).
 FLOAT_ACCS = ["e4m7", "e5m10", "fp32", "e4m3:sat", "e5m4:ftz", "e4m7:rz", "e5m10:ftz:rz",
-              "e3m4:sat:ftz:rz", "e6m9b40:sat:rz", "e4m0", "e8m15:ftz", "e5m2b3:ftz"]
+              "e3m4:sat:ftz:rz", "e6m9b40:sat:rz", "e4m0", "e8m15:ftz", "e5m2b3:ftz", "e5m22",
+              "e7m2b10:sat", "e7m10b110"]
 INT_ACCS = ["int32", "int24", "int16", "int12:sat", "int20:sat", "int62:sat", "int64", "int8"]
 
 
@@ -134,7 +138,8 @@ def test_narrow_rare_cases_take_the_exact_path():
     cols = [[1.0] * 5, [tiny] * 5, [-(2.0 ** -75)] * 5, [0.5, -0.25, 3.0, 1e-3, -7.0]]
     a = torch.tensor(rows, dtype=torch.float32)
     b = torch.tensor(cols, dtype=torch.float32).t().contiguous()
-    for acc in ["e4m7", "e5m4", "e5m10:rz", "e4m3:sat", "e4m3", "e7m9", "e5m4:ftz:rz"]:
+    for acc in ["e4m7", "e5m4", "e5m10:rz", "e4m3:sat", "e4m3", "e7m9", "e5m4:ftz:rz", "e5m22",
+                "e7m2b10:sat", "e7m10b110", "e7m10b110:ftz:rz"]:
         cfg = AccumConfig(acc=acc)
         aq, bq = quantize(a, cfg.inputs), quantize(b, cfg.weights)
         assert narrow_lanes(cfg)
@@ -144,13 +149,42 @@ def test_narrow_rare_cases_take_the_exact_path():
         assert_same(got, golden_matmul(aq, bq, cfg), f"triton {acc}")
 
 
+@pytest.mark.parametrize("acc", ["e6m17", "e6m17:rz", "e6m17:ftz", "e5m22"])
+def test_ties_decided_by_the_sticky_bit(acc):
+    """Exact sums that float32 rounds onto a midpoint of the accumulator, the true sum
+    lying just above or below it (only the TwoSum error tells): one bf16 product
+    carries both the tie bit and a tail 2^-14 below it."""
+    p7 = 2.0 ** -7
+    cases = [  # (a row, b column): the exact sums in the comments
+        ([1.0, 2.0 ** -12 * (1 + p7)], [1.0, 1 + p7]),                    # 1 + 2^-12 + 2^-18 + 2^-26
+        ([1.0, 2.0 ** -17, 2.0 ** -18 * (1 + p7)], [1.0, 1.0, 1 - p7]),   # 1 + 2^-17 + 2^-18 - 2^-32
+        ([-1.0, -(2.0 ** -17), 2.0 ** -18 * (1 + p7)], [1.0, 1.0, -(1 - p7)]),
+    ]
+    cfg = AccumConfig(acc=acc)
+    assert narrow_lanes(cfg)
+    for row, col in cases:
+        a, b = torch.tensor([row]), torch.tensor([col]).t().contiguous()
+        assert torch.equal(quantize(a, "bf16"), a) and torch.equal(quantize(b, "bf16"), b)
+        got, want = run_both(a, b, cfg, tk.BlockConfig(1, 1, num_warps=1, check_every=2))
+        assert identical(got, want), (row, col)
+        assert_same(got, golden_matmul(a, b, cfg), f"triton {acc} {row}")
+
+
 def test_results_do_not_depend_on_the_launch_shape():
+    """Tile shapes, warps, check intervals, and tall-skinny products (run transposed,
+    outputs in the tile's wide dimension) all give the same bits."""
     cfg = AccumConfig(acc="e5m3:rz", chunk=9, chunk_acc="e5m10")
-    a, b = operands(cfg, 33, 50, 45, seed=3, specials=False)
-    want = _cpu_matmul(a, b, cfg)
-    for blocks in (tk.BlockConfig(16, 16, 1, 1), tk.BlockConfig(64, 64, 4, 16),
-                   tk.BlockConfig(32, 128, 8, 64)):
-        assert identical(tk.triton_matmul(*on_device(a, b), cfg, blocks).cpu(), want), blocks
+    for m, k, n in [(33, 50, 45), (150, 20, 5)]:
+        a, b = operands(cfg, m, k, n, seed=3, specials=False)
+        want = _cpu_matmul(a, b, cfg)
+        for blocks in (tk.BlockConfig(16, 16, 1, 1), tk.BlockConfig(64, 64, 4, 16),
+                       tk.BlockConfig(32, 128, 8, 64), None):
+            got = tk.triton_matmul(*on_device(a, b), cfg, blocks).cpu()
+            assert got.shape == (m, n) and identical(got, want), blocks
+    ai = torch.randint(-2 ** 15, 2 ** 15, (150, 20), dtype=torch.int32)
+    bi = torch.randint(-2 ** 15, 2 ** 15, (20, 5), dtype=torch.int32)
+    icfg = IntAccumConfig(acc="int24:sat", chunk=6)
+    assert torch.equal(tk.triton_int_matmul(*on_device(ai, bi), icfg).cpu(), _cpu_int_matmul(ai, bi, icfg))
 
 
 def test_empty_and_degenerate_shapes():
@@ -252,20 +286,26 @@ def compile(fn, types, constants, num_warps=4):
     return {"fma": len(re.findall(r"\bfma\.", ptx)), "ftz": len(re.findall(r"\.f(32|64)\b.*\.ftz|\.ftz\.f", ptx)),
             "cubin_bytes": len(kernel.asm["cubin"])}
 
-ptr = {"at_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*fp64", "M": "i32", "N": "i32", "K": "i32", "CHUNK": "i32"}
+ptr = {"at_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*fp64", "M": "i32", "N": "i32", "K": "i32", "MP": "i32",
+       "NP": "i32", "CHUNK": "i32"}
 out = {}
-for name, cfg in [("narrow", AccumConfig(acc="e5m10")), ("narrow_ftz_rz_chunked", AccumConfig(acc="e4m3:ftz:rz", chunk=32)),
-                  ("wide_unfused", AccumConfig(acc="fp32", product="e5m10"))]:
+for name, cfg, tiny in [("narrow", AccumConfig(acc="e5m10"), False),
+                        ("narrow_checked", AccumConfig(acc="e7m10b110"), True),
+                        ("narrow_int_rounding", AccumConfig(acc="e5m22"), False),
+                        ("narrow_ftz_rz_chunked", AccumConfig(acc="e4m3:ftz:rz", chunk=32), False),
+                        ("wide_unfused", AccumConfig(acc="fp32", product="e5m10"), False)]:
     c = {**tk.format_constants(cfg.acc, "A"), **tk.format_constants(cfg.product or cfg.acc, "P"),
-         **tk.format_constants(cfg.chunk_acc, "O"), **tk._narrow_constants(cfg.acc),
+         **tk.format_constants(cfg.chunk_acc, "O"), **tk._narrow_constants(cfg.acc, tiny),
          "NARROW": name.startswith("narrow"), "HAS_PRODUCT": cfg.product is not None,
-         "CHUNKED": cfg.chunk is not None, "BLOCK_M": 64, "BLOCK_N": 64, "CHECK_EVERY": 16}
+         "CHUNKED": cfg.chunk is not None, "WIDE": name == "wide_unfused", "BLOCK_M": 64, "BLOCK_N": 32,
+         "CHECK_EVERY": 16}
     out[name] = compile(tk._float_matmul_kernel, ptr, c)
-ints = {"at_ptr": "*i32", "b_ptr": "*i32", "out_ptr": "*i64", "M": "i32", "N": "i32", "K": "i32", "CHUNK": "i32"}
+ints = {**ptr, "at_ptr": "*i32", "b_ptr": "*i32", "out_ptr": "*i64"}
 for name, cfg in [("int_wrap", IntAccumConfig(acc="int16")), ("int_sat_chunked", IntAccumConfig(acc="int20:sat", chunk=8))]:
     out[name] = compile(tk._int_matmul_kernel, ints,
                         {"BITS": cfg.acc.bits, "SAT": cfg.acc.overflow == "saturate", "OUTER_BITS": 32,
-                         "OUTER_SAT": False, "CHUNKED": cfg.chunk is not None, "BLOCK_M": 64, "BLOCK_N": 64})
+                         "OUTER_SAT": False, "CHUNKED": cfg.chunk is not None, "WIDE": False,
+                         "BLOCK_M": 64, "BLOCK_N": 32})
 out["quantize"] = compile(tk._quantize_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32"},
                           {**tk.format_constants(tk.FloatFormat(4, 3), "F"), "BLOCK": 1024})
 print(json.dumps(out))
@@ -283,8 +323,8 @@ def test_kernels_compile_for_a_gpu_without_fused_or_flushed_arithmetic():
         pytest.skip("this Triton has no ptxas to compile with")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result) == {"narrow", "narrow_ftz_rz_chunked", "wide_unfused", "int_wrap",
-                           "int_sat_chunked", "quantize"}
+    assert set(result) == {"narrow", "narrow_checked", "narrow_int_rounding", "narrow_ftz_rz_chunked",
+                           "wide_unfused", "int_wrap", "int_sat_chunked", "quantize"}
     for name, info in result.items():
         assert info["cubin_bytes"] > 0, name
         assert info["fma"] == 0 and info["ftz"] == 0, (name, info)
