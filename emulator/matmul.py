@@ -3,9 +3,10 @@ partial sums live in a chosen format (docs/semantics.md §4-6).
 
 :func:`matmul` / :func:`int_matmul` are the public entry points; they dispatch on the
 tensors' device to a registered backend: the compiled CPU kernel, or for CUDA tensors
-the Triton kernels of :mod:`emulator.triton_kernels` (same bits). :func:`matmul_reference` / :func:`int_matmul_reference`
-are the plain, obviously-correct k-loops in PyTorch that the kernels are tested
-against (with the golden model as the final judge).
+the Triton kernels of :mod:`emulator.triton_kernels` (same bits).
+:func:`matmul_reference` / :func:`int_matmul_reference` are the plain, obviously-correct
+k-loops in PyTorch that the kernels are tested against (with the golden model as the
+final judge).
 """
 
 from __future__ import annotations

@@ -207,3 +207,13 @@ def test_float32_lanes_are_used_only_where_exact():
     assert not narrow_lanes(AccumConfig(acc="bf16"))  # its binade below emin is float32-subnormal
     assert not narrow_lanes(AccumConfig(acc="e4m7", inputs="fp32"))  # 48-bit products
     assert not narrow_lanes(AccumConfig(acc="e4m7", product="e4m3"))
+
+
+def test_gpu_backend_without_triton_is_a_clear_error(monkeypatch):
+    import sys
+
+    from emulator.device import DeviceError, load_gpu_backend
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if not installed
+    with pytest.raises(DeviceError, match="needs Triton"):
+        load_gpu_backend()
