@@ -1,7 +1,7 @@
 """The GPU backend: psum's rounding and emulated matmuls as Triton kernels.
 
-The same arithmetic as the CPU kernel (``emulator/kernels/psum_cpu.c``), step for
-step, so that a GPU run and a CPU run give the same bits (docs/emulator.md, "GPU"):
+The same arithmetic as the CPU kernel (``emulator/kernels/psum_cpu.c``), so that a
+GPU run and a CPU run give the same bits (docs/emulator.md, "GPU"):
 
 - rounding works on the float64 bit pattern of a value: the pattern is rounded to a
   multiple of 2^s where s is the distance between the format's quantum and float64's,
@@ -13,7 +13,9 @@ step, so that a GPU run and a CPU run give the same bits (docs/emulator.md, "GPU
   :func:`emulator.matmul.narrow_lanes`) the step runs in float32 lanes (rounding by
   the float adder where it can, see :func:`_fast_step32`); a run of ``check_every``
   steps in which a lane meets a rare case (overflow, Inf/NaN, a product or partial
-  sum near float32's underflow) is redone from its start in the general float64 step.
+  sum near float32's underflow) is redone from its start in the general float64 step;
+  nearest-even accumulators that need float64 lanes have a float64 fast step
+  (:func:`_fast_step64`) with the same redo.
 
 Each program owns a BLOCK_M x BLOCK_N tile of outputs and walks k = 0..K-1 in order;
 parallelism is across output elements only, never across k, so the order of
@@ -147,10 +149,10 @@ def _fast_step32(x, av, bw, MAN: tl.constexpr, EMIN: tl.constexpr, SUB: tl.const
     if FLOAT_ROUND:
         p = u - below  # keeps hi's sign: the magnitude steps down
         jammed = (p | sticky).to(tl.float32, bitcast=True)
-        exponent = p & 0x7F800000
-        if SUB:
-            exponent = tl.maximum(exponent, (EMIN + 127) << 23)
-        magic = (exponent + (((23 - MAN) << 23) + (1 << 22))).to(tl.float32, bitcast=True)
+        magic = (p & 0x7F800000) + (((23 - MAN) << 23) + (1 << 22))  # 1.5 * 2^(e - M + 23)
+        if SUB:  # the quantum stops at emin - M (one add-and-max instruction)
+            magic = tl.maximum(magic, ((EMIN + 127) << 23) + (((23 - MAN) << 23) + (1 << 22)))
+        magic = magic.to(tl.float32, bitcast=True)
         r = (jammed + magic) - magic
         if not SUB:
             r = tl.where(tl.abs(r) >= MIN_NORMALF, r, 0.0)
@@ -183,6 +185,35 @@ def _fast_step32(x, av, bw, MAN: tl.constexpr, EMIN: tl.constexpr, SUB: tl.const
         bad = bad | ((uy >= 1) & (uy < _TINY32)) | ((uy == 0) & (av != 0) & (bw != 0))
     r = tl.where(bad, 0x7FC00000, r)
     return ((u & _SIGN32) | r).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _fast_step64(x, av, bw, MAN: tl.constexpr, EMIN: tl.constexpr, SUB: tl.constexpr,
+                 MAX_ABS: tl.constexpr, MIN_NORMAL_ABS: tl.constexpr):
+    """The float-adder rounding of :func:`_fast_step32` in float64 lanes, for
+    nearest-even accumulators too wide for float32 lanes (fp32, bf16, E = 8...) with
+    every breakpoint a normal double: products of float32 inputs are exact doubles,
+    the TwoSum is exact, the sticky bit is jammed into the pattern and
+    (v + C) - C, C = 1.5 * 2^(q + 52), rounds. |sum| above max, Inf and NaN poison
+    the lane (NaN) for the caller to redo in the general step."""
+    y = av * bw
+    hi = x + y
+    back = hi - x
+    lo = (x - (hi - back)) + (y - back)  # TwoSum: hi + lo is exact
+    u = hi.to(tl.int64, bitcast=True)
+    sticky = (lo != 0.0).to(tl.int64)
+    below = ((lo.to(tl.int64, bitcast=True) ^ u) >> 63) & sticky  # lo points toward zero
+    p = u - below
+    jammed = (p | sticky).to(tl.float64, bitcast=True)
+    magic = (p & 0x7FF0000000000000) + (((52 - MAN) << 52) + (1 << 51))  # 1.5 * 2^(e - M + 52)
+    if SUB:
+        magic = tl.maximum(magic, ((EMIN + 1023) << 52) + (((52 - MAN) << 52) + (1 << 51)))
+    magic = magic.to(tl.float64, bitcast=True)
+    r = ((jammed + magic) - magic).to(tl.int64, bitcast=True) & _ABS64
+    if not SUB:
+        r = tl.where(r >= MIN_NORMAL_ABS, r, 0)  # flush to zero, after rounding
+    r = tl.where((u & _ABS64) > MAX_ABS, 0x7FF8000000000000, r)  # overflow, Inf, NaN
+    return ((u & _SIGN64) | r).to(tl.float64, bitcast=True)
 
 
 # -- kernels ----------------------------------------------------------------------------
@@ -241,7 +272,8 @@ def _general_step(acc, at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE: tl.constexpr,
 @triton.jit
 def _float_matmul_kernel(
         at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
-        NARROW: tl.constexpr, HAS_PRODUCT: tl.constexpr, CHUNKED: tl.constexpr,
+        FAST: tl.constexpr, NARROW: tl.constexpr, HAS_PRODUCT: tl.constexpr,
+        CHUNKED: tl.constexpr,
         A_MAN: tl.constexpr, A_EMIN: tl.constexpr, A_SUB: tl.constexpr, A_NE: tl.constexpr,
         A_MAX: tl.constexpr, A_OVF: tl.constexpr, A_INF: tl.constexpr, A_MINN: tl.constexpr,
         A_MINS: tl.constexpr, A_HALFS: tl.constexpr, A_FTZUP: tl.constexpr,
@@ -274,8 +306,8 @@ def _float_matmul_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
     for k0 in range(0, K, CHUNK):
         k1 = tl.minimum(k0 + CHUNK, K)
-        if NARROW:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        acc = tl.zeros_like(acc)
+        if FAST:  # runs of fast steps, a run with a poisoned lane redone exactly
             for kb in range(k0, k1, CHECK_EVERY):
                 ke = tl.minimum(kb + CHECK_EVERY, k1)
                 start = acc
@@ -283,22 +315,25 @@ def _float_matmul_kernel(
                     kk = _index(k, WIDE)
                     av = tl.load(at_ptr + kk * MP + rm)
                     bw = tl.load(b_ptr + kk * NP + rn)
-                    acc = _fast_step32(acc, av[:, None], bw[None, :], A_MAN, A_EMIN, A_SUB,
-                                       A_NE, FLOAT_ROUND, CHECK_X, CHECK_Y, A_MAXF, A_MINNF,
-                                       A_MINN32,
-                                       A_MINS32, A_RARE32)
+                    if NARROW:
+                        acc = _fast_step32(acc, av[:, None], bw[None, :], A_MAN, A_EMIN, A_SUB,
+                                           A_NE, FLOAT_ROUND, CHECK_X, CHECK_Y, A_MAXF, A_MINNF,
+                                           A_MINN32, A_MINS32, A_RARE32)
+                    else:
+                        acc = _fast_step64(acc, av.to(tl.float64)[:, None],
+                                           bw.to(tl.float64)[None, :], A_MAN, A_EMIN, A_SUB,
+                                           A_MAX, A_MINN)
                 poisoned = tl.where(acc != acc, 1, 0)
-                if tl.max(tl.max(poisoned, axis=1), axis=0) != 0:  # redo the run exactly
+                if tl.max(tl.max(poisoned, axis=1), axis=0) != 0:
                     wide = start.to(tl.float64)
                     for k in range(kb, ke):
                         wide = _general_step(wide, at_ptr, b_ptr, k, MP, NP, rm, rn,
-                                             WIDE, False, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF,
-                                             A_INF, A_MINN, A_MINS, A_HALFS, A_FTZUP, A_NAN,
-                                             P_MAN, P_EMIN, P_SUB, P_NE, P_MAX, P_OVF, P_INF,
-                                             P_MINN, P_MINS, P_HALFS, P_FTZUP, P_NAN)
-                    acc = wide.to(tl.float32)  # exact: narrow values are float32 numbers
+                                             WIDE, False, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX,
+                                             A_OVF, A_INF, A_MINN, A_MINS, A_HALFS, A_FTZUP,
+                                             A_NAN, P_MAN, P_EMIN, P_SUB, P_NE, P_MAX, P_OVF,
+                                             P_INF, P_MINN, P_MINS, P_HALFS, P_FTZUP, P_NAN)
+                    acc = wide.to(acc.dtype)  # exact: the values are acc.dtype numbers
         else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
             for k in range(k0, k1):
                 acc = _general_step(acc, at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE, HAS_PRODUCT,
                                     A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF, A_INF, A_MINN,
@@ -366,8 +401,8 @@ class BlockConfig:
     checks for rare cases. Changes speed only, never results.
 
     The default, 16 x 128 with 4 warps, gives each thread 4 rows x 4 columns of
-    accumulators: the sm_90 code of the float32 fast step is then 23.4 instructions
-    per MAC including 8 loads per 16 MACs, in 91 registers (64 x 64 with 4 warps gives
+    accumulators: the sm_90 code of the float32 fast step is then 22.8 instructions
+    per MAC including 5 loads per 16 MACs, in 91 registers (64 x 64 with 4 warps gives
     a thread 16 rows of one column: 16 + 1 loads per 16 MACs, and spills)."""
 
     def __init__(self, block_m: int = 16, block_n: int = 128, num_warps: int = 4,
@@ -422,6 +457,14 @@ def _narrow_constants(fmt: FloatFormat, tiny_inputs: bool) -> dict:
 _NOT_NARROW = {"FLOAT_ROUND": False, "CHECK_X": False, "CHECK_Y": False, "A_MAXF": 0.0,
                "A_MINNF": 0.0,
                "A_MINN32": 0, "A_MINS32": 0, "A_RARE32": 0}
+
+
+def _fast64(cfg: AccumConfig) -> bool:
+    """Whether the float64 fast step applies: nearest-even, exact products, every
+    breakpoint of the accumulator a normal double, and C = 1.5 * 2^(q + 52) finite."""
+    acc = cfg.acc
+    return (cfg.product is None and acc.rounding == "nearest_even"
+            and acc.emin - acc.man_bits - 2 >= -1022 and acc.emax - acc.man_bits + 52 <= 1022)
 
 
 def _has_tiny(t: torch.Tensor) -> bool:
@@ -497,6 +540,7 @@ def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
         return out
     ops = _Operands(a, b, blocks)
     narrow = narrow_lanes(cfg)
+    fast = narrow or _fast64(cfg)
     unused = cfg.acc  # the product and outer constants are compiled out when not used
     constants = {**format_constants(cfg.acc, "A"),
                  **format_constants(cfg.product or unused, "P"),
@@ -504,7 +548,7 @@ def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
                  **(_narrow_constants(cfg.acc, _has_tiny(a) or _has_tiny(b)) if narrow
                     else _NOT_NARROW)}
     _float_matmul_kernel[ops.grid](
-        *ops.args(out, cfg.chunk), NARROW=narrow, HAS_PRODUCT=cfg.product is not None,
+        *ops.args(out, cfg.chunk), FAST=fast, NARROW=narrow, HAS_PRODUCT=cfg.product is not None,
         CHUNKED=cfg.chunk is not None, **constants, WIDE=ops.wide, BLOCK_M=blocks.block_m,
         BLOCK_N=blocks.block_n, CHECK_EVERY=blocks.check_every, num_warps=blocks.num_warps,
         enable_fp_fusion=False)

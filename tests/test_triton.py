@@ -170,6 +170,28 @@ def test_ties_decided_by_the_sticky_bit(acc):
         assert_same(got, golden_matmul(a, b, cfg), f"triton {acc} {row}")
 
 
+@pytest.mark.parametrize("acc, row, col", [
+    ("bf16", [2.0 ** -60, 17 / 16], [1.0, 17 / 16]),
+    ("bf16", [-(2.0 ** -60), 3 / 4], [1.0, 97 / 64]),
+    ("bf16:rz", [1.0, 1 + 2.0 ** -23], [1.0, 2.0 ** -7 * (1 - 2.0 ** -23)]),
+    # 1 + 2^-23 + 2^-24 - 2^-70: float64 rounds onto the fp32 tie, the sum is below it
+    ("fp32", [1 + 2.0 ** -23, 1 + 2.0 ** -23], [1.0, 2.0 ** -24 * (1 - 2.0 ** -23)]),
+    # 1 + 2^-30 + 2^-31 - 2^-77 for a 30-bit mantissa
+    ("e8m30", [1.0, 2.0 ** -30, 1 + 2.0 ** -23], [1.0, 1.0, 2.0 ** -31 * (1 - 2.0 ** -23)]),
+])
+def test_float64_lanes_where_float64_then_round_is_wrong(acc, row, col):
+    """Sums where rounding the float64 sum is wrong (test_matmul's double-rounding
+    cases, and ties of fp32 and a 30-bit accumulator that only the TwoSum error
+    decides), through float64 lanes: fp32 inputs, the fast step for nearest-even, the
+    general step for toward zero."""
+    x, w = torch.tensor([row]), torch.tensor([col]).t().contiguous()
+    cfg = AccumConfig(acc=acc, inputs="fp32")
+    assert not narrow_lanes(cfg) and tk._fast64(cfg) == (not acc.endswith(":rz"))
+    got, want = run_both(x, w, cfg, tk.BlockConfig(1, 1, 1, 1))
+    assert identical(got, want)
+    assert_same(got, golden_matmul(x, w, cfg), f"triton {acc}")
+
+
 def test_results_do_not_depend_on_the_launch_shape():
     """Tile shapes, warps, check intervals, and tall-skinny products (run transposed,
     outputs in the tile's wide dimension) all give the same bits."""
@@ -293,10 +315,12 @@ for name, cfg, tiny in [("narrow", AccumConfig(acc="e5m10"), False),
                         ("narrow_checked", AccumConfig(acc="e7m10b110"), True),
                         ("narrow_int_rounding", AccumConfig(acc="e5m22"), False),
                         ("narrow_ftz_rz_chunked", AccumConfig(acc="e4m3:ftz:rz", chunk=32), False),
+                        ("wide_fast", AccumConfig(acc="fp32", chunk=64), False),
                         ("wide_unfused", AccumConfig(acc="fp32", product="e5m10"), False)]:
     c = {**tk.format_constants(cfg.acc, "A"), **tk.format_constants(cfg.product or cfg.acc, "P"),
          **tk.format_constants(cfg.chunk_acc, "O"), **tk._narrow_constants(cfg.acc, tiny),
-         "NARROW": name.startswith("narrow"), "HAS_PRODUCT": cfg.product is not None,
+         "FAST": name != "wide_unfused", "NARROW": name.startswith("narrow"),
+         "HAS_PRODUCT": cfg.product is not None,
          "CHUNKED": cfg.chunk is not None, "WIDE": name == "wide_unfused", "BLOCK_M": 64, "BLOCK_N": 32,
          "CHECK_EVERY": 16}
     out[name] = compile(tk._float_matmul_kernel, ptr, c)
@@ -324,7 +348,7 @@ def test_kernels_compile_for_a_gpu_without_fused_or_flushed_arithmetic():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {"narrow", "narrow_checked", "narrow_int_rounding", "narrow_ftz_rz_chunked",
-                           "wide_unfused", "int_wrap", "int_sat_chunked", "quantize"}
+                           "wide_fast", "wide_unfused", "int_wrap", "int_sat_chunked", "quantize"}
     for name, info in result.items():
         assert info["cubin_bytes"] > 0, name
         assert info["fma"] == 0 and info["ftz"] == 0, (name, info)
