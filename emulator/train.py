@@ -1,7 +1,7 @@
 """BF16 training of the study's networks, with periodic checkpoints and resume.
 
 Recipe (documented defaults of :class:`TrainConfig`): BF16 mixed precision
-(``torch.autocast`` with bfloat16 on the CPU, float32 master weights), SGD with Nesterov
+(``torch.autocast`` with bfloat16 on the training device, float32 master weights), SGD with Nesterov
 momentum 0.9 and weight decay 5e-4, a cosine learning-rate schedule per step from
 ``lr`` to 0 after a linear warm-up over the first epoch's first 1/10, cross-entropy
 loss, CIFAR augmentation (4-pixel padded random crop, horizontal flip). Everything
@@ -82,18 +82,26 @@ class _Progress:
 
 
 def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progress: bool = True,
-          command: str = "", log=print) -> dict:
+          command: str = "", log=print, device: str | torch.device | None = None) -> dict:
     """Train ``cfg.model`` on ``source`` and write the checkpoint ``out``.
 
     Resumes from ``<out>.partial`` when one with the same configuration exists. Returns
     the final metadata (with the test accuracy when ``test_source`` is given).
+    ``device`` "cuda" trains on a GPU (bf16 autocast there, deterministic cuDNN
+    algorithms; the result is not bit-identical to a CPU run, and a resumed GPU run
+    draws dropout from CUDA's generator, which is not checkpointed).
     """
+    from emulator.device import resolve_device
     from emulator.evaluate import evaluate
 
+    device = resolve_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     torch.manual_seed(cfg.seed)
     model, dataset = build(cfg.model, cfg.dataset)
+    model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=True)
     n = len(source) if cfg.limit is None else min(cfg.limit, len(source))
@@ -131,7 +139,8 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
                 continue  # resumed mid-epoch: the same batches, already trained on
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,7 +154,7 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {running / max(seen, 1):.4f}")
     meta = {"model": cfg.model, "dataset": dataset, "epochs": cfg.epochs, "seed": cfg.seed,
             "train_config": config, "train_seconds": round(time.monotonic() - started, 1),
-            "command": command}
+            "command": command, "device": str(device)}
     from psum import __version__
 
     meta["psum_version"] = __version__

@@ -170,6 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from emulator.models import build
     from emulator.train import TrainConfig, train
 
+    from emulator.device import resolve_device
+
+    resolve_device(args.device)  # a missing GPU is an error before any data is read
     try:
         cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
@@ -182,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or f"checkpoints/{args.model}-{dataset}.pt"
     command_line = "psum " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
     meta = train(cfg, train_source, out, test_source=test_source, progress=not args.quiet,
-                 command=command_line)
+                 command=command_line, device=args.device)
     print(f"wrote {out}: {meta['model']}/{meta['dataset']}, {meta['epochs']} epochs, "
           f"test top-1 {100 * meta['accuracy']:.2f}% on {meta['test_images']} images, "
           f"{meta['train_seconds']:.0f} s")
@@ -485,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     tr.add_argument("--no-bf16", action="store_true", help="train in fp32")
     tr.add_argument("--out", help="checkpoint path (default checkpoints/MODEL-DATASET.pt)")
+    tr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
 
     ev = sub.add_parser("eval", help="accuracy under emulated accumulation",
                         description="Top-1 (top-5 on ImageNet) with 95%% Wilson intervals: fp32, "

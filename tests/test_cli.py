@@ -114,7 +114,8 @@ def test_asking_for_a_missing_gpu_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     for args in (["eval", "lenet5", "--checkpoint", "X", "--acc", "e4m7", "--device", "cuda"],
-                 ["study", "--out", str(tmp_path / "s"), "--device", "cuda:0"]):
+                 ["study", "--out", str(tmp_path / "s"), "--device", "cuda:0"],
+                 ["train", "lenet5", "--device", "cuda", "--data-dir", str(tmp_path)]):
         proc = run(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
