@@ -27,7 +27,10 @@ from emulator.device import DeviceError, resolve_device  # noqa: E402
 from emulator.matmul import _cpu_int_matmul, _cpu_matmul, narrow_lanes  # noqa: E402
 from psum import golden  # noqa: E402
 from psum.formats import parse  # noqa: E402
-from test_matmul import assert_same, golden_matmul, identical, values  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_matmul import INT_ACCS as ALL_INT_ACCS  # noqa: E402
+from test_matmul import assert_same, configs, golden_matmul, identical, values  # noqa: E402
 
 matmul_module = importlib.import_module("emulator.matmul")  # the module, not the function
 # inf - inf and the like inside the interpreter's numpy: the NaNs are intended
@@ -111,6 +114,17 @@ def test_float_kernel_equals_cpu_kernel(acc):
         a, b = operands(cfg, m, k, n, seed=100 + i, specials=specials)
         got, want = run_both(a, b, cfg, blocks)
         assert identical(got, want), f"{cfg} case {i}: {(got.view(torch.int64) != want.view(torch.int64)).sum()} differ"
+
+
+@given(cfg=configs, m=st.integers(1, 3), n=st.integers(1, 4), k=st.integers(0, 24),
+       seed=st.integers(0, 2**32 - 1), specials=st.booleans(), check_every=st.sampled_from([1, 4, 16]))
+def test_float_kernel_property(cfg, m, n, k, seed, specials, check_every):
+    """test_matmul's property test through the Triton kernels: random accumulators
+    (every mode), input formats, product rounding, chunking; Inf/NaN operands."""
+    a, b = operands(cfg, m, k, n, seed, specials)
+    got, want = run_both(a, b, cfg, tk.BlockConfig(4, 4, num_warps=1, check_every=check_every))
+    assert identical(got, want), str(cfg)
+    assert_same(got, golden_matmul(a, b, cfg), str(cfg))
 
 
 @pytest.mark.parametrize("acc", ["e4m7", "e3m2:sat:rz", "e5m4:ftz", "fp32"])
@@ -263,6 +277,24 @@ def test_int_kernel_equals_cpu_kernel(acc):
             assert int(got[i, j]) == golden.int_dot(a_small[i].tolist(), b_small[:, j].tolist(),
                                                     acc=cfg.acc, chunk=cfg.chunk,
                                                     chunk_acc=cfg.chunk_acc)
+
+
+@given(acc=st.sampled_from(ALL_INT_ACCS), chunk=st.sampled_from([None, 1, 3, 8]),
+       chunk_acc=st.sampled_from(["int32", "int20:sat", "int64"]),
+       m=st.integers(1, 3), n=st.integers(1, 4), k=st.integers(0, 40), bits=st.sampled_from([4, 8, 16, 32]),
+       seed=st.integers(0, 2**32 - 1))
+def test_int_kernel_property(acc, chunk, chunk_acc, m, n, k, bits, seed):
+    rng = np.random.default_rng(seed)
+    limit = 2 ** (bits - 1)
+    a = torch.from_numpy(rng.integers(-limit, limit, (m, k))).to(torch.int32)
+    b = torch.from_numpy(rng.integers(-limit, limit, (k, n))).to(torch.int32)
+    cfg = IntAccumConfig(acc=acc, chunk=chunk, chunk_acc=chunk_acc)
+    got = tk.triton_int_matmul(*on_device(a, b), cfg, tk.BlockConfig(4, 4, num_warps=1)).cpu()
+    assert torch.equal(got, _cpu_int_matmul(a, b, cfg))
+    for i in range(m):
+        for j in range(n):
+            assert got[i, j].item() == golden.int_dot(a[i].tolist(), b[:, j].tolist(), acc=acc,
+                                                      chunk=chunk, chunk_acc=chunk_acc)
 
 
 # -- devices and errors -----------------------------------------------------------------
