@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulator import AccumConfig, IntAccumConfig, int_matmul, matmul
+from emulator import AccumConfig, IntAccumConfig, int_matmul, matmul, quantize
 from emulator.matmul import (emulated_int_matmul, emulated_matmul, int_matmul_reference,
                              matmul_reference)
 from oracles import same_value
@@ -106,6 +106,50 @@ def test_double_rounding_cases(acc, c, a, b, want):
     assert parse(acc).decode(parse(acc).encode(c)) == c  # c is exactly an accumulator value
     assert Fraction(emulated_matmul(x, w, cfg).item()) == want
     assert Fraction(matmul_reference(x, w, cfg).item()) == want
+
+
+# One bf16 product carries both an accumulator's tie bit and a tail 2^-14 below it:
+# float32 rounds the sum onto the midpoint, the exact sum lies just above or below.
+_P7 = 2.0 ** -7
+STICKY_TIES = [
+    ([1.0, 2.0 ** -12 * (1 + _P7)], [1.0, 1 + _P7]),                    # 1 + 2^-12 + 2^-18 + 2^-26
+    ([1.0, 2.0 ** -17, 2.0 ** -18 * (1 + _P7)], [1.0, 1.0, 1 - _P7]),   # 1 + 2^-17 + 2^-18 - 2^-32
+    ([-1.0, -(2.0 ** -17), 2.0 ** -18 * (1 + _P7)], [1.0, 1.0, -(1 - _P7)]),
+]
+
+
+@pytest.mark.parametrize("acc", ["e6m17", "e6m17:rz", "e6m17:ftz", "e5m22"])
+def test_float32_lane_ties_decided_by_the_sticky_bit(acc):
+    cfg = AccumConfig(acc=acc)
+    for row, col in STICKY_TIES:
+        a, b = torch.tensor([row]), torch.tensor([col]).t().contiguous()
+        assert torch.equal(quantize(a, "bf16"), a) and torch.equal(quantize(b, "bf16"), b)
+        got = emulated_matmul(a, b, cfg).double()
+        assert identical(got, matmul_reference(a, b, cfg)), row
+        assert_same(got, golden_matmul(a, b, cfg), f"{acc} {row}")
+
+
+# Sums in float64 lanes (fp32 inputs) where rounding the float64 sum is wrong: the
+# double-rounding cases above, and ties of fp32 and a 30-bit accumulator that only the
+# TwoSum error decides.
+FLOAT64_TIES = [
+    ("bf16", [2.0 ** -60, 17 / 16], [1.0, 17 / 16]),
+    ("bf16", [-(2.0 ** -60), 3 / 4], [1.0, 97 / 64]),
+    ("bf16:rz", [1.0, 1 + 2.0 ** -23], [1.0, 2.0 ** -7 * (1 - 2.0 ** -23)]),
+    # 1 + 2^-23 + 2^-24 - 2^-70: float64 rounds onto the fp32 tie, the sum is below it
+    ("fp32", [1 + 2.0 ** -23, 1 + 2.0 ** -23], [1.0, 2.0 ** -24 * (1 - 2.0 ** -23)]),
+    # 1 + 2^-30 + 2^-31 - 2^-77 for a 30-bit mantissa
+    ("e8m30", [1.0, 2.0 ** -30, 1 + 2.0 ** -23], [1.0, 1.0, 2.0 ** -31 * (1 - 2.0 ** -23)]),
+]
+
+
+@pytest.mark.parametrize("acc, row, col", FLOAT64_TIES)
+def test_float64_lane_ties_decided_by_the_sticky_bit(acc, row, col):
+    x, w = torch.tensor([row], dtype=torch.float64), torch.tensor([col], dtype=torch.float64).t()
+    cfg = AccumConfig(acc=acc, inputs="fp32")
+    got = emulated_matmul(x, w, cfg)
+    assert identical(got, matmul_reference(x, w, cfg))
+    assert_same(got, golden_matmul(x, w, cfg), f"{acc} {row}")
 
 
 def test_public_matmul_signature_and_shapes():

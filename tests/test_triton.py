@@ -30,7 +30,8 @@ from psum.formats import parse  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_matmul import INT_ACCS as ALL_INT_ACCS  # noqa: E402
-from test_matmul import assert_same, configs, golden_matmul, identical, values  # noqa: E402
+from test_matmul import (FLOAT64_TIES, STICKY_TIES, assert_same, configs,  # noqa: E402
+                         golden_matmul, identical, values)
 
 matmul_module = importlib.import_module("emulator.matmul")  # the module, not the function
 # inf - inf and the like inside the interpreter's numpy: the NaNs are intended
@@ -168,15 +169,9 @@ def test_ties_decided_by_the_sticky_bit(acc):
     """Exact sums that float32 rounds onto a midpoint of the accumulator, the true sum
     lying just above or below it (only the TwoSum error tells): one bf16 product
     carries both the tie bit and a tail 2^-14 below it."""
-    p7 = 2.0 ** -7
-    cases = [  # (a row, b column): the exact sums in the comments
-        ([1.0, 2.0 ** -12 * (1 + p7)], [1.0, 1 + p7]),                    # 1 + 2^-12 + 2^-18 + 2^-26
-        ([1.0, 2.0 ** -17, 2.0 ** -18 * (1 + p7)], [1.0, 1.0, 1 - p7]),   # 1 + 2^-17 + 2^-18 - 2^-32
-        ([-1.0, -(2.0 ** -17), 2.0 ** -18 * (1 + p7)], [1.0, 1.0, -(1 - p7)]),
-    ]
     cfg = AccumConfig(acc=acc)
     assert narrow_lanes(cfg)
-    for row, col in cases:
+    for row, col in STICKY_TIES:
         a, b = torch.tensor([row]), torch.tensor([col]).t().contiguous()
         assert torch.equal(quantize(a, "bf16"), a) and torch.equal(quantize(b, "bf16"), b)
         got, want = run_both(a, b, cfg, tk.BlockConfig(1, 1, num_warps=1, check_every=2))
@@ -184,15 +179,7 @@ def test_ties_decided_by_the_sticky_bit(acc):
         assert_same(got, golden_matmul(a, b, cfg), f"triton {acc} {row}")
 
 
-@pytest.mark.parametrize("acc, row, col", [
-    ("bf16", [2.0 ** -60, 17 / 16], [1.0, 17 / 16]),
-    ("bf16", [-(2.0 ** -60), 3 / 4], [1.0, 97 / 64]),
-    ("bf16:rz", [1.0, 1 + 2.0 ** -23], [1.0, 2.0 ** -7 * (1 - 2.0 ** -23)]),
-    # 1 + 2^-23 + 2^-24 - 2^-70: float64 rounds onto the fp32 tie, the sum is below it
-    ("fp32", [1 + 2.0 ** -23, 1 + 2.0 ** -23], [1.0, 2.0 ** -24 * (1 - 2.0 ** -23)]),
-    # 1 + 2^-30 + 2^-31 - 2^-77 for a 30-bit mantissa
-    ("e8m30", [1.0, 2.0 ** -30, 1 + 2.0 ** -23], [1.0, 1.0, 2.0 ** -31 * (1 - 2.0 ** -23)]),
-])
+@pytest.mark.parametrize("acc, row, col", FLOAT64_TIES)
 def test_float64_lanes_where_float64_then_round_is_wrong(acc, row, col):
     """Sums where rounding the float64 sum is wrong (test_matmul's double-rounding
     cases, and ties of fp32 and a 30-bit accumulator that only the TwoSum error

@@ -260,8 +260,46 @@ PSUM_FAST_STEP(fast_step_ftz_rz, 0, 0)
 typedef int64_t (*psum_fast_step)(double *restrict, const double *restrict,
                                   const float *restrict, double, int64_t, const psum_fmt);
 
+/* The nearest-even float64 step with rounding by the float adder (as
+ * PSUM_FAST_STEP32_FR, with C = 1.5 * 2^(q + 52)), for formats whose breakpoints are
+ * all normal doubles: then products of float32 inputs, TwoSum terms and sums are
+ * normal doubles or zero, and the rare cases are |sum| above max, Inf and NaN. */
+#define PSUM_FAST_STEP_FR(NAME, SUB)                                                      \
+    static int64_t NAME(double *restrict next, const double *restrict acc,                \
+                        const float *restrict brow, double av, int64_t jb, const psum_fmt f) \
+    {                                                                                     \
+        const uint64_t k = ((uint64_t)(52 - f.man_bits) << 52) + ((uint64_t)1 << 51);     \
+        const uint64_t low = ((uint64_t)(f.emin + 1023) << 52) + k;                        \
+        const double min_normal = double_of((uint64_t)f.min_normal_abs);                  \
+        int64_t rare = 0;                                                                 \
+        for (int64_t j = 0; j < jb; j++) {                                                \
+            double x = acc[j], y = av * (double)brow[j];                                  \
+            double hi = x + y, back = hi - x;                                             \
+            double lo = (x - (hi - back)) + (y - back);                                   \
+            uint64_t u = bits_of(hi), ul = bits_of(lo);                                   \
+            uint64_t sticky = (ul & ~PSUM_SIGN) != 0;                                     \
+            uint64_t p = u - (sticky & ((ul ^ u) >> 63)); /* hi's sign kept */            \
+            uint64_t magic = (p & PSUM_INF) + k;                                          \
+            if (SUB)                                                                      \
+                magic = magic > low ? magic : low;                                        \
+            double c = double_of(magic);                                                  \
+            double r = (double_of(p | sticky) + c) - c;                                   \
+            if (!SUB)                                                                     \
+                r = (r >= min_normal) | (r <= -min_normal) ? r : 0.0;                     \
+            rare |= (u & ~PSUM_SIGN) > (uint64_t)f.max_abs;                               \
+            next[j] = double_of(bits_of(r) | (u & PSUM_SIGN));                            \
+        }                                                                                 \
+        return rare;                                                                      \
+    }
+
+PSUM_FAST_STEP_FR(fast_step_sub_fr, 1)
+PSUM_FAST_STEP_FR(fast_step_ftz_fr, 0)
+
 static psum_fast_step fast_step_for(const psum_fmt *f)
 {
+    const int64_t emax = (f->max_abs >> 52) - 1023;
+    if (f->nearest_even && f->emin - f->man_bits - 2 >= -1022 && emax - f->man_bits + 52 <= 1022)
+        return f->subnormals ? fast_step_sub_fr : fast_step_ftz_fr;
     if (f->subnormals)
         return f->nearest_even ? fast_step_sub_ne : fast_step_sub_rz;
     return f->nearest_even ? fast_step_ftz_ne : fast_step_ftz_rz;
@@ -284,6 +322,7 @@ static inline float float_of(uint32_t u) { psum_pun32 p = {.u = u}; return p.f; 
 typedef struct {
     int32_t man_bits, emin, nearest_even, subnormals;
     int32_t max_abs, min_normal_abs, rare_below_abs;
+    int32_t float_round; /* 1: the float adder rounds (PSUM_FAST_STEP32_FR) */
 } psum_fmt32;
 
 static psum_fmt32 narrow_params(const psum_fmt *f)
@@ -297,6 +336,8 @@ static psum_fmt32 narrow_params(const psum_fmt *f)
     g.min_normal_abs = (int32_t)bits32((float)double_of((uint64_t)f->min_normal_abs));
     int32_t below = f->subnormals ? (int32_t)bits32((float)double_of((uint64_t)f->min_sub_abs)) : 0;
     g.rare_below_abs = below > 0x00800000 ? below : 0x00800000; /* float32 subnormals too */
+    int64_t emax = (f->max_abs >> 52) - 1023;
+    g.float_round = f->nearest_even && f->man_bits <= 21 && emax - f->man_bits + 23 <= 127;
     return g;
 }
 
@@ -341,6 +382,47 @@ static psum_fmt32 narrow_params(const psum_fmt *f)
         return rare;                                                                      \
     }
 
+/* The nearest-even step with rounding by the float adder, for M <= 21: the sticky
+ * bit is jammed into the last bit of the pattern of the exact sum's neighbour toward
+ * zero (round to odd, which with two bits or more to spare keeps every tie decision),
+ * then (v + C) - C with C = 1.5 * 2^(q + 23) rounds v to a multiple of 2^q, q the
+ * format's quantum at v: e - M, held at emin - M from the subnormals down (SUB);
+ * flush-to-zero formats round at precision M, then flush. Values below the smallest
+ * subnormal need no special case. Rare: |sum| above max, Inf/NaN, float32
+ * subnormal sums, inexact products. Fewer operations than the integer rounding. */
+#define PSUM_FAST_STEP32_FR(NAME, SUB)                                                    \
+    static int32_t NAME(float *restrict next, const float *restrict acc,                  \
+                        const float *restrict brow, float av, int64_t jb, const psum_fmt32 f) \
+    {                                                                                     \
+        const uint32_t k = ((uint32_t)(23 - f.man_bits) << 23) + (1u << 22);              \
+        const uint32_t low = ((uint32_t)(f.emin + 127) << 23) + k;                         \
+        const float min_normal = float_of((uint32_t)f.min_normal_abs);                    \
+        const int32_t a_nonzero = av != 0.0f;                                             \
+        int32_t rare = 0;                                                                 \
+        for (int64_t j = 0; j < jb; j++) {                                                \
+            float x = acc[j], w = brow[j], y = av * w;                                    \
+            float hi = x + y, back = hi - x;                                              \
+            float lo = (x - (hi - back)) + (y - back);                                    \
+            uint32_t u = bits32(hi), ul = bits32(lo), uy = bits32(y) & 0x7fffffffu;        \
+            int32_t inexact = ((uy - 1u) < 0x007fffffu) | ((uy == 0) & a_nonzero & (w != 0.0f)); \
+            uint32_t sticky = (ul & 0x7fffffffu) != 0;                                    \
+            uint32_t p = u - (sticky & ((ul ^ u) >> 31)); /* hi's sign kept */            \
+            uint32_t magic = (p & 0x7f800000u) + k;                                       \
+            if (SUB)                                                                      \
+                magic = magic > low ? magic : low;                                        \
+            float c = float_of(magic);                                                    \
+            float r = (float_of(p | sticky) + c) - c;                                     \
+            if (!SUB)                                                                     \
+                r = (r >= min_normal) | (r <= -min_normal) ? r : 0.0f;                    \
+            uint32_t ua = u & 0x7fffffffu;                                                \
+            rare |= (ua > (uint32_t)f.max_abs) | ((ua - 1u) < 0x007fffffu) | inexact;     \
+            next[j] = float_of(bits32(r) | (u & 0x80000000u));                            \
+        }                                                                                 \
+        return rare;                                                                      \
+    }
+
+PSUM_FAST_STEP32_FR(fast_step32_sub_fr, 1)
+PSUM_FAST_STEP32_FR(fast_step32_ftz_fr, 0)
 PSUM_FAST_STEP32(fast_step32_sub_ne, 1, 1)
 PSUM_FAST_STEP32(fast_step32_sub_rz, 1, 0)
 PSUM_FAST_STEP32(fast_step32_ftz_ne, 0, 1)
@@ -408,6 +490,8 @@ PSUM_MATMUL_BLOCK(matmul_block32, float, psum_fast_step32, psum_fmt32)
 
 static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
 {
+    if (f->float_round)
+        return f->subnormals ? fast_step32_sub_fr : fast_step32_ftz_fr;
     if (f->subnormals)
         return f->nearest_even ? fast_step32_sub_ne : fast_step32_sub_rz;
     return f->nearest_even ? fast_step32_ftz_ne : fast_step32_ftz_rz;
