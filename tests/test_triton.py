@@ -210,6 +210,26 @@ def test_results_do_not_depend_on_the_launch_shape():
     assert torch.equal(tk.triton_int_matmul(*on_device(ai, bi), icfg).cpu(), _cpu_int_matmul(ai, bi, icfg))
 
 
+def test_64_bit_offsets(monkeypatch):
+    """The int64-offset variant (operands of 2^31 elements or more) on a small shape."""
+    init, launched = tk._Operands.__init__, []
+
+    def wide_init(self, *args):
+        init(self, *args)
+        self.wide = True
+        launched.append(self)
+
+    monkeypatch.setattr(tk._Operands, "__init__", wide_init)
+    cfg = AccumConfig(acc="e4m7", chunk=8, chunk_acc="e5m10")
+    a, b = operands(cfg, 20, 30, 40, seed=9, specials=True)
+    got, want = run_both(a, b, cfg, tk.BlockConfig(16, 16, 1, 4))
+    assert identical(got, want)
+    ai, bi = (torch.randint(-99, 99, shape, dtype=torch.int32) for shape in ((20, 30), (30, 40)))
+    icfg = IntAccumConfig(acc="int16")
+    assert torch.equal(tk.triton_int_matmul(*on_device(ai, bi), icfg).cpu(), _cpu_int_matmul(ai, bi, icfg))
+    assert len(launched) == 2
+
+
 def test_empty_and_degenerate_shapes():
     cfg = AccumConfig(acc="e4m7")
     for m, k, n in [(0, 4, 3), (3, 0, 2), (2, 5, 0), (1, 1, 1)]:
