@@ -115,7 +115,7 @@ def _two_sum_round(x, y, MAN: tl.constexpr, EMIN: tl.constexpr, SUB: tl.constexp
     return r.to(tl.float64, bitcast=True)
 
 
-# -- the float32 fast step (PSUM_FAST_STEP32 of psum_cpu.c) -----------------------------
+# -- the fast steps (PSUM_FAST_STEP32(_FR) and PSUM_FAST_STEP_FR of psum_cpu.c) ------------
 
 
 @triton.jit
@@ -368,9 +368,10 @@ def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
                        OUTER_SAT: tl.constexpr, CHUNKED: tl.constexpr, WIDE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """out[i, j] (int64, (M, N)): acc = fit(acc + a[i,k] * b[k,j]) for k in order,
-    operands laid out as in the float kernel, int32 (so products are exact in int64; wrapping sums are computed modulo 2^64
-    first, which is exact; saturating accumulators are at most 62 bits, so their sums
-    never overflow); chunk results fitted into the outer accumulator."""
+    operands int32 laid out as in the float kernel (so products are exact in int64;
+    wrapping sums are computed modulo 2^64 first, which is exact; saturating
+    accumulators are at most 62 bits, so their sums never overflow); chunk results
+    fitted into the outer accumulator."""
     rm = _index(tl.program_id(0), WIDE) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = _index(tl.program_id(1), WIDE) * BLOCK_N + tl.arange(0, BLOCK_N)
     outer = tl.zeros((BLOCK_M, BLOCK_N), tl.int64)
@@ -397,8 +398,8 @@ def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
 
 class BlockConfig:
     """Launch shape of the matmul kernels: a BLOCK_M x BLOCK_N output tile per program,
-    ``num_warps`` warps, and (narrow float kernel) ``check_every`` fast steps between
-    checks for rare cases. Changes speed only, never results.
+    ``num_warps`` warps, and ``check_every`` fast float steps between checks for rare
+    cases. Changes speed only, never results.
 
     The default, 16 x 128 with 4 warps, gives each thread 4 rows x 4 columns of
     accumulators: the sm_90 code of the float32 fast step is then 22.8 instructions
@@ -455,8 +456,7 @@ def _narrow_constants(fmt: FloatFormat, tiny_inputs: bool) -> dict:
 
 
 _NOT_NARROW = {"FLOAT_ROUND": False, "CHECK_X": False, "CHECK_Y": False, "A_MAXF": 0.0,
-               "A_MINNF": 0.0,
-               "A_MINN32": 0, "A_MINS32": 0, "A_RARE32": 0}
+               "A_MINNF": 0.0, "A_MINN32": 0, "A_MINS32": 0, "A_RARE32": 0}
 
 
 def _fast64(cfg: AccumConfig) -> bool:
