@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton")
 
@@ -27,8 +29,6 @@ from emulator.device import DeviceError, resolve_device  # noqa: E402
 from emulator.matmul import _cpu_int_matmul, _cpu_matmul, narrow_lanes  # noqa: E402
 from psum import golden  # noqa: E402
 from psum.formats import parse  # noqa: E402
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 from test_matmul import INT_ACCS as ALL_INT_ACCS  # noqa: E402
 from test_matmul import (FLOAT64_TIES, STICKY_TIES, assert_same, configs,  # noqa: E402
                          golden_matmul, identical, values)
