@@ -134,7 +134,7 @@ def model_wall_time(name: str, device: torch.device, images: int, batch: int, cp
     from emulator import data
 
     torch.manual_seed(0)
-    model, dataset = build(name, None)
+    model, dataset = build(name, "cifar10")  # CIFAR-10 images for both: the timing is the point
     source = None
     if data_dir:
         source = data.load(dataset, "test", data_dir)
