@@ -143,11 +143,17 @@ static inline int64_t sticky_of(double hi, double lo)
     return nonzero * (2 * same_side - 1);
 }
 
+/* TwoSum (Knuth): returns hi = RN(x + y) and sets *lo = (x + y) - hi exactly. */
+static inline double two_sum(double x, double y, double *lo)
+{
+    double hi = x + y, back = hi - x;
+    *lo = (x - (hi - back)) + (y - back);
+    return hi;
+}
+
 static inline double two_sum_round(double x, double y, const psum_fmt f)
 {
-    double hi = x + y;
-    double back = hi - x;
-    double lo = (x - (hi - back)) + (y - back);
+    double lo, hi = two_sum(x, y, &lo);
     return double_of(round_bits(bits_of(hi), sticky_of(hi, lo), f));
 }
 
@@ -221,9 +227,7 @@ static void accumulate_row_general(double *restrict acc, const float *restrict b
         const uint64_t rare_below = (uint64_t)f.rare_below_abs - 1;                       \
         int64_t rare = 0;                                                                 \
         for (int64_t j = 0; j < jb; j++) {                                                \
-            double x = acc[j], y = av * (double)brow[j];                                  \
-            double hi = x + y, back = hi - x;                                             \
-            double lo = (x - (hi - back)) + (y - back); /* TwoSum: hi + lo is exact */    \
+            double lo, hi = two_sum(acc[j], av * (double)brow[j], &lo);                   \
             uint64_t u = bits_of(hi), ul = bits_of(lo);                                   \
             int64_t sticky = (ul & ~PSUM_SIGN) != 0;                                      \
             /* exact sum strictly below |hi|: round the double below, with sticky */      \
@@ -273,9 +277,7 @@ typedef int64_t (*psum_fast_step)(double *restrict, const double *restrict,
         const double min_normal = double_of((uint64_t)f.min_normal_abs);                  \
         int64_t rare = 0;                                                                 \
         for (int64_t j = 0; j < jb; j++) {                                                \
-            double x = acc[j], y = av * (double)brow[j];                                  \
-            double hi = x + y, back = hi - x;                                             \
-            double lo = (x - (hi - back)) + (y - back);                                   \
+            double lo, hi = two_sum(acc[j], av * (double)brow[j], &lo);                   \
             uint64_t u = bits_of(hi), ul = bits_of(lo);                                   \
             uint64_t sticky = (ul & ~PSUM_SIGN) != 0;                                     \
             uint64_t p = u - (sticky & ((ul ^ u) >> 63)); /* hi's sign kept */            \
@@ -319,6 +321,21 @@ typedef union { float f; uint32_t u; } psum_pun32;
 static inline uint32_t bits32(float x) { psum_pun32 p = {.f = x}; return p.u; }
 static inline float float_of(uint32_t u) { psum_pun32 p = {.u = u}; return p.f; }
 
+static inline float two_sum32(float x, float y, float *lo)
+{
+    float hi = x + y, back = hi - x;
+    *lo = (x - (hi - back)) + (y - back);
+    return hi;
+}
+
+/* Whether the float32 product y = a * w of two nonzero-flagged inputs is inexact:
+ * subnormal, or zero from nonzero operands (a_nonzero: a != 0). */
+static inline int32_t inexact_product32(float y, int32_t a_nonzero, float w)
+{
+    uint32_t uy = bits32(y) & 0x7fffffffu;
+    return ((uy - 1u) < 0x007fffffu) | ((uy == 0) & a_nonzero & (w != 0.0f));
+}
+
 typedef struct {
     int32_t man_bits, emin, nearest_even, subnormals;
     int32_t max_abs, min_normal_abs, rare_below_abs;
@@ -350,12 +367,9 @@ static psum_fmt32 narrow_params(const psum_fmt *f)
         const int32_t a_nonzero = av != 0.0f;                                             \
         int32_t rare = 0;                                                                 \
         for (int64_t j = 0; j < jb; j++) {                                                \
-            float x = acc[j], w = brow[j], y = av * w;                                    \
-            float hi = x + y, back = hi - x;                                              \
-            float lo = (x - (hi - back)) + (y - back);                                    \
-            uint32_t u = bits32(hi), ul = bits32(lo), uy = bits32(y) & 0x7fffffffu;        \
-            /* an inexact product: subnormal, or zero from nonzero operands */            \
-            int32_t inexact = ((uy - 1u) < 0x007fffffu) | ((uy == 0) & a_nonzero & (w != 0.0f)); \
+            float w = brow[j], y = av * w, lo, hi = two_sum32(acc[j], y, &lo);           \
+            uint32_t u = bits32(hi), ul = bits32(lo);                                     \
+            int32_t inexact = inexact_product32(y, a_nonzero, w);                         \
             int32_t sticky = (ul & 0x7fffffffu) != 0;                                     \
             int32_t a = (int32_t)(u & 0x7fffffffu) - (sticky & (int32_t)((ul ^ u) >> 31)); \
             int32_t s = base;                                                             \
@@ -400,11 +414,9 @@ static psum_fmt32 narrow_params(const psum_fmt *f)
         const int32_t a_nonzero = av != 0.0f;                                             \
         int32_t rare = 0;                                                                 \
         for (int64_t j = 0; j < jb; j++) {                                                \
-            float x = acc[j], w = brow[j], y = av * w;                                    \
-            float hi = x + y, back = hi - x;                                              \
-            float lo = (x - (hi - back)) + (y - back);                                    \
-            uint32_t u = bits32(hi), ul = bits32(lo), uy = bits32(y) & 0x7fffffffu;        \
-            int32_t inexact = ((uy - 1u) < 0x007fffffu) | ((uy == 0) & a_nonzero & (w != 0.0f)); \
+            float w = brow[j], y = av * w, lo, hi = two_sum32(acc[j], y, &lo);           \
+            uint32_t u = bits32(hi), ul = bits32(lo);                                     \
+            int32_t inexact = inexact_product32(y, a_nonzero, w);                         \
             uint32_t sticky = (ul & 0x7fffffffu) != 0;                                    \
             uint32_t p = u - (sticky & ((ul ^ u) >> 31)); /* hi's sign kept */            \
             uint32_t magic = (p & 0x7f800000u) + k;                                       \
