@@ -137,15 +137,16 @@ def emulated_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -
 # -- the CPU backend ----------------------------------------------------------------
 
 
-def _lanes_on_rows(m: int, n: int) -> bool:
-    """Whether to run the kernel on the transposed problem (out^T = b^T a^T).
+def _lanes_on_rows(m: int, n: int, lanes: int = 64) -> bool:
+    """Whether to run a kernel on the transposed problem (out^T = b^T a^T).
 
-    The kernel puts output columns in SIMD lanes (64 per block); a layer with few
-    output channels (LeNet5's conv1 has 6) would leave most lanes idle, so then the
-    rows (batch x output pixels) go in the lanes instead. Every output element is still
-    the same sequential dot product over k, so the result is identical.
+    The kernels put output columns in lanes (64 per block in the CPU kernel's SIMD
+    loops, a tile's width on the GPU); a layer with fewer output channels (LeNet5's
+    conv1 has 6) would leave most lanes idle, so then the rows (batch x output pixels)
+    go in the lanes instead. Every output element is still the same sequential dot
+    product over k, so the result is identical.
     """
-    return n < 64 and m > n
+    return n < lanes and m > n
 
 
 def _oriented(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, kernel) -> torch.Tensor:

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from emulator import _native
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import narrow_lanes, register_backend
+from emulator.matmul import _lanes_on_rows, narrow_lanes, register_backend
 from psum.formats import FloatFormat
 
 __all__ = ["triton_quantize", "triton_matmul", "triton_int_matmul", "format_constants",
@@ -422,11 +422,10 @@ class BlockConfig:
                 f"num_warps={self.num_warps}, check_every={self.check_every})")
 
 
+# Short names of the fields of _native.FormatParams, in its order (its last field,
+# rare_below_abs, belongs to the C fast step only).
 _ROUNDING_NAMES = ("MAN", "EMIN", "SUB", "NE", "MAX", "OVF", "INF", "MINN", "MINS", "HALFS",
                    "FTZUP", "NAN")
-_ROUNDING_FIELDS = ("man_bits", "emin", "subnormals", "nearest_even", "max_abs",
-                    "overflow_abs", "inf_abs", "min_normal_abs", "min_sub_abs",
-                    "half_min_sub_abs", "ftz_up_abs", "nan_result")
 
 
 def format_constants(fmt: FloatFormat, prefix: str) -> dict[str, int]:
@@ -434,7 +433,7 @@ def format_constants(fmt: FloatFormat, prefix: str) -> dict[str, int]:
     mode flags and float64 patterns, named ``{prefix}_MAN``, ``{prefix}_MAX``, ..."""
     params = _native.format_params(fmt)
     return {f"{prefix}_{name}": int(getattr(params, field))
-            for name, field in zip(_ROUNDING_NAMES, _ROUNDING_FIELDS)}
+            for name, (field, _) in zip(_ROUNDING_NAMES, _native.FormatParams._fields_)}
 
 
 def _narrow_constants(fmt: FloatFormat, tiny_inputs: bool) -> dict:
@@ -494,13 +493,6 @@ def triton_quantize(t: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     return out
 
 
-def _lanes_on_rows(m: int, n: int, blocks: BlockConfig) -> bool:
-    """Whether to compute out^T = b^T a^T instead: a layer with fewer output columns
-    than a tile is wide (LeNet5's conv1 has 6) would leave most of each tile idle.
-    Every output is still the same sequential dot product over k."""
-    return n < blocks.block_n and m > n
-
-
 class _Operands:
     """``a`` (M, K) and ``b`` (K, N) laid out for a kernel: ``at`` = a transposed,
     (K, MP), and ``b`` (K, NP), zero-padded to whole tiles so that every load is
@@ -525,55 +517,57 @@ class _Operands:
                 chunk or max(self.k, 1))
 
 
+def _run(a: torch.Tensor, b: torch.Tensor, blocks: BlockConfig | None,
+         operands: torch.dtype, result: torch.dtype, launch) -> torch.Tensor:
+    """What both matmul backends do around their kernel: check the operand dtype, run
+    products with few output columns transposed, skip empty outputs, pad the operands
+    to whole tiles, then ``launch(ops, out, blocks)`` fills the (M, N) ``out``."""
+    blocks = blocks or BlockConfig()
+    _check_tensor(a, (operands,), "a")
+    _check_tensor(b, (operands,), "b")
+    m, n = a.shape[0], b.shape[1]
+    if _lanes_on_rows(m, n, blocks.block_n):
+        return _run(b.t(), a.t(), blocks, operands, result, launch).t()
+    out = torch.empty(m, n, dtype=result, device=a.device)
+    if m and n:
+        launch(_Operands(a, b, blocks), out, blocks)
+    return out
+
+
 def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
                   blocks: BlockConfig | None = None) -> torch.Tensor:
     """The float backend (see :func:`emulator.matmul.register_backend`): ``a`` (M, K) and
     ``b`` (K, N) float32 holding values of the input formats; (M, N) float64 results."""
-    blocks = blocks or BlockConfig()
-    _check_tensor(a, (torch.float32,), "a")
-    _check_tensor(b, (torch.float32,), "b")
-    (m, k), n = a.shape, b.shape[1]
-    if _lanes_on_rows(m, n, blocks):
-        return triton_matmul(b.t(), a.t(), cfg, blocks).t()
-    out = torch.empty(m, n, dtype=torch.float64, device=a.device)
-    if m == 0 or n == 0:
-        return out
-    ops = _Operands(a, b, blocks)
     narrow = narrow_lanes(cfg)
-    fast = narrow or _fast64(cfg)
     unused = cfg.acc  # the product and outer constants are compiled out when not used
     constants = {**format_constants(cfg.acc, "A"),
                  **format_constants(cfg.product or unused, "P"),
-                 **format_constants(cfg.chunk_acc if cfg.chunk else unused, "O"),
-                 **(_narrow_constants(cfg.acc, _has_tiny(a) or _has_tiny(b)) if narrow
-                    else _NOT_NARROW)}
-    _float_matmul_kernel[ops.grid](
-        *ops.args(out, cfg.chunk), FAST=fast, NARROW=narrow, HAS_PRODUCT=cfg.product is not None,
-        CHUNKED=cfg.chunk is not None, **constants, WIDE=ops.wide, BLOCK_M=blocks.block_m,
-        BLOCK_N=blocks.block_n, CHECK_EVERY=blocks.check_every, num_warps=blocks.num_warps,
-        enable_fp_fusion=False)
-    return out
+                 **format_constants(cfg.chunk_acc if cfg.chunk else unused, "O")}
+
+    def launch(ops: _Operands, out: torch.Tensor, blocks: BlockConfig) -> None:
+        lanes = (_narrow_constants(cfg.acc, _has_tiny(ops.at) or _has_tiny(ops.b)) if narrow
+                 else _NOT_NARROW)
+        _float_matmul_kernel[ops.grid](
+            *ops.args(out, cfg.chunk), FAST=narrow or _fast64(cfg), NARROW=narrow,
+            HAS_PRODUCT=cfg.product is not None, CHUNKED=cfg.chunk is not None, **constants,
+            **lanes, WIDE=ops.wide, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+            CHECK_EVERY=blocks.check_every, num_warps=blocks.num_warps, enable_fp_fusion=False)
+
+    return _run(a, b, blocks, torch.float32, torch.float64, launch)
 
 
 def triton_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig,
                       blocks: BlockConfig | None = None) -> torch.Tensor:
     """The integer backend: ``a`` (M, K) and ``b`` (K, N) int32; (M, N) int64 results."""
-    blocks = blocks or BlockConfig()
-    _check_tensor(a, (torch.int32,), "a")
-    _check_tensor(b, (torch.int32,), "b")
-    (m, k), n = a.shape, b.shape[1]
-    if _lanes_on_rows(m, n, blocks):
-        return triton_int_matmul(b.t(), a.t(), cfg, blocks).t()
-    out = torch.empty(m, n, dtype=torch.int64, device=a.device)
-    if m == 0 or n == 0:
-        return out
-    ops = _Operands(a, b, blocks)
-    _int_matmul_kernel[ops.grid](
-        *ops.args(out, cfg.chunk), BITS=cfg.acc.bits, SAT=cfg.acc.overflow == "saturate",
-        OUTER_BITS=cfg.chunk_acc.bits, OUTER_SAT=cfg.chunk_acc.overflow == "saturate",
-        CHUNKED=cfg.chunk is not None, WIDE=ops.wide, BLOCK_M=blocks.block_m,
-        BLOCK_N=blocks.block_n, num_warps=blocks.num_warps)
-    return out
+
+    def launch(ops: _Operands, out: torch.Tensor, blocks: BlockConfig) -> None:
+        _int_matmul_kernel[ops.grid](
+            *ops.args(out, cfg.chunk), BITS=cfg.acc.bits, SAT=cfg.acc.overflow == "saturate",
+            OUTER_BITS=cfg.chunk_acc.bits, OUTER_SAT=cfg.chunk_acc.overflow == "saturate",
+            CHUNKED=cfg.chunk is not None, WIDE=ops.wide, BLOCK_M=blocks.block_m,
+            BLOCK_N=blocks.block_n, num_warps=blocks.num_warps)
+
+    return _run(a, b, blocks, torch.int32, torch.int64, launch)
 
 
 register_backend("cuda", triton_matmul, triton_int_matmul)
