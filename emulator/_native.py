@@ -25,7 +25,7 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
-from psum.cache import cache_dir
+from psum.cache import cache_folder
 from psum.formats import FloatFormat
 
 _SOURCE = Path(__file__).with_name("kernels") / "psum_cpu.c"
@@ -49,8 +49,16 @@ def _compiler() -> str:
     return path
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".blake2b")
+
+
 def _build(cc: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Compile into ``target``, with the digest of the result beside it (``.blake2b``)."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(out)],
@@ -58,7 +66,19 @@ def _build(cc: str, target: Path) -> None:
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
             raise KernelBuildError(f"compiling {_SOURCE.name} with {cc} failed: {first}")
+        digest = Path(tmp) / "digest"
+        digest.write_text(_file_digest(out))
+        os.replace(digest, _sidecar(target))
         os.replace(out, target)  # atomic: concurrent builders never see half a file
+
+
+def _intact(target: Path) -> bool:
+    """Whether the cached library is the whole file that was built (its digest matches):
+    loading a truncated shared library would crash the process (SIGBUS), not raise."""
+    try:
+        return target.is_file() and _sidecar(target).read_text().strip() == _file_digest(target)
+    except OSError:
+        return False
 
 
 @functools.cache
@@ -72,10 +92,13 @@ def library() -> ctypes.CDLL:
                  platform.machine().encode(), platform.node().encode()):
         key.update(part)
         key.update(b"\0")
-    target = cache_dir() / "kernels" / f"psum_cpu-{key.hexdigest()}.so"
-    if not target.exists():
+    target = cache_folder("kernels") / f"psum_cpu-{key.hexdigest()}.so"
+    if not _intact(target):  # missing, or damaged since it was built: build it (again)
         _build(cc, target)
-    lib = ctypes.CDLL(str(target))
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        raise KernelBuildError(f"cannot load the compiled kernels {target}: {exc}") from None
     fmt_ptr = ctypes.POINTER(FormatParams)
     signatures = {
         "psum_quantize_f32": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, fmt_ptr],
@@ -126,21 +149,29 @@ def _pattern(value: Fraction | float) -> int:
     return struct.unpack("<Q", struct.pack("<d", as_float))[0]
 
 
-def check_fits(fmt: FloatFormat, dtype_name: str) -> None:
-    """Raise ValueError unless every value and rounding breakpoint of ``fmt`` is exact
-    in the kernels' double arithmetic and every value of ``fmt`` is a ``dtype_name``.
-    """
+def fit_problems(fmt: FloatFormat, dtype_name: str) -> list[str]:
+    """Why ``fmt`` cannot run on ``dtype_name`` tensors (empty when it can): every value
+    and rounding breakpoint must be exact in the kernels' double arithmetic, and every
+    value of ``fmt`` a ``dtype_name`` number."""
     lowest = fmt.emin - fmt.man_bits - 2  # exponent of the finest breakpoint (FTZ)
     problems = []
     if fmt.man_bits > 50 or fmt.emax > 1023 or fmt.emin < -1022 or lowest < -1074:
         problems.append("its breakpoints are not all float64 numbers")
     if dtype_name == "float32" and (fmt.man_bits > 23 or fmt.emax > 127
                                     or fmt.emin - fmt.man_bits < -149):
-        problems.append("its values are not all float32 numbers (use a float64 tensor)")
+        problems.append("its values are not all float32 numbers")
+    return problems
+
+
+def check_fits(fmt: FloatFormat, dtype_name: str) -> None:
+    """Raise ValueError unless :func:`fit_problems` finds nothing."""
+    problems = fit_problems(fmt, dtype_name)
     if problems:
+        hint = " (use a float64 tensor)" if dtype_name == "float32" and len(problems) == 1 \
+            and "float32" in problems[0] else ""
         raise ValueError(
             f"format {fmt} (exponents {fmt.emin}..{fmt.emax}, M={fmt.man_bits}) is not "
-            f"supported on {dtype_name} tensors: {'; '.join(problems)}"
+            f"supported on {dtype_name} tensors: {'; '.join(problems)}{hint}"
         )
 
 

@@ -62,10 +62,32 @@ def read(path: str | os.PathLike) -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        _check_psum_checkpoint(path, blob)
         return blob
-    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+    if isinstance(blob, dict) and blob and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in blob.items()):
         return {"state_dict": blob, "meta": {}}
     raise CheckpointError(f"{path} holds neither a psum checkpoint nor a state_dict")
+
+
+def _check_psum_checkpoint(path: Path, blob: dict) -> None:
+    """A psum checkpoint must hold what :func:`save` writes, with the right types."""
+    state = blob.get("state_dict")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path} is a psum checkpoint without weights (its 'state_dict' is "
+                              f"{type(state).__name__ if state is not None else 'missing'})")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entry {bad[0]!r} is not a tensor")
+    if not isinstance(blob.get("meta", {}), dict):
+        raise CheckpointError(f"{path}: 'meta' must be a dict, not {type(blob['meta']).__name__}")
+    blob.setdefault("meta", {})
+    if "training" in blob and not isinstance(blob["training"], dict):
+        raise CheckpointError(f"{path}: 'training' must be a dict, not {type(blob['training']).__name__}")
+    for key in ("model", "dataset"):
+        value = blob["meta"].get(key)
+        if value is not None and not isinstance(value, str):
+            raise CheckpointError(f"{path}: meta {key!r} must be a string, not {value!r}")
 
 
 def load_model(path: str | os.PathLike, model: nn.Module) -> dict:

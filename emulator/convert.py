@@ -4,24 +4,34 @@ In the spirit of ``torch.ao.quantization``'s module swapping: :func:`convert` re
 copy of the model in which every ``nn.Linear`` and ``nn.Conv2d`` is replaced by its
 emulated counterpart (built with ``from_float``), configured by a :class:`Policy`.
 Everything else (activations, pooling, batch norm, residual additions) stays as it was
-and runs in fp32: only the MACs of conv and linear layers are emulated.
+and runs in fp32: only the MACs of conv and linear layers are emulated. A bare layer
+(``convert(nn.Linear(...), cfg)``) converts to its emulated counterpart.
+
+MACs that no module holds (a functional ``x @ w``, ``F.linear``, ``torch.einsum`` in a
+model's own ``forward``) cannot be swapped: the converted model watches its first
+forward pass and warns (:class:`UnemulatedMACWarning`) naming the module and function
+of every such MAC, which then runs in float.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from emulator.config import AccumConfig, IntAccumConfig
 from emulator.device import model_device
 from emulator.layers import EmulatedConv2d, EmulatedLinear
 
-__all__ = ["Policy", "convert", "calibrate", "emulated_layers"]
+__all__ = ["Policy", "convert", "calibrate", "emulated_layers", "UnemulatedMACWarning"]
 
 Config = AccumConfig | IntAccumConfig
 
@@ -84,18 +94,48 @@ def _as_policy(policy) -> Policy:
     raise TypeError(f"policy must be a Policy, an AccumConfig, an IntAccumConfig or a format spec, not {policy!r}")
 
 
+class UnemulatedMACWarning(UserWarning):
+    """A converted model computes MACs outside any swappable layer; they run in float."""
+
+
+def _swap(module: nn.Module, cfg: Config, name: str) -> nn.Module:
+    """The emulated counterpart of ``module`` (hooks and train/eval mode carried over)."""
+    try:
+        emulated = SWAPS[type(module)].from_float(module, cfg, name=name)
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith("layer ") else f"layer {name or '(the model)'}: "
+                         f"{message}") from None
+    emulated._forward_pre_hooks.update(module._forward_pre_hooks)
+    emulated._forward_hooks.update(module._forward_hooks)
+    emulated.train(module.training)
+    return emulated
+
+
 def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
     """A copy of ``model`` with its Linear/Conv2d layers emulated as ``policy`` says.
 
     ``policy`` may also be a single config (every layer) or an accumulator spec
     (``"e4m7"``: that accumulator, bf16 inputs). The original model is not changed;
-    forward hooks and the device of each swapped layer carry over. Raises ValueError
-    naming the layer for a MAC layer the emulator does not support, and for policy
-    entries that match no layer.
+    forward hooks and the device of each swapped layer carry over. A bare Linear or
+    Conv2d becomes the emulated layer (configured by ``policy.default``). Raises
+    ValueError naming the layer for a MAC layer or format the emulator does not
+    support, and for policy entries that match no layer. MACs outside any layer are
+    reported at the first forward pass (:class:`UnemulatedMACWarning`).
     """
     policy = _as_policy(policy)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert needs an nn.Module, not {type(model).__name__}")
+    if type(model) in SWAPS or isinstance(model, UNSUPPORTED):
+        if policy.layers:
+            raise ValueError(f"policy entries match no layer of the model: {', '.join(p for p, _ in policy.layers)} "
+                             f"(a bare {type(model).__name__} is configured by the policy's default)")
+        if isinstance(model, UNSUPPORTED) and policy.default is not None:
+            raise ValueError(f"a bare {type(model).__name__} is not supported by the emulator")
+        return copy.deepcopy(model) if policy.default is None else _swap(model, policy.default, "")
     new = copy.deepcopy(model)
     used: set[str] = set()
+    floats: set[str] = set()
     for name, module in list(new.named_modules()):
         if not name:
             continue
@@ -106,19 +146,92 @@ def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
         if isinstance(module, UNSUPPORTED) and cfg is not None:
             raise ValueError(f"layer {name} ({type(module).__name__}) is not supported by the emulator; "
                              "keep it in float with a None policy entry")
-        swap = SWAPS.get(type(module))
-        if swap is None or cfg is None:
-            continue
-        emulated = swap.from_float(module, cfg, name=name)
-        emulated._forward_pre_hooks.update(module._forward_pre_hooks)
-        emulated._forward_hooks.update(module._forward_hooks)
-        emulated.train(module.training)
-        parent_name, _, child = name.rpartition(".")
-        setattr(new.get_submodule(parent_name) if parent_name else new, child, emulated)
+        if type(module) in SWAPS or isinstance(module, UNSUPPORTED):
+            if cfg is None:
+                floats.add(name)  # kept in float on purpose
+                continue
+            parent_name, _, child = name.rpartition(".")
+            setattr(new.get_submodule(parent_name) if parent_name else new, child, _swap(module, cfg, name))
     unused = [p for p, _ in policy.layers if p not in used]
     if unused:
         raise ValueError(f"policy entries match no layer of the model: {', '.join(unused)}")
+    _watch_first_forward(new, floats)
     return new
+
+
+# -- MACs outside layers -------------------------------------------------------------------
+
+#: Torch functions that compute multiply-accumulates; called outside an emulated layer
+#: (or a layer kept in float on purpose) they are MACs the emulator never sees.
+MAC_FUNCTIONS = {
+    torch.matmul, torch.mm, torch.bmm, torch.mv, torch.addmm, torch.addmv, torch.baddbmm, torch.addbmm,
+    torch.einsum, torch.tensordot, torch.inner, torch.dot, torch.vdot, torch.chain_matmul, torch.linalg.matmul,
+    torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torch.conv_transpose2d,
+    torch.conv_transpose3d, F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d,
+    F.conv_transpose2d, F.conv_transpose3d, F.scaled_dot_product_attention,
+    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.Tensor.mm, torch.Tensor.bmm,
+    torch.Tensor.mv, torch.Tensor.dot, torch.Tensor.addmm, torch.Tensor.baddbmm,
+}
+
+
+class _MacWatch(TorchFunctionMode):
+    """Records MAC functions called while the innermost running module is not a layer
+    that accounts for its own MACs."""
+
+    def __init__(self, stack: list[tuple[str, nn.Module]], floats: set[str]):
+        super().__init__()
+        self.stack, self.floats, self.found = stack, floats, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in MAC_FUNCTIONS:
+            name, module = self.stack[-1] if self.stack else ("", None)
+            accounted = isinstance(module, (EmulatedLinear, EmulatedConv2d)) or name in self.floats
+            if not accounted:
+                label = getattr(func, "__qualname__", None) or getattr(func, "__name__", str(func))
+                self.found.setdefault(name or "(the model's own forward)", set()).add(label)
+        return func(*args, **(kwargs or {}))
+
+
+def _watch_first_forward(model: nn.Module, floats: set[str]) -> None:
+    """Hooks on ``model`` that watch its first forward pass for MACs outside layers."""
+    state: dict = {}
+
+    def begin(root, inputs):
+        if state.get("done"):
+            return
+        stack: list[tuple[str, nn.Module]] = []
+        handles = []
+        def enter(module, inputs, name):
+            stack.append((name, module))
+
+        def leave(module, inputs, output):
+            stack.pop()
+
+        for name, module in root.named_modules():
+            if module is root:
+                continue
+            handles.append(module.register_forward_pre_hook(functools.partial(enter, name=name)))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        mode = _MacWatch(stack, floats)
+        mode.__enter__()
+        state.update(mode=mode, handles=handles, done=True)
+
+    def end(root, inputs, output):
+        mode = state.pop("mode", None)
+        if mode is None:
+            return
+        mode.__exit__(None, None, None)
+        for handle in state.pop("handles"):
+            handle.remove()
+        state["pre"].remove()
+        state["post"].remove()
+        if mode.found:
+            where = "; ".join(f"{name} ({', '.join(sorted(fns))})" for name, fns in mode.found.items())
+            warnings.warn(f"MACs outside Linear/Conv2d layers are not emulated and run in float: {where}",
+                          UnemulatedMACWarning, stacklevel=2)
+
+    state["pre"] = model.register_forward_pre_hook(begin)
+    state["post"] = model.register_forward_hook(end, always_call=True)
 
 
 def emulated_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:

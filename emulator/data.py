@@ -27,6 +27,8 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,14 +90,29 @@ class ArraySource:
                 or images.dtype != np.uint8:
             raise DataError(f"{where or spec.name}: expected uint8 images of shape "
                             f"(N, {spec.image_size}, {spec.image_size}, 3), got {images.dtype} {images.shape}")
+        if labels.dtype.kind not in "iu":  # float labels would be truncated into other classes
+            raise DataError(f"{where or spec.name}: labels must be integers, not {labels.dtype}")
         if labels.shape != (len(images),) or len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
             raise DataError(f"{where or spec.name}: expected {len(images)} labels in 0..{spec.num_classes - 1}")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.spec = spec
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """Digest of what an evaluation of this source sees: every image and label as
+        loaded, in order, and the preprocessing (normalization constants)."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(_preprocessing(self.spec, "uint8 HWC -> float32 CHW / 255, normalized").encode())
+            digest.update(str(tuple(self.images.shape)).encode())
+            digest.update(self.images.numpy().tobytes())
+            digest.update(self.labels.numpy().astype("<i8").tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
                 seed: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -109,6 +126,10 @@ class ArraySource:
             if augment:
                 images = _crop_and_flip(images, pad=4, gen=gen)
             yield _normalize(images, self.spec), self.labels[idx]
+
+
+def _preprocessing(spec: DatasetSpec, steps: str) -> str:
+    return f"{spec.name} {spec.image_size}px mean={spec.mean} std={spec.std}: {steps}"
 
 
 def _crop_and_flip(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -144,9 +165,27 @@ class ImageFolderSource:
         if not self.samples:
             raise DataError(f"no images ({', '.join(sorted(self.EXTENSIONS))}) under {root}")
         self.classes, self.spec, self.root = classes, spec, root
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def fingerprint(self) -> str:
+        """Digest of what an evaluation of this source sees: the class list, every image
+        file's name, label and bytes, in order, and the preprocessing."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(_preprocessing(self.spec, "Pillow RGB, resize short side to 256/224 of the size "
+                                         "(bilinear), center crop, normalized").encode())
+            digest.update("\0".join(self.classes).encode())
+            for path, label in self.samples:
+                digest.update(f"\0{path.relative_to(self.root)}\0{label}\0".encode())
+                try:
+                    digest.update(path.read_bytes())
+                except OSError as exc:
+                    raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def _load(self, index: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
         from PIL import Image
@@ -222,11 +261,13 @@ def _read_cifar_batches(folder: Path, files: list[str], label_key: bytes) -> tup
                 entry = _CifarUnpickler(f, encoding="bytes").load()
             data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             images.append(data.transpose(0, 2, 3, 1))  # CHW rows -> HWC
-            labels.append(np.asarray(entry[label_key], dtype=np.int64))
+            labels.append(np.asarray(entry[label_key]))
         except FileNotFoundError:
             raise DataError(f"missing CIFAR batch file {path}") from None
         except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
             raise DataError(f"malformed CIFAR batch file {path}: {exc}") from None
+    if not images:
+        raise DataError(f"no CIFAR batch files listed for {folder}")
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -260,9 +301,14 @@ def extract_cifar_archive(blob: bytes, root: Path, folder: str) -> None:
 def _load_npz(path: Path, spec: DatasetSpec) -> ArraySource:
     try:
         with np.load(path, allow_pickle=False) as d:
-            return ArraySource(d["images"], d["labels"].astype(np.int64), spec, where=str(path))
-    except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"malformed {path}: expected arrays 'images' and 'labels' ({exc})") from None
+            if not hasattr(d, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            images, labels = d["images"], d["labels"]
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"malformed {path}: expected an .npz archive with arrays 'images' and 'labels' "
+                        f"({why})") from None
+    return ArraySource(images, labels, spec, where=str(path))
 
 
 def load(dataset: str, split: str, root: str | os.PathLike | None = None, *,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import emulated_int_matmul, emulated_matmul
+from emulator.matmul import check_config, emulated_int_matmul, emulated_matmul
 
 __all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
 
@@ -36,9 +36,20 @@ def symmetric_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch
 class _Emulated(nn.Module):
     """What both layer types share: the config, the integer scales, the observer."""
 
-    def _setup(self, config: Config) -> None:
+    @property
+    def config(self) -> Config:
+        """What this layer's MACs compute; a config the kernels cannot run (an operand
+        format wider than float32, say) is refused when set, not mid-forward."""
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
         if not isinstance(config, (AccumConfig, IntAccumConfig)):
             raise TypeError(f"config must be an AccumConfig or IntAccumConfig, not {config!r}")
+        check_config(config)
+        self._config = config
+
+    def _setup(self, config: Config) -> None:
         self.config = config
         # Per-tensor activation scale of the integer path, set by calibration.
         self.register_buffer("act_scale", None)

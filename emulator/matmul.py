@@ -22,7 +22,7 @@ from emulator.quantize import quantize
 from psum.formats import FloatFormat, IntFormat
 
 __all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
-           "register_backend", "round_sum"]
+           "register_backend", "round_sum", "check_config"]
 
 FloatKernel = Callable[[torch.Tensor, torch.Tensor, AccumConfig], torch.Tensor]
 IntKernel = Callable[[torch.Tensor, torch.Tensor, IntAccumConfig], torch.Tensor]
@@ -65,15 +65,41 @@ def _check_operands(a: torch.Tensor, b: torch.Tensor, floating: bool) -> None:
         raise ValueError(f"a is on {a.device} and b on {b.device}")
 
 
-def _check_formats(cfg: AccumConfig, out_dtype: torch.dtype) -> None:
-    for fmt in (cfg.inputs, cfg.weights):
-        _native.check_fits(fmt, "float32")
-    for fmt in (cfg.acc, cfg.chunk_acc, cfg.product):
-        if fmt is not None:
-            _native.check_fits(fmt, "float64")
-            if fmt.emax > 1000:  # keeps every exact sum of the kernels finite in float64
-                raise ValueError(f"format {fmt} reaches 2^{fmt.emax}; accumulators up to 2^1000 are supported")
-    _native.check_fits(cfg.result_format, str(out_dtype).removeprefix("torch."))
+#: Accumulators reach at most 2^1000, which keeps every exact sum of the kernels finite in float64.
+MAX_ACC_EXPONENT = 1000
+
+
+def check_config(cfg: AccumConfig | IntAccumConfig, out_dtype: torch.dtype = torch.float32) -> None:
+    """Raise ValueError, naming the field, unless the kernels can run ``cfg`` with its
+    results held in ``out_dtype`` (network layers compute in float32): operands must be
+    float32 numbers, accumulator, product and outer formats exact in float64 and below
+    2^1000, the result format an ``out_dtype`` number; integer accumulators signed, and
+    saturating ones at most 62 bits wide."""
+    if isinstance(cfg, IntAccumConfig):
+        for name in ("acc", "chunk_acc"):
+            fmt = getattr(cfg, name)
+            if not fmt.signed:
+                raise ValueError(f"{name} {fmt}: integer accumulators are signed")
+            if fmt.overflow == "saturate" and fmt.bits > 62:
+                raise ValueError(f"{name} {fmt}: saturating accumulators are supported up to 62 bits")
+        return
+    out = str(out_dtype).removeprefix("torch.")
+    roles = [("inputs", cfg.inputs, "float32"), ("weights", cfg.weights, "float32"), ("acc", cfg.acc, "float64"),
+             ("product", cfg.product, "float64"), ("chunk_acc", cfg.chunk_acc, "float64")]
+    for name, fmt, dtype in roles:
+        if fmt is None:
+            continue
+        problems = _native.fit_problems(fmt, dtype)
+        if dtype == "float64" and fmt.emax > MAX_ACC_EXPONENT:
+            problems.append(f"it reaches 2^{fmt.emax} (accumulators up to 2^{MAX_ACC_EXPONENT} are supported)")
+        if problems:
+            raise ValueError(f"{name} format {fmt} (exponents {fmt.emin}..{fmt.emax}, M={fmt.man_bits}) "
+                             f"is not supported by the emulator: {'; '.join(problems)}")
+    result = "chunk_acc" if cfg.chunk is not None else "acc"
+    problems = _native.fit_problems(cfg.result_format, out)
+    if problems:
+        raise ValueError(f"{result} format {cfg.result_format} cannot hold the results in {out} "
+                         f"(exponents {cfg.result_format.emin}..{cfg.result_format.emax}): {'; '.join(problems)}")
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, acc: FloatFormat | str = "fp32", *,
@@ -97,7 +123,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, acc: FloatFormat | str = "fp32", *,
 def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
     """:func:`matmul` with its formats given as one :class:`AccumConfig`."""
     _check_operands(a, b, floating=True)
-    _check_formats(cfg, a.dtype)
+    check_config(cfg, a.dtype)
     kernel = _backend(a, 0)
     lead, k = a.shape[:-1], a.shape[-1]
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
@@ -120,11 +146,7 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, acc: IntFormat | str = "int32",
 def emulated_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
     """:func:`int_matmul` with its formats given as one :class:`IntAccumConfig`."""
     _check_operands(a, b, floating=False)
-    for fmt in (cfg.acc, cfg.chunk_acc):
-        if not fmt.signed:
-            raise ValueError(f"integer accumulators are signed; {fmt} is not")
-        if fmt.overflow == "saturate" and fmt.bits > 62:
-            raise ValueError(f"saturating accumulators are supported up to 62 bits, not {fmt}")
+    check_config(cfg)
     for name, t in (("a", a), ("b", b)):
         narrow = t.dtype in (torch.int8, torch.uint8, torch.int16, torch.int32)
         if not narrow and t.numel() and (int(t.min()) < -2**31 or int(t.max()) >= 2**31):

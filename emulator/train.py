@@ -48,10 +48,15 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, not {self.lr!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive finite number, not {self.lr!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer or None, not {self.limit!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in 0..2^63-1, not {self.seed!r}")
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -114,10 +119,14 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
         if blob["meta"].get("train_config") != config:
             raise checkpoint.CheckpointError(f"{partial} was written by a different training configuration; "
                                              "delete it or use the same options")
-        model.load_state_dict(blob["state_dict"])
-        optimizer.load_state_dict(blob["training"]["optimizer"])
-        torch.set_rng_state(blob["training"]["rng"])
-        step = int(blob["training"]["step"])
+        try:
+            model.load_state_dict(blob["state_dict"])
+            optimizer.load_state_dict(blob["training"]["optimizer"])
+            torch.set_rng_state(blob["training"]["rng"])
+            step = int(blob["training"]["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise checkpoint.CheckpointError(f"{partial} cannot be resumed from ({type(exc).__name__}: "
+                                             f"{str(exc).strip()[:200]}); delete it to start afresh") from None
         log(f"resuming {partial} at step {step}/{total}")
 
     def save_partial() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "PRESETS",
     "parse",
     "candidates",
+    "bias_range",
     "OVERFLOW_MODES",
     "ROUNDING_MODES",
     "INT_OVERFLOW_MODES",
@@ -51,6 +52,11 @@ INT_OVERFLOW_MODES = ("wrap", "saturate")
 _EXP_BITS_RANGE = (2, 11)
 _MAN_BITS_RANGE = (0, 52)
 _INT_BITS_RANGE = (2, 64)
+# Every value of a format is a float64 number: its binades lie within float64's, from
+# the smallest subnormal 2^-1074 to the top binade 2^1023. This bounds the bias, keeps
+# every exact property printable as a double, and keeps the golden model's Fractions
+# small (a bias of -10^11 would otherwise build numbers of gigabytes).
+_FLOAT64_EXP_RANGE = (-1074, 1023)
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> None:
@@ -64,6 +70,26 @@ def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         accepted = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {accepted}, not {value!r}")
+
+
+def bias_range(exp_bits: int, man_bits: int, overflow: str = "inf") -> tuple[int, int]:
+    """The biases (inclusive) for which every value of ``eEmM`` is a float64 number:
+    ``emin - M >= -1074`` (its smallest subnormal step) and ``emax <= 1023``. Empty
+    (low > high) where no bias fits, e.g. ``e11m52:sat``."""
+    top = (1 << exp_bits) - (2 if overflow == "inf" else 1)  # the top finite exponent code
+    low_exp, high_exp = _FLOAT64_EXP_RANGE
+    return top - high_exp, 1 - man_bits - low_exp
+
+
+def _check_bias(fmt: "FloatFormat") -> None:
+    low, high = bias_range(fmt.exp_bits, fmt.man_bits, fmt.overflow)
+    shape = f"e{fmt.exp_bits}m{fmt.man_bits}" + (":sat" if fmt.overflow == "saturate" else "")
+    if low > high:
+        raise ValueError(f"no bias makes every value of {shape} a float64 number, "
+                         "the range psum supports")
+    if not low <= fmt.bias <= high:
+        raise ValueError(f"bias must be between {low} and {high} for {shape} (every value a "
+                         f"float64 number, the range psum supports), not {fmt.bias}")
 
 
 @dataclass(frozen=True)
@@ -84,9 +110,9 @@ class FloatFormat:
     man_bits : int
         M, the stored mantissa width (0..52), without the implicit leading bit.
     bias : int or None
-        Exponent bias; ``None`` means the IEEE default ``2^(E-1) - 1``. Any integer is
-        allowed: it moves the binary point (the whole representable range) by powers
-        of two.
+        Exponent bias; ``None`` means the IEEE default ``2^(E-1) - 1``. It moves the
+        binary point (the whole representable range) by powers of two, as far as every
+        value stays a float64 number (:func:`bias_range`).
     subnormals : bool
         ``False`` flushes results below the smallest normal to zero (see
         ``docs/semantics.md`` for the exact rule) and reads subnormal patterns as zero.
@@ -120,6 +146,7 @@ class FloatFormat:
             raise TypeError(f"subnormals must be a bool, not {self.subnormals!r}")
         _check_choice("overflow", self.overflow, OVERFLOW_MODES)
         _check_choice("rounding", self.rounding, ROUNDING_MODES)
+        _check_bias(self)
 
     # -- encoding layout -------------------------------------------------------
     @property

@@ -110,7 +110,7 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
     from amaranth.back import rtlil
 
     from hwgen.mac import HWGEN_VERSION
-    from psum.cache import cache_dir
+    from psum.cache import cache_folder
 
     library = library or embedded()
     il = rtlil.convert(mac, name=top, emit_src=False)
@@ -119,12 +119,10 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
                  library.digest, HWGEN_VERSION):
         key.update(part.encode())
         key.update(b"\0")
-    folder = cache_dir() / "synth" / key.hexdigest()
-    if cache and (folder / "result.json").is_file():
-        data = json.loads((folder / "result.json").read_text())
-        data["netlist"] = json.loads((folder / "netlist.json").read_text())
-        data["netlist_verilog"] = (folder / "netlist.v").read_text()
-        return SynthResult(**{**data, "cached": True})
+    folder = cache_folder("synth") / key.hexdigest() if cache else None
+    cached = _cached(folder) if cache else None
+    if cached is not None:
+        return cached
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="psum-synth-") as tmp:
@@ -148,6 +146,7 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
         synth_seconds=round(time.monotonic() - start, 2), netlist=netlist, netlist_verilog=verilog)
     if cache:
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").unlink(missing_ok=True)  # written last: absent while the rest is rewritten
         (folder / "netlist.json").write_text(json.dumps(netlist))
         (folder / "netlist.v").write_text(verilog)
         data = result.as_dict()
@@ -155,6 +154,20 @@ def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
         partial = folder / "result.json.tmp"
         partial.write_text(json.dumps(data, indent=1))
         partial.replace(folder / "result.json")  # atomic: a cache entry is whole or absent
+    return result
+
+
+def _cached(folder: Path) -> SynthResult | None:
+    """The cached result in ``folder``, or None when absent or damaged (then resynthesized)."""
+    try:
+        data = json.loads((folder / "result.json").read_text())
+        data["netlist"] = json.loads((folder / "netlist.json").read_text())
+        data["netlist_verilog"] = (folder / "netlist.v").read_text()
+        result = SynthResult(**{**data, "cached": True})
+    except (OSError, ValueError, TypeError):  # ValueError covers malformed JSON
+        return None
+    if not isinstance(result.netlist, dict) or not isinstance(result.cells, dict) or not result.netlist_verilog:
+        return None
     return result
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,14 +115,34 @@ _UNIT = re.compile(r"^\s*([0-9.eE+-]+)\s*([a-zA-Z]+)\s*$")
 _SCALE = {"f": 1e-15, "p": 1e-12, "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3}
 
 
-def _unit(text, base: str, target: float) -> float:
+def _unit(text, base: str, target: float, what: str = "unit") -> float:
     """Factor from a Liberty unit string (``"1nW"``, ``"1ns"``) to ``target`` (in base units)."""
     match = _UNIT.match(str(text).strip('"'))
     if not match:
-        raise LibraryError(f"cannot read the unit {text!r}")
-    number, unit = float(match.group(1)), match.group(2)
-    prefix = unit[:-len(base)] if unit.lower().endswith(base.lower()) else unit
-    return number * _SCALE.get(prefix, 1.0) / target
+        raise LibraryError(f"cannot read the {what} {text!r}")
+    try:
+        number = float(match.group(1))
+    except ValueError:
+        raise LibraryError(f"cannot read the {what} {text!r}") from None
+    unit = match.group(2)
+    if not unit.lower().endswith(base.lower()) or unit[:-len(base)].lower() not in _SCALE \
+            or not number > 0:
+        raise LibraryError(f"unknown {what} {text!r} (expected a positive number, a prefix of "
+                           f"{', '.join(p or '(none)' for p in _SCALE)} and {base!r}, e.g. '1n{base}')")
+    return number * _SCALE[unit[:-len(base)].lower()] / target
+
+
+def _cap_unit(attr) -> float:
+    """Factor from ``capacitive_load_unit (N, ff|pf|...)`` to fF."""
+    if not attr:
+        return 1.0
+    try:
+        number, unit = float(attr[0]), str(attr[1]).strip('"').lower()
+    except (TypeError, ValueError, IndexError):
+        raise LibraryError(f"cannot read capacitive_load_unit {attr!r}") from None
+    if not unit.endswith("f") or unit[:-1] not in _SCALE or not number > 0:
+        raise LibraryError(f"unknown capacitive_load_unit {attr!r} (expected e.g. (1, ff) or (1, pf))")
+    return number * _SCALE[unit[:-1]] / 1e-15
 
 
 def _table_value(group) -> float | None:
@@ -143,8 +165,22 @@ def _group(cell, name):
     return groups[0] if groups else None
 
 
+def _check_figures(name: str, entry: dict) -> None:
+    """Every figure of a cell psum uses must be a finite, non-negative number: a negative
+    area or energy would silently flatter a design (zero-area cells are noted)."""
+    figures = [("area", entry["area"]), ("leakage", entry["leakage_nw"]), ("clock pin energy", entry["clock_energy_fj"])]
+    figures += [(f"capacitance of pin {p}", c) for p, c in entry["inputs"].items()]
+    for pin, o in entry["outputs"].items():
+        figures += [(f"delay of pin {pin}", o["delay_ns"]), (f"internal energy of pin {pin}", o["energy_fj"])]
+    for what, value in figures:
+        if not math.isfinite(value) or value < 0:
+            raise LibraryError(f"cell {name}: {what} is {value}; psum needs a non-negative finite number")
+
+
 def extract_cell(cell, time_scale: float, cap_scale: float, leak_scale: float) -> dict:
     """A Liberty cell group as the dict :mod:`synth.nangate45` holds (units converted)."""
+    if cell["area"] is None:
+        raise LibraryError(f"cell {str(cell.args[0]).strip(chr(34))} has no area")
     leakage = cell["cell_leakage_power"]
     if leakage is None:  # only state-dependent values: their mean
         leakage = _mean([float(g["value"]) for g in cell.get_groups("leakage_power")])
@@ -191,17 +227,29 @@ def from_liberty(path: str | Path) -> Library:
     path = Path(path)
     if not path.is_file():
         raise LibraryError(f"Liberty file {path} does not exist")
-    raw = path.read_bytes()
-    text = gzip.decompress(raw).decode() if path.suffix == ".gz" else raw.decode(errors="replace")
+    try:
+        raw = path.read_bytes()
+        text = gzip.decompress(raw).decode() if path.suffix == ".gz" else raw.decode(errors="replace")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LibraryError(f"cannot read {path}: {why}") from None
+    if not text.strip():
+        raise LibraryError(f"{path} is empty")
     try:
         lib = parse_liberty(text)
     except Exception as exc:  # noqa: BLE001 (the parser's errors are of many kinds)
-        raise LibraryError(f"cannot parse {path} as Liberty: {str(exc).splitlines()[0][:200]}") from None
-    time_scale = _unit(lib["time_unit"] or "1ns", "s", 1e-9)
-    cap_attr = lib["capacitive_load_unit"]
-    cap_scale = float(cap_attr[0]) * _SCALE[str(cap_attr[1]).strip('"').lower()[0]] / 1e-15 if cap_attr else 1.0
-    leak_scale = _unit(lib["leakage_power_unit"] or "1nW", "W", 1e-9)
-    voltage = float(lib["nom_voltage"] or 1.0)
+        lines = str(exc).strip().splitlines()
+        raise LibraryError(f"cannot parse {path} as Liberty: {(lines[0] if lines else type(exc).__name__)[:200]}") \
+            from None
+    time_scale = _unit(lib["time_unit"] or "1ns", "s", 1e-9, "time_unit")
+    cap_scale = _cap_unit(lib["capacitive_load_unit"])
+    leak_scale = _unit(lib["leakage_power_unit"] or "1nW", "W", 1e-9, "leakage_power_unit")
+    try:
+        voltage = float(lib["nom_voltage"] or 1.0)
+    except (TypeError, ValueError):
+        raise LibraryError(f"{path}: cannot read nom_voltage {lib['nom_voltage']!r}") from None
+    if not math.isfinite(voltage) or voltage <= 0:
+        raise LibraryError(f"{path}: nom_voltage must be a positive number, not {voltage}")
     cells, notes = {}, []
     for cell in lib.get_groups("cell"):
         name = str(cell.args[0]).strip('"')
@@ -211,8 +259,16 @@ def from_liberty(path: str | Path) -> Library:
             entry = extract_cell(cell, time_scale, cap_scale, leak_scale)
         except (TypeError, ValueError):
             continue  # cells psum cannot model (pads, macros) stay out of the power model
+        except LibraryError as exc:
+            raise LibraryError(f"{path}: {exc}") from None
         if entry["outputs"]:
+            _check_figures(name, entry)
             cells[name] = entry
+    if not cells:
+        raise LibraryError(f"{path} has no cell psum can map logic to (cells with area and output functions)")
+    free = sorted(name for name, e in cells.items() if e["area"] == 0)
+    if free:
+        notes.append(f"cells with zero area in the library: {', '.join(free)}")
     if not any(e["ff"] for e in cells.values()):
         raise LibraryError(f"{path} has no flip-flop cell (ff group) to map registers to")
     if not any(o["energy_fj"] for e in cells.values() for o in e["outputs"].values()):

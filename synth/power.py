@@ -21,6 +21,7 @@ Reported: energy per MAC (pJ, total / MACs), its parts, and power at the given c
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -81,6 +82,8 @@ def finite_patterns(fmt):
 def uniform_streams(fmt_bits: int, finite_mask, count: int, k: int, seed: int) -> np.ndarray:
     """(count, k) uniformly random bit patterns of a ``fmt_bits``-wide format, redrawn
     where ``finite_mask(patterns)`` is False (NaN/Inf would freeze the accumulator)."""
+    if count < 1 or k < 1:
+        raise ValueError(f"streams need a positive count and length, not {count} x {k}")
     rng = np.random.default_rng(seed)
     out = rng.integers(0, 1 << fmt_bits, (count, k), dtype=np.uint64)
     bad = ~finite_mask(out)
@@ -96,6 +99,10 @@ def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.n
     """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K)."""
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:
         raise ValueError(f"a and b must be (streams, K) arrays of the same shape, not {a.shape} and {b.shape}")
+    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not 0 < clock_mhz < math.inf:
+        raise ValueError(f"clock_mhz must be a positive finite number, not {clock_mhz!r}")
+    if not 0 <= wire_cap_ff_per_pin < math.inf:
+        raise ValueError(f"wire_cap_ff_per_pin must be a non-negative finite number, not {wire_cap_ff_per_pin!r}")
     net = Netlist(netlist_json, library)
     streams, k = a.shape
     lanes = 64 * max(1, min(max_lanes, streams) // 64)

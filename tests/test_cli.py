@@ -99,7 +99,7 @@ def test_train_then_eval_end_to_end(npz_data, tmp_path, capsys):
     (["--checkpoint", "X", "--layer", "features.0"], "--layer takes NAME=SPEC"),
     (["--checkpoint", "X", "--int-acc", "e4m7"], "--int-acc takes integer formats"),
     (["--checkpoint", "X", "--acc", "e4q7"], "invalid format spec 'e4q7'"),
-    (["--checkpoint", "X", "--acc", "e4m7", "--chunk", "0"], "chunk must be a positive integer"),
+    (["--checkpoint", "X", "--acc", "e4m7", "--chunk", "0"], "--chunk: must be a positive integer"),
     (["--checkpoint", "X", "--acc", "e4m7", "--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_eval_bad_input_is_one_line(extra, fragment, tmp_path):

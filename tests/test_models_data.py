@@ -102,7 +102,7 @@ def test_data_errors_say_what_was_expected_where(tmp_path):
         data.load("cifar10", "test", tmp_path / "bad")
     (tmp_path / "npz").mkdir()
     np.savez(tmp_path / "npz" / "test.npz", pictures=np.zeros(3))
-    with pytest.raises(data.DataError, match="expected arrays 'images' and 'labels'"):
+    with pytest.raises(data.DataError, match="expected an .npz archive with arrays 'images' and 'labels'"):
         data.load("cifar10", "test", tmp_path / "npz")
     with pytest.raises(data.DataError, match="ImageFolder layout"):
         data.load("imagenet", "test", tmp_path)

@@ -1,0 +1,177 @@
+"""``psum verilog`` and ``psum synth``: a MAC unit's Verilog, its gates, area, timing
+and switching energy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from psum.cli._common import UsageError, command, given, option, positive_float, positive_int, seed
+
+#: Options of a floating-point MAC that an integer one (--int) does not have.
+FLOAT_MAC_ONLY = ("inputs", "weights", "product", "chunk", "chunk_acc")
+
+
+def build_mac(args: argparse.Namespace):
+    """The MAC unit the --inputs/--acc/--int/... options describe."""
+    from hwgen import FloatMAC, IntMAC
+
+    if args.int is not None:
+        for name in given(args, *FLOAT_MAC_ONLY):
+            raise UsageError(f"{option(name)} applies to floating-point MACs, not to an integer one (--int)")
+    elif given(args, "weight_int"):
+        raise UsageError("--weight-int applies to integer MACs: give --int BITS too")
+    if given(args, "chunk_acc") and args.chunk is None:
+        raise UsageError("--chunk-acc applies to chunked MACs: give --chunk too")
+    try:
+        if args.int is not None:
+            return IntMAC(args.int, args.int if args.weight_int is None else args.weight_int,
+                          args.acc or "int32", pipeline=args.pipeline)
+        return FloatMAC(args.inputs, args.acc or "fp32", weights=args.weights, product=args.product,
+                        pipeline=args.pipeline, chunk=args.chunk, chunk_acc=args.chunk_acc)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+@command("verilog")
+def cmd_verilog(args: argparse.Namespace) -> int:
+    from hwgen.verilog import write
+
+    mac = build_mac(args)
+    if given(args, "vectors", "seed") and not args.testbench:
+        raise UsageError(f"{option(given(args, 'vectors', 'seed')[0])} applies to the testbench: give --testbench too")
+    try:
+        paths = write(mac, args.output, with_testbench=args.testbench, n=args.vectors, seed=args.seed)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    if args.testbench:
+        print(f"run: cd {paths[0].parent} && iverilog -o tb {paths[0].name} {paths[1].name} && vvp tb")
+    return 0
+
+
+def _activity_streams(args, mac):
+    """Operand streams of a real network's layer, as --activity asks."""
+    import torch
+
+    from emulator import checkpoint, data
+    from emulator.models import build
+    from emulator.streams import largest_layer, operand_streams
+
+    try:
+        model, dataset = build(args.activity, args.dataset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    checkpoint.load_model(args.checkpoint, model)
+    test = data.load(dataset, "test", args.data_dir)
+    batch, _ = next(test.batches(64, shuffle=True, seed=args.seed))
+    layer = args.layer or largest_layer(model, data.DATASETS[dataset].image_size)
+    torch.manual_seed(args.seed)
+    try:
+        if args.int is not None:
+            a, b = operand_streams(model, layer, batch, args.streams, seed=args.seed, int_bits=args.int)
+        else:
+            a, b = operand_streams(model, layer, batch, args.streams, seed=args.seed, inputs=mac.inputs,
+                                   weights=mac.weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return a, b, f"{args.activity}/{dataset} layer {layer}, {len(batch)} test images"
+
+
+#: Options that choose the real operand streams; they need --activity.
+ACTIVITY_ONLY = ("checkpoint", "layer", "dataset", "data_dir")
+
+
+@command("synth")
+def cmd_synth(args: argparse.Namespace) -> int:
+    from synth.flow import synthesize
+    from synth.liberty import embedded, from_liberty
+    from synth.power import estimate_energy, finite_patterns, uniform_streams
+
+    mac = build_mac(args)
+    if args.streams < 64:
+        raise UsageError(f"--streams must be at least 64, not {args.streams}")
+    if args.activity is None:
+        for name in given(args, *ACTIVITY_ONLY):
+            raise UsageError(f"{option(name)} chooses real operand streams: give --activity MODEL too")
+    elif not args.checkpoint:
+        raise UsageError("--activity needs --checkpoint")
+    library = from_liberty(args.liberty) if args.liberty else embedded()
+    result = synthesize(mac, library, cache=not args.no_cache)
+    finite = finite_patterns(getattr(mac, "inputs", None))
+    width_a, width_b = len(mac.a), len(mac.b)
+    energies = []
+    rand_a = uniform_streams(width_a, finite, args.streams, args.k, seed=args.seed)
+    rand_b = uniform_streams(width_b, finite, args.streams, args.k, seed=args.seed + 1)
+    energies.append(estimate_energy(result.netlist, library, rand_a, rand_b, unit=mac.describe(),
+                                    operands=f"uniform random finite patterns, K={args.k}",
+                                    clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
+    if args.activity:
+        a, b, label = _activity_streams(args, mac)
+        energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
+                                        clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
+    report = {"synthesis": result.as_dict(), "energy": [e.as_dict() for e in energies],
+              "library_notes": list(library.notes)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    r = result
+    print(f"{r.unit} on {r.library}" + (" (cached)" if r.cached else f" ({r.synth_seconds:.1f} s)"))
+    rows = [("cells", f"{r.num_cells}"), ("area", f"{r.area_um2:.1f} um^2 ({r.sequential_area_um2:.1f} sequential)"),
+            ("transistors (CMOS estimate)", f"{r.transistors}"), ("flip-flops", f"{r.flip_flops}"),
+            ("logic depth", f"{r.depth} cells"), ("critical path", f"{r.critical_path_ns:.3f} ns")]
+    for e in energies:
+        rows.append((f"energy/MAC, {e.operands}",
+                     f"{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
+                     f"clock {e.clock_pj:.4f}, leakage {e.leakage_pj:.4f}); {e.power_mw:.3f} mW at "
+                     f"{e.clock_mhz:g} MHz; {e.mac_cycles_per_s / 1e6:.2f} M MAC-cycles/s simulated"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+    print("  cells by type: " + ", ".join(f"{k} {v}" for k, v in sorted(r.cells.items(), key=lambda kv: -kv[1])))
+    for note in library.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def mac_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", default="bf16", help="operand format of a float MAC (default bf16)")
+    p.add_argument("--weights", help="format of b (default: as --inputs)")
+    p.add_argument("--acc", help="accumulator format (default fp32; int32 with --int)")
+    p.add_argument("--product", help="round products to this format first (unfused)")
+    p.add_argument("--int", type=positive_int, metavar="BITS", help="an integer MAC with BITS-bit operands")
+    p.add_argument("--weight-int", type=positive_int, metavar="BITS", help="integer MAC: width of b (default --int)")
+    p.add_argument("--pipeline", action="store_true", help="register between multiplier and adder")
+    p.add_argument("--chunk", type=positive_int, help="chunked MAC: spill the accumulator every CHUNK terms")
+    p.add_argument("--chunk-acc", default="fp32", help="chunked MAC: outer accumulator (default fp32)")
+
+
+def add_parsers(sub) -> None:
+    vl = sub.add_parser("verilog", help="write a MAC unit's Verilog",
+                        description="Write synthesizable Verilog of a MAC unit (Amaranth), optionally "
+                        "with a self-checking testbench and golden-model vectors for Icarus Verilog.")
+    mac_options(vl)
+    vl.add_argument("-o", "--output", default="mac.v", help="Verilog file (default mac.v)")
+    vl.add_argument("--testbench", action="store_true", help="also write <stem>_tb.v and <stem>_vectors.hex")
+    vl.add_argument("--vectors", type=positive_int, default=2000, help="testbench vectors (default 2000)")
+    vl.add_argument("--seed", type=seed, default=0, help="seed of the vectors (default 0)")
+
+    sy = sub.add_parser("synth", help="synthesize a MAC: area, cells, timing, energy",
+                        description="Synthesize a MAC unit with Yosys (pyosys) to a cell library and "
+                        "estimate its energy per MAC by gate-level simulation of operand streams: "
+                        "uniform random ones, and with --activity a real network's.")
+    mac_options(sy)
+    sy.add_argument("--liberty", help="Liberty file (default: embedded NanGate45 subset)")
+    sy.add_argument("--activity", metavar="MODEL", help="operand streams from this network")
+    sy.add_argument("--checkpoint", help="with --activity: its weights")
+    sy.add_argument("--layer", help="with --activity: its layer (default: the one with the most MACs)")
+    sy.add_argument("--dataset", help="with --activity: its dataset (default: the model's first)")
+    sy.add_argument("--data-dir", help="with --activity: the data directory")
+    sy.add_argument("--streams", type=positive_int, default=16384, help="dot products simulated (default 16384)")
+    sy.add_argument("--k", type=positive_int, default=64, help="terms per random stream (default 64)")
+    sy.add_argument("--clock-mhz", type=positive_float, default=500.0,
+                    help="clock for power and leakage (default 500)")
+    sy.add_argument("--seed", type=seed, default=0, help="(default 0)")
+    sy.add_argument("--no-cache", action="store_true", help="resynthesize even if cached")
+    sy.add_argument("--json", action="store_true")

@@ -1,0 +1,292 @@
+"""``psum models``, ``psum train``, ``psum eval``: the networks, their training, and
+their accuracy under emulated accumulation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from psum.cli._common import (UsageError, command, given, image_limit, option, parse_spec,
+                              positive_float, positive_int, seed)
+from psum.formats import FloatFormat, IntFormat
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from emulator.data import DATASETS
+    from emulator.models import MODELS, count_macs
+
+    rows = []
+    for spec in MODELS.values():
+        model = spec.make(DATASETS[spec.datasets[0]].num_classes)
+        rows.append({"name": spec.name, "datasets": list(spec.datasets),
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "macs_per_image": count_macs(model, DATASETS[spec.datasets[0]].image_size),
+                     "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| model | datasets | parameters | MACs / image | |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {', '.join(r['datasets'])} | {r['params']:,} | {r['macs_per_image']:,} "
+              f"| {r['description']} |")
+    print("(parameters and MACs for the first dataset listed)")
+    return 0
+
+
+def _build(model: str, dataset: str | None):
+    from emulator.models import build
+
+    try:
+        return build(model, dataset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from emulator import data
+    from emulator.device import resolve_device
+    from emulator.train import TrainConfig, train
+
+    resolve_device(args.device)  # a missing GPU is an error before any data is read
+    try:
+        cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
+                          bf16=not args.no_bf16, checkpoint_every=args.checkpoint_every)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _, dataset = _build(args.model, args.dataset)
+    train_source = data.load(dataset, "train", args.data_dir, download=args.download)
+    test_source = data.load(dataset, "test", args.data_dir, download=args.download)
+    out = args.out or f"checkpoints/{args.model}-{dataset}.pt"
+    command_line = "psum " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    meta = train(cfg, train_source, out, test_source=test_source, progress=not args.quiet,
+                 command=command_line, device=args.device)
+    print(f"wrote {out}: {meta['model']}/{meta['dataset']}, {meta['epochs']} epochs, "
+          f"test top-1 {100 * meta['accuracy']:.2f}% on {meta['test_images']} images, "
+          f"{meta['train_seconds']:.0f} s")
+    return 0
+
+
+# -- psum eval -------------------------------------------------------------------------------
+
+#: Options that only a floating-point MAC has, and only an integer one.
+FLOAT_ONLY = ("inputs", "weights", "product")
+INT_ONLY = ("weight_bits", "act_bits", "calib_batches", "seed")
+
+
+def _layer_overrides(items: list[str]) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for item in items or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise UsageError(f"--layer takes NAME=SPEC (e.g. 'features.0=e5m10' or 'fc=float'), not {item!r}")
+        if name in overrides:
+            raise UsageError(f"--layer {name} is given twice")
+        if spec != "float":
+            parse_spec(spec, f"--layer {name}")
+        overrides[name] = spec
+    return overrides
+
+
+def _check_applicable(args: argparse.Namespace, overrides: dict[str, str]) -> None:
+    """Refuse options that none of the asked-for MACs use."""
+    kinds = {type(parse_spec(s)) for s in (args.acc or []) + (args.int_acc or []) + list(overrides.values())
+             if s != "float"}
+    if not kinds and args.no_baselines:
+        raise UsageError("nothing to evaluate: give --acc or --int-acc, or drop --no-baselines")
+    for name in given(args, *FLOAT_ONLY):
+        if FloatFormat not in kinds:
+            raise UsageError(f"{option(name)} applies to floating-point accumulators (--acc), "
+                             "and none is asked for")
+    for name in given(args, *INT_ONLY):
+        if IntFormat not in kinds:
+            raise UsageError(f"{option(name)} applies to integer accumulators (--int-acc), and none is asked for")
+    if given(args, "chunk_acc") and args.chunk is None:
+        raise UsageError("--chunk-acc applies to chunked accumulation: give --chunk too")
+    if args.chunk_acc is not None:
+        outer = parse_spec(args.chunk_acc, "--chunk-acc")
+        if isinstance(outer, FloatFormat) and IntFormat in kinds:
+            raise UsageError(f"--chunk-acc {outer} is a floating-point format; the outer accumulator of an "
+                             "integer MAC (--int-acc) is an integer format such as int32")
+        if isinstance(outer, IntFormat) and FloatFormat in kinds:
+            raise UsageError(f"--chunk-acc {outer} is an integer format; the outer accumulator of a "
+                             "floating-point MAC (--acc) is a floating-point format such as fp32")
+
+
+def build_policies(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """(label, Policy) for every policy the eval options ask for; every config is checked
+    against what the emulator can run before any model or data is loaded."""
+    from emulator import AccumConfig, IntAccumConfig, Policy
+    from emulator.matmul import check_config
+
+    overrides = _layer_overrides(args.layer)
+    _check_applicable(args, overrides)
+    for flag, specs, kind in (("--acc", args.acc, FloatFormat), ("--int-acc", args.int_acc, IntFormat)):
+        for spec in specs or []:
+            if not isinstance(parse_spec(spec, flag), kind):
+                raise UsageError(f"{flag} takes floating-point formats (e4m7, bf16); use --int-acc for {spec!r}"
+                                 if kind is FloatFormat else
+                                 f"--int-acc takes integer formats (int16, int24:sat), not {spec!r}")
+        if specs and len(set(specs)) != len(specs):
+            raise UsageError(f"{flag} names a format twice: {' '.join(specs)}")
+
+    def layer_config(spec: str, where: str):
+        if spec == "float":
+            return None
+        fmt = parse_spec(spec, where)
+        try:
+            if isinstance(fmt, IntFormat):
+                cfg = IntAccumConfig(acc=fmt, weight_bits=args.weight_bits, act_bits=args.act_bits,
+                                     chunk=args.chunk, chunk_acc=args.chunk_acc or "int32", order=args.order)
+            else:
+                cfg = AccumConfig(acc=fmt, inputs=args.inputs or "bf16", weights=args.weights,
+                                  product=args.product, chunk=args.chunk, chunk_acc=args.chunk_acc or "fp32",
+                                  order=args.order)
+            check_config(cfg)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        return cfg
+
+    policies = []
+    for flag, spec in [("--acc", s) for s in args.acc or []] + [("--int-acc", s) for s in args.int_acc or []]:
+        default = layer_config(spec, f"{flag} {spec}")
+        layers = {name: layer_config(s, f"--layer {name}") for name, s in overrides.items()}
+        label = str(default) if not isinstance(default, IntAccumConfig) else \
+            f"int{args.act_bits}xint{args.weight_bits} acc={default.acc}" + (
+                f" chunk={args.chunk} chunk_acc={default.chunk_acc}" if args.chunk else "")
+        if overrides:
+            label += " + " + ", ".join(f"{n}={s}" for n, s in overrides.items())
+        policies.append((label, Policy(default, layers)))
+    return policies
+
+
+def _check_layer_names(model, name: str, overrides: dict[str, str]) -> None:
+    """Every --layer pattern must name (or match) a layer of the model."""
+    import fnmatch
+
+    from emulator.convert import SWAPS
+
+    names = [n for n, _ in model.named_modules() if n]
+    for pattern in overrides:
+        if pattern not in names and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            macs = [n for n, m in model.named_modules() if type(m) in SWAPS]
+            raise UsageError(f"--layer {pattern} matches no layer of {name}; its MAC layers are {', '.join(macs)}")
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from emulator import AccumConfig, IntAccumConfig, Policy, calibrate, convert
+    from emulator import checkpoint, data
+    from emulator.device import resolve_device
+    from emulator.evaluate import evaluate
+
+    torch.manual_seed(0)
+    policies = build_policies(args)
+    device = resolve_device(args.device)
+    model, dataset = _build(args.model, args.dataset)
+    meta = checkpoint.load_model(args.checkpoint, model)
+    if meta.get("model") not in (None, args.model):
+        raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
+    model.to(device)
+    _check_layer_names(model, args.model, _layer_overrides(args.layer))
+    runs = [] if args.no_baselines else [("fp32", None), ("bf16 inputs, fp32 acc", Policy(AccumConfig(acc="fp32")))]
+    converted = []
+    for label, policy in runs + policies:  # every conversion (layer names, formats) is checked before any data
+        try:
+            converted.append((label, policy, model if policy is None else convert(model, policy)))
+        except ValueError as exc:
+            raise UsageError(f"{label}: {exc}") from None
+    test = data.load(dataset, "test", args.data_dir, download=args.download)
+    needs_calibration = any(isinstance(c, IntAccumConfig) for _, p, _ in converted if p is not None
+                            for c in [p.default, *dict(p.layers).values()])
+    train_source = data.load(dataset, "train", args.data_dir, download=args.download) if needs_calibration else None
+    rows = []
+    for label, policy, emulated in converted:
+        configs = [] if policy is None else [policy.default, *dict(policy.layers).values()]
+        if any(isinstance(c, IntAccumConfig) for c in configs):
+            batches = [x for x, _ in train_source.batches(args.batch_size, shuffle=True, seed=args.seed,
+                                                           limit=args.calib_batches * args.batch_size)]
+            calibrate(emulated, batches)
+        result = evaluate(emulated, test, limit=args.limit, batch_size=args.batch_size,
+                          progress=not args.quiet, label=label)
+        rows.append({"policy": label, **result.as_dict()})
+    if args.json:
+        print(json.dumps({"model": args.model, "dataset": dataset, "checkpoint": str(args.checkpoint),
+                          "device": str(device), "results": rows}, indent=2))
+        return 0
+    top5 = dataset == "imagenet"
+    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images, {device})")
+    print("| policy | top-1 % | 95% CI |" + (" top-5 % | 95% CI |" if top5 else "") + " seconds |")
+    print("|---|---|---|" + ("---|---|" if top5 else "") + "---|")
+    for r in rows:
+        line = f"| {r['policy']} | {100 * r['top1']:.2f} | {100 * r['top1_ci95'][0]:.2f}-{100 * r['top1_ci95'][1]:.2f} |"
+        if top5:
+            line += f" {100 * r['top5']:.2f} | {100 * r['top5_ci95'][0]:.2f}-{100 * r['top5_ci95'][1]:.2f} |"
+        print(line + f" {r['seconds']:.1f} |")
+    return 0
+
+
+# -- parsers --------------------------------------------------------------------------------
+
+
+def data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="dataset (default: the model's first)")
+    p.add_argument("--data-dir", help="data directory (default: $PSUM_DATA_DIR or ./data)")
+    p.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parsers(sub) -> None:
+    models = sub.add_parser("models", help="list the networks", description="List the study's "
+                            "networks: datasets, parameters and MACs per image.")
+    models.add_argument("--json", action="store_true")
+
+    tr = sub.add_parser("train", help="train a network in BF16",
+                        description="Train MODEL with BF16 autocast, SGD+Nesterov, cosine schedule; "
+                        "checkpoints periodically to OUT.partial and resumes from it.")
+    tr.add_argument("model")
+    data_options(tr)
+    tr.add_argument("--epochs", type=positive_int, default=30, help="(default 30)")
+    tr.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
+    tr.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default 0.05)")
+    tr.add_argument("--seed", type=seed, default=0, help="(default 0)")
+    tr.add_argument("--limit", type=positive_int, help="train on N images only")
+    tr.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints "
+                    "(default 200)")
+    tr.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    tr.add_argument("--out", help="checkpoint path (default checkpoints/MODEL-DATASET.pt)")
+    tr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+    ev = sub.add_parser("eval", help="accuracy under emulated accumulation",
+                        description="Top-1 (top-5 on ImageNet) with 95%% Wilson intervals: fp32, "
+                        "bf16 inputs with fp32 accumulation, and each policy asked for.")
+    ev.add_argument("model")
+    ev.add_argument("--checkpoint", required=True)
+    data_options(ev)
+    ev.add_argument("--limit", type=image_limit, help="evaluate N test images (default all)")
+    ev.add_argument("--batch-size", type=positive_int, default=250, help="(default 250)")
+    ev.add_argument("--acc", nargs="+", metavar="SPEC", help="floating-point accumulator(s)")
+    ev.add_argument("--int-acc", nargs="+", metavar="SPEC", help="integer accumulator(s): int32, int16:sat")
+    ev.add_argument("--inputs", help="float MACs: activation format (default bf16)")
+    ev.add_argument("--weights", help="float MACs: weight format (default: as --inputs)")
+    ev.add_argument("--product", help="float MACs: round products to this format (unfused MAC)")
+    ev.add_argument("--chunk", type=positive_int, help="chunk size of chunked accumulation")
+    ev.add_argument("--chunk-acc", help="outer accumulator when chunked (default fp32 for float MACs, "
+                    "int32 for integer ones)")
+    ev.add_argument("--order", default="im2col", choices=["im2col", "nhwc"], help="(default im2col)")
+    ev.add_argument("--layer", action="append", metavar="NAME=SPEC",
+                    help="per-layer accumulator (name or glob; SPEC 'float' keeps it float); repeatable")
+    ev.add_argument("--weight-bits", type=int, default=8, help="integer MACs: weight bits (default 8)")
+    ev.add_argument("--act-bits", type=int, default=8, help="integer MACs: activation bits (default 8)")
+    ev.add_argument("--calib-batches", type=positive_int, default=4,
+                    help="integer MACs: training batches to calibrate on (default 4)")
+    ev.add_argument("--seed", type=seed, default=0, help="integer MACs: calibration batch selection (default 0)")
+    ev.add_argument("--no-baselines", action="store_true", help="skip the fp32 and bf16/fp32 rows")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (Triton kernels)")
