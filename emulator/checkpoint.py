@@ -55,12 +55,13 @@ def read(path: str | os.PathLike) -> dict:
     """The checkpoint's dict; a plain state_dict comes back as ``{"state_dict": ..., "meta": {}}``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint (a torch.save file): "
+                              f"{type(exc).__name__}{': ' + first if first else ''}") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         _check_psum_checkpoint(path, blob)
         return blob

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import functools
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -193,7 +194,8 @@ class _MacWatch(TorchFunctionMode):
 
 
 def _watch_first_forward(model: nn.Module, floats: set[str]) -> None:
-    """Hooks on ``model`` that watch its first forward pass for MACs outside layers."""
+    """Hooks on ``model`` that watch its first complete forward pass for MACs outside
+    layers (a pass that raises, as the first ones of :func:`calibrate` do, is not counted)."""
     state: dict = {}
 
     def begin(root, inputs):
@@ -223,6 +225,9 @@ def _watch_first_forward(model: nn.Module, floats: set[str]) -> None:
         mode.__exit__(None, None, None)
         for handle in state.pop("handles"):
             handle.remove()
+        if sys.exc_info()[0] is not None:  # the forward pass failed (as in calibration): watch the next one
+            state["done"] = False
+            return
         state["pre"].remove()
         state["post"].remove()
         if mode.found:

@@ -300,10 +300,11 @@ def extract_cifar_archive(blob: bytes, root: Path, folder: str) -> None:
 
 def _load_npz(path: Path, spec: DatasetSpec) -> ArraySource:
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if not hasattr(d, "files"):
-                raise ValueError("a single array, not an .npz archive")
-            images, labels = d["images"], d["labels"]
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with archive:
+            images, labels = archive["images"], archive["labels"]
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"malformed {path}: expected an .npz archive with arrays 'images' and 'labels' "

@@ -124,7 +124,7 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
             optimizer.load_state_dict(blob["training"]["optimizer"])
             torch.set_rng_state(blob["training"]["rng"])
             step = int(blob["training"]["step"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             raise checkpoint.CheckpointError(f"{partial} cannot be resumed from ({type(exc).__name__}: "
                                              f"{str(exc).strip()[:200]}); delete it to start afresh") from None
         log(f"resuming {partial} at step {step}/{total}")

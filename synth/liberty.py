@@ -226,7 +226,7 @@ def from_liberty(path: str | Path) -> Library:
 
     path = Path(path)
     if not path.is_file():
-        raise LibraryError(f"Liberty file {path} does not exist")
+        raise LibraryError(f"Liberty file {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     try:
         raw = path.read_bytes()
         text = gzip.decompress(raw).decode() if path.suffix == ".gz" else raw.decode(errors="replace")
