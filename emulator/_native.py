@@ -110,10 +110,15 @@ def library() -> ctypes.CDLL:
         "psum_int_matmul": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                             ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(IntMacParams)],
     }
+    signatures["psum_matmul_strided"] = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 9 \
+        + [ctypes.c_int, ctypes.POINTER(MacParams)]
+    signatures["psum_conv2d"] = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 17 + [ctypes.POINTER(MacParams)]
+    signatures["psum_matmul_path"] = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_int64, ctypes.POINTER(MacParams)]
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes = [*args, ctypes.c_int]  # every kernel ends with a thread count
-        fn.restype = None
+        fn.restype = ctypes.c_int if name == "psum_matmul_path" else None
     return lib
 
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import check_config, emulated_int_matmul, emulated_matmul
+from emulator.matmul import _lanes_on_rows, check_config, emulated_int_matmul, emulated_matmul, rounded_matmul_into
+from emulator.quantize import quantize
 
 __all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
 
@@ -78,6 +79,9 @@ class _Emulated(nn.Module):
         """``a`` (R, K) against weights ``w2`` (O, K): (R, O) float32 before the bias."""
         cfg = self.config
         if isinstance(cfg, AccumConfig):
+            if a.device.type == "cpu":
+                return _rounded_linear(quantize(a.float(), cfg.inputs), quantize(w2.detach().float(), cfg.weights),
+                                       cfg)
             return emulated_matmul(a.float(), w2.detach().float().t(), cfg)  # (R, O)
         if self.observing:
             self._observe(a)
@@ -92,6 +96,17 @@ class _Emulated(nn.Module):
         acc = emulated_int_matmul(a_int, w_int.t(), cfg)  # (R, O) int64
         return acc.to(torch.float32) * (self.act_scale * w_scale)  # dequantize in fp32
 
+
+
+def _rounded_linear(a: torch.Tensor, w: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    """(R, O) = ``a`` (R, K) against ``w`` (O, K), both already rounded, on the CPU kernel;
+    the longer of R and O goes in the vector lanes (as :func:`~emulator.matmul.matmul`)."""
+    (r, _), o = a.shape, w.shape[0]
+    if _lanes_on_rows(r, o):  # few outputs: the weights are the rows, the R inputs the lanes
+        out = torch.empty(1, o, r)
+        return rounded_matmul_into(w, a.t().contiguous()[None], out, cfg)[0].t()
+    out = torch.empty(1, r, o)
+    return rounded_matmul_into(a, w.t().contiguous()[None], out, cfg)[0]
 
 
 class EmulatedLinear(_Emulated):
@@ -179,6 +194,8 @@ class EmulatedConv2d(_Emulated):
         kh, kw = self.kernel_size
         out_h = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         out_w = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        if isinstance(self.config, AccumConfig) and x.device.type == "cpu":
+            return self._forward_cpu(x, out_h, out_w)
         cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)
         # cols: (N, C*kh*kw, L), rows ordered (channel, kernel row, kernel column)
         g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
@@ -198,6 +215,34 @@ class EmulatedConv2d(_Emulated):
             y = y + self.bias.detach().float()  # fp32 output stage
         return y.view(n, out_h * out_w, self.out_channels).transpose(1, 2).reshape(
             n, self.out_channels, out_h, out_w)  # (N, O, H', W')
+
+    def _forward_cpu(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+        """The float path on the CPU kernel's convolution (``psum_conv2d``): image by
+        image, the im2col columns (K, L) built in a per-thread buffer are the b of one
+        emulated matmul per group whose a is the group's weights (O/G, K), so the (O, L)
+        results land in NCHW order without a batch-sized im2col tensor or any copy. The
+        inputs are rounded before im2col, which only copies them (and pads with +0)."""
+        from emulator import _native
+        from emulator.matmul import _mac_params
+
+        cfg, (n, c, h, w) = self.config, x.shape
+        kh, kw = self.kernel_size
+        g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
+        check_config(cfg, torch.float32)
+        xq = quantize(x.float(), cfg.inputs).contiguous()
+        weight = quantize(self.weight.detach().float(), cfg.weights).view(g, og, cg, kh * kw)
+        if cfg.order == "nhwc":  # channel innermost
+            weight = weight.transpose(2, 3)
+        weight = weight.reshape(g, og, cg * kh * kw).contiguous()
+        y = torch.empty(n, self.out_channels, out_h, out_w)
+        if y.numel():
+            _native.library().psum_conv2d(
+                xq.data_ptr(), weight.data_ptr(), y.data_ptr(), n, c, h, w, self.out_channels, g, kh, kw,
+                *self.stride, *self.padding, *self.dilation, out_h, out_w, int(cfg.order == "nhwc"),
+                _mac_params(cfg), torch.get_num_threads())
+        if self.bias is not None:
+            y += self.bias.detach().float().view(1, -1, 1, 1)  # fp32 output stage
+        return y
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

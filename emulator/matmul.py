@@ -22,7 +22,8 @@ from emulator.quantize import quantize
 from psum.formats import FloatFormat, IntFormat
 
 __all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
-           "register_backend", "round_sum", "check_config"]
+           "register_backend", "round_sum", "check_config", "kernel_path",
+           "rounded_matmul_into"]
 
 FloatKernel = Callable[[torch.Tensor, torch.Tensor, AccumConfig], torch.Tensor]
 IntKernel = Callable[[torch.Tensor, torch.Tensor, IntAccumConfig], torch.Tensor]
@@ -195,9 +196,9 @@ def narrow_lanes(cfg: AccumConfig) -> bool:
             and acc.emin - acc.man_bits - 1 >= -149 and acc.emin >= -125 and product_bits <= 24)
 
 
-def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+def _mac_params(cfg: AccumConfig) -> _native.MacParams:
     unused = cfg.acc  # product/outer params are ignored by the kernel when not enabled
-    params = _native.MacParams(
+    return _native.MacParams(
         acc=_native.format_params(cfg.acc),
         product=_native.format_params(cfg.product or unused),
         outer=_native.format_params(cfg.chunk_acc if cfg.chunk else unused),
@@ -205,8 +206,63 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Ten
         chunk=cfg.chunk or 0,
         narrow=int(narrow_lanes(cfg)),
     )
+
+
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    params = _mac_params(cfg)
     run = _native.library().psum_matmul
     return _oriented(a, b, torch.float64, lambda *args: run(*args, params, torch.get_num_threads()))
+
+
+def rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    """``out[i] = a @ b[i]`` on the CPU for operands already rounded to ``cfg``'s input
+    formats, every output element the sequential dot product over k (docs/semantics.md
+    §4-5), written as float32 (``check_config`` makes the result format fit).
+
+    ``a`` (M, K) and ``b`` (B, K, N) are float32 CPU tensors, ``out`` (B, M, N) float32;
+    ``b`` and ``out`` may be strided views (a convolution's columns, one group's output
+    channels) as long as their last dimension is contiguous. This is the layers' entry
+    to the CPU kernel: no copies of the operands, no float64 result to convert.
+    """
+    for name, t, dims in (("a", a, 2), ("b", b, 3), ("out", out, 3)):
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != dims:
+            raise ValueError(f"{name} must be a {dims}-d float32 CPU tensor, not {t.dtype} {tuple(t.shape)} "
+                             f"on {t.device}")
+    (m, k), (batch, kb, n) = a.shape, b.shape
+    if kb != k or tuple(out.shape) != (batch, m, n):
+        raise ValueError(f"shapes do not chain: a {tuple(a.shape)}, b {tuple(b.shape)}, out {tuple(out.shape)}")
+    a = a.contiguous()
+    if b.stride(2) != 1 and n > 1:
+        b = b.contiguous()
+    if out.stride(2) != 1 and n > 1:
+        raise ValueError("out's last dimension must be contiguous")
+    check_config(cfg, torch.float32)
+    if out.numel():
+        _native.library().psum_matmul_strided(
+            a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, batch, 0, b.stride(0), out.stride(0),
+            b.stride(1), out.stride(1), 1, _mac_params(cfg), torch.get_num_threads())
+    return out
+
+
+#: The CPU kernel's implementations (docs/emulator.md): register tiles with
+#: directed-rounding adds where their preconditions hold, else blocks of fast steps.
+KERNEL_PATHS = ("float64 blocks", "float32 blocks", "float64 tiles", "float32 tiles")
+
+
+def kernel_path(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> str:
+    """Which implementation the CPU kernel takes for ``a @ b`` under ``cfg`` (one of
+    :data:`KERNEL_PATHS`); all of them give the same bits."""
+    _check_operands(a, b, floating=True)
+    check_config(cfg, a.dtype)
+    a2 = quantize(a.detach().reshape(math.prod(a.shape[:-1]), a.shape[-1]), cfg.inputs).float()
+    b2 = quantize(b.detach(), cfg.weights).float()
+    (m, k), n = a2.shape, b2.shape[1]
+    if _lanes_on_rows(m, n):
+        a2, b2, m, n = b2.t(), a2.t(), n, m
+    a2, b2 = a2.contiguous(), b2.contiguous()
+    path = _native.library().psum_matmul_path(a2.data_ptr(), b2.data_ptr(), m, n, k, _mac_params(cfg),
+                                              torch.get_num_threads())
+    return KERNEL_PATHS[path]
 
 
 def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:

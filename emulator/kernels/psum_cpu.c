@@ -16,7 +16,9 @@
  * Build: any C99 compiler with OpenMP; must NOT be built with -ffast-math or FMA
  * contraction (-ffp-contract=off), which would break the exact TwoSum.
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
@@ -443,15 +445,25 @@ PSUM_FAST_STEP32(fast_step32_ftz_rz, 0, 0)
 typedef int32_t (*psum_fast_step32)(float *restrict, const float *restrict, const float *restrict,
                                     float, int64_t, const psum_fmt32);
 
+/* A finished dot product into the float64 output, or the float32 one when given (its
+ * values are float32 numbers: the caller checks the result format). */
+static inline void store_result(double *out, float *out32, int64_t index, double value)
+{
+    if (out32)
+        out32[index] = (float)value;
+    else
+        out[index] = value;
+}
+
 /* One block of PSUM_IB rows x PSUM_JB columns, its accumulators in lanes of type T:
  * the k-loop in runs of C terms (C = K without chunking), each MAC step of a row by the
  * lane type's fast step or, when a lane meets a rare case (or products are rounded), by
  * the general float64 step; each run's results added into the float64 outer
  * accumulator. Every value an accumulator holds is exactly a T. */
 #define PSUM_MATMUL_BLOCK(NAME, T, FAST_T, PARAMS_T)                                         \
-    static void NAME(const float *a, const float *b, double *out, int64_t N, int64_t K,      \
-                     int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m,      \
-                     FAST_T fast, const PARAMS_T params)                                     \
+    static void NAME(const float *a, const float *b, double *out, float *out32, int64_t ldb,  \
+                     int64_t ldo, int64_t K, int64_t i0, int64_t ib, int64_t j0, int64_t jb,  \
+                     const psum_mac *m, FAST_T fast, const PARAMS_T params)                  \
     {                                                                                        \
         T buf[2][PSUM_IB][PSUM_JB];                                                          \
         T *acc[PSUM_IB], *spare[PSUM_IB]; /* double buffers: the fast step writes spare */   \
@@ -471,7 +483,7 @@ typedef int32_t (*psum_fast_step32)(float *restrict, const float *restrict, cons
                 for (int64_t j = 0; j < jb; j++)                                             \
                     acc[ii][j] = 0;                                                          \
             for (int64_t k = k0; k < k1; k++) {                                              \
-                const float *brow = b + k * N + j0;                                          \
+                const float *brow = b + k * ldb + j0;                                        \
                 for (int64_t ii = 0; ii < ib; ii++) {                                        \
                     float av = a[(i0 + ii) * K + k];                                         \
                     if (!m->has_product && !fast(spare[ii], acc[ii], brow, (T)av, jb, params)) { \
@@ -494,7 +506,8 @@ typedef int32_t (*psum_fast_step32)(float *restrict, const float *restrict, cons
         }                                                                                    \
         for (int64_t ii = 0; ii < ib; ii++)                                                  \
             for (int64_t j = 0; j < jb; j++)                                                 \
-                out[(i0 + ii) * N + j0 + j] = m->chunk > 0 ? outer[ii][j] : (double)acc[ii][j]; \
+                store_result(out, out32, (i0 + ii) * ldo + j0 + j,                           \
+                             m->chunk > 0 ? outer[ii][j] : (double)acc[ii][j]);              \
     }
 
 PSUM_MATMUL_BLOCK(matmul_block, double, psum_fast_step, psum_fmt)
@@ -509,32 +522,350 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
     return f->nearest_even ? fast_step32_ftz_ne : fast_step32_ftz_rz;
 }
 
-/* Runs BODY for every block (i0, ib, j0, jb) of an M x N output, blocks spread over
- * the threads; within a block the k-loop is sequential. */
-#define PSUM_FOR_BLOCKS(M, N, K, threads, BODY)                                              \
+/* ---------------------------------------------------------------------------------
+ * Register-tiled MAC steps with directed-rounding adds (AVX-512).
+ *
+ * The fast steps above spend most of their work on TwoSum (six adds) and on turning its
+ * error term into a sticky bit and a neighbour toward zero. AVX-512 rounds each add as
+ * the instruction says, so the same two facts come from two adds:
+ *     rd = RD(acc + y), ru = RU(acc + y):  the sum is exact iff rd == ru, and the
+ *     lane's neighbour of the exact sum toward zero is rd for a positive sum, ru for
+ *     a negative one (an exact zero sum comes out +0 from ru, as IEEE RN gives it,
+ *     and -0 only when both terms are -0).
+ * That neighbour with its last bit set when inexact is the sum rounded to odd in the
+ * lane type; rounding it to the format's quantum by the float adder, (v + C) - C with
+ * C = 1.5 * 2^(q + p - 1) (p: the lane's precision, q: the format's quantum at v, held
+ * at emin - M in the subnormal range), is the correct rounding of the exact sum
+ * because the lane keeps at least two more bits than the format (round-to-odd
+ * theorem). The sign is put back for zero results; flush-to-zero formats clear
+ * results below the smallest normal, keeping the sign.
+ *
+ * A lane whose rounded result is above the format's maximum (overflow, Inf, NaN) is
+ * rare: that row's step is redone by the general float64 step. Everything else this
+ * path excludes by its preconditions (checked by the caller): nearest-even rounding,
+ * exact products, and (float32 lanes) sums that are never float32 subnormals: every
+ * nonzero product is a normal float32 (the smallest nonzero |a| times the smallest
+ * nonzero |b| is at least 2^-126) and emin - M >= -102, so that a nonzero sum of an
+ * accumulator value and a product is at least 2^(emin - M - 24) >= 2^-126. In float64
+ * lanes products of float32 values and their sums with accumulator values are exact
+ * or normal doubles for every format the float64 float-adder step takes.
+ *
+ * Tiles are PSUM_TR rows x 2 vectors; the accumulators stay in registers over the
+ * k-loop, each b vector feeds PSUM_TR rows, and the lanes past the output's edge are
+ * masked off (they accumulate zeros). */
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define PSUM_HAVE_TILES 1
+#define PSUM_TR 4
+#define PSUM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define PSUM_RD (_MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
+#define PSUM_RU (_MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC)
+
+/* One MAC step of a vector in lanes of V (VI: its integer view, MASK: a lane mask;
+ * PS, EPI, EPU: the intrinsics' element-type suffixes). */
+#define PSUM_TILE_STEP(NAME, V, VI, MASK, PS, EPI, EPU, CMPMASK)                           \
+    static inline __attribute__((always_inline)) V NAME(V acc, V y, const VI expmask,     \
+        const VI k, const VI low, const VI one, const VI sign, const VI max_abs,          \
+        const VI min_normal, const int sub, MASK *rare)                                    \
+    {                                                                                      \
+        V rd = _mm512_add_round_##PS(acc, y, PSUM_RD), ru = _mm512_add_round_##PS(acc, y, PSUM_RU); \
+        MASK inexact = _mm512_cmp_##PS##_mask(rd, ru, _CMP_NEQ_UQ);                         \
+        VI rdi = _mm512_cast##PS##_si512(rd), rui = _mm512_cast##PS##_si512(ru);            \
+        VI v = _mm512_mask_blend_##EPI(CMPMASK(rdi), rdi, rui); /* toward zero */           \
+        v = _mm512_mask_or_##EPI(v, inexact, v, one);           /* rounded to odd */       \
+        VI magic = _mm512_add_##EPI(_mm512_and_si512(v, expmask), k);                      \
+        if (sub)                                                                           \
+            magic = _mm512_max_##EPU(magic, low);                                          \
+        V c = _mm512_castsi512_##PS(magic);                                                \
+        V r = _mm512_sub_round_##PS(_mm512_add_round_##PS(_mm512_castsi512_##PS(v), c, PSUM_RN), c, PSUM_RN); \
+        VI ri = _mm512_ternarylogic_##EPI(_mm512_cast##PS##_si512(r), v, sign, 0xF8); /* r | (v & sign) */ \
+        VI mag = _mm512_andnot_si512(sign, ri);                                            \
+        if (!sub) /* flush to zero after rounding, keeping the sign */                     \
+            ri = _mm512_mask_and_##EPI(ri, _mm512_cmplt_##EPU##_mask(mag, min_normal), ri, sign); \
+        *rare |= _mm512_cmpgt_##EPU##_mask(mag, max_abs);                                  \
+        return _mm512_castsi512_##PS(ri);                                                  \
+    }
+
+PSUM_TILE_STEP(tile_step32, __m512, __m512i, __mmask16, ps, epi32, epu32, _mm512_movepi32_mask)
+PSUM_TILE_STEP(tile_step64, __m512d, __m512i, __mmask8, pd, epi64, epu64, _mm512_movepi64_mask)
+
+/* Lane-type helpers of the tiles: broadcast, product, masked load of a b row (float32
+ * values, widened for float64 lanes), aligned spill and reload, integer broadcast. */
+static inline __m512 set1_32(float x) { return _mm512_set1_ps(x); }
+static inline __m512d set1_64(float x) { return _mm512_set1_pd((double)x); }
+static inline __m512 mul_32(__m512 x, __m512 y) { return _mm512_mul_round_ps(x, y, PSUM_RN); }
+static inline __m512d mul_64(__m512d x, __m512d y) { return _mm512_mul_round_pd(x, y, PSUM_RN); }
+static inline __m512 load_32(const float *p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+static inline __m512d load_64(const float *p, __mmask8 mask)
+{
+    return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, p));
+}
+static inline void spill_32(float *p, __m512 v) { _mm512_store_ps(p, v); }
+static inline void spill_64(double *p, __m512d v) { _mm512_store_pd(p, v); }
+static inline __m512 reload_32(const float *p) { return _mm512_load_ps(p); }
+static inline __m512d reload_64(const double *p) { return _mm512_load_pd(p); }
+static inline __m512 zero_32(void) { return _mm512_setzero_ps(); }
+static inline __m512d zero_64(void) { return _mm512_setzero_pd(); }
+static inline __m512i set1i_32(int64_t x) { return _mm512_set1_epi32((int32_t)x); }
+static inline __m512i set1i_64(int64_t x) { return _mm512_set1_epi64(x); }
+
+/* The general float64 step for one row of a tile (accumulators spilled to acc[],
+ * lanes j < jb), for a row with a rare lane. */
+static __attribute__((noinline)) void general_32(float *acc, const float *brow, float av, int64_t jb,
+                                                 const psum_mac *m)
+{
+    double wide[32];
+    for (int64_t j = 0; j < jb; j++)
+        wide[j] = (double)acc[j];
+    accumulate_row_general(wide, brow, (double)av, jb, m);
+    for (int64_t j = 0; j < jb; j++)
+        acc[j] = (float)wide[j];
+}
+
+static __attribute__((noinline)) void general_64(double *acc, const float *brow, float av, int64_t jb,
+                                                 const psum_mac *m)
+{
+    accumulate_row_general(acc, brow, (double)av, jb, m);
+}
+
+/* One tile: rows i0 .. i0+ib-1 (ib <= PSUM_TR), columns j0 .. j0+jb-1 (jb <= 2 LANES),
+ * in lanes of T with MAN stored mantissa bits and exponent bias BIAS; the k-loop in
+ * runs of C terms (C = K without chunking), each run's result added into the float64
+ * outer accumulator when chunked. The float-adder constant of a lane's binade is its
+ * exponent field plus k = ((MAN - M) << MAN) + 2^(MAN - 1); `low` is the constant of
+ * the format's smallest normal binade. */
+#define PSUM_TILE(NAME, T, V, MASK, LANES, S, MAN, BIAS, EXPMASK)                                      \
+    static inline __attribute__((always_inline)) void NAME(const float *a, const float *b, double *out, \
+        float *out32, int64_t ldb, int64_t ldo, int64_t K, int64_t i0, int64_t ib, int64_t j0,         \
+        int64_t jb, const psum_mac *m, const int sub)                                                  \
+    {                                                                                                  \
+        const psum_fmt *f = &m->acc;                                                                   \
+        const T max_t = (T)double_of((uint64_t)f->max_abs);                                            \
+        const T normal_t = (T)double_of((uint64_t)f->min_normal_abs);                                  \
+        int64_t max_i = 0, normal_i = 0;                                                               \
+        memcpy(&max_i, &max_t, sizeof(T));                                                             \
+        memcpy(&normal_i, &normal_t, sizeof(T));                                                       \
+        const int64_t kk_ = ((int64_t)(MAN - f->man_bits) << MAN) + ((int64_t)1 << (MAN - 1));         \
+        const __m512i expmask = set1i_##S(EXPMASK), one = set1i_##S(1);                                \
+        const __m512i sign = set1i_##S((int64_t)((uint64_t)1 << (8 * sizeof(T) - 1)));                 \
+        const __m512i k = set1i_##S(kk_), low = set1i_##S(((int64_t)(f->emin + BIAS) << MAN) + kk_);   \
+        const __m512i max_abs = set1i_##S(max_i), min_normal = set1i_##S(normal_i);                    \
+        const int64_t cut0 = jb < LANES ? jb : LANES, cut1 = jb > LANES ? jb - LANES : 0;              \
+        const MASK m0 = (MASK)(((uint64_t)1 << cut0) - 1), m1 = (MASK)(((uint64_t)1 << cut1) - 1);     \
+        const float *arow[PSUM_TR];                                                                    \
+        for (int64_t ii = 0; ii < PSUM_TR; ii++) /* rows past the edge repeat the last one */          \
+            arow[ii] = a + (i0 + (ii < ib ? ii : ib - 1)) * K;                                         \
+        const int64_t step = m->chunk > 0 ? m->chunk : (K > 0 ? K : 1);                                \
+        double outer[PSUM_TR][2 * LANES];                                                              \
+        T spill[2 * LANES] __attribute__((aligned(64)));                                               \
+        V acc[PSUM_TR][2];                                                                             \
+        for (int64_t ii = 0; ii < PSUM_TR; ii++) {                                                     \
+            acc[ii][0] = acc[ii][1] = zero_##S();                                                      \
+            for (int64_t j = 0; j < 2 * LANES; j++)                                                    \
+                outer[ii][j] = 0.0;                                                                    \
+        }                                                                                              \
+        for (int64_t k0 = 0; k0 < K; k0 += step) {                                                     \
+            const int64_t k1 = k0 + step < K ? k0 + step : K;                                          \
+            for (int64_t ii = 0; ii < PSUM_TR; ii++)                                                   \
+                acc[ii][0] = acc[ii][1] = zero_##S();                                                  \
+            for (int64_t kk = k0; kk < k1; kk++) {                                                     \
+                const float *brow = b + kk * ldb + j0;                                                 \
+                const V w0 = load_##S(brow, m0), w1 = load_##S(brow + LANES, m1);                      \
+                _Pragma("GCC unroll 4")                                                                \
+                for (int64_t ii = 0; ii < PSUM_TR; ii++) {                                             \
+                    const float av = arow[ii][kk];                                                     \
+                    const V avv = set1_##S(av);                                                        \
+                    MASK rare = 0;                                                                     \
+                    V n0 = tile_step##S(acc[ii][0], mul_##S(avv, w0), expmask, k, low, one, sign,      \
+                                        max_abs, min_normal, sub, &rare);                              \
+                    V n1 = tile_step##S(acc[ii][1], mul_##S(avv, w1), expmask, k, low, one, sign,      \
+                                        max_abs, min_normal, sub, &rare);                              \
+                    if (__builtin_expect(rare != 0, 0)) {                                              \
+                        spill_##S(spill, acc[ii][0]);                                                  \
+                        spill_##S(spill + LANES, acc[ii][1]);                                          \
+                        general_##S(spill, brow, av, jb, m);                                           \
+                        n0 = reload_##S(spill);                                                        \
+                        n1 = reload_##S(spill + LANES);                                                \
+                    }                                                                                  \
+                    acc[ii][0] = n0;                                                                   \
+                    acc[ii][1] = n1;                                                                   \
+                }                                                                                      \
+            }                                                                                          \
+            if (m->chunk > 0)                                                                          \
+                for (int64_t ii = 0; ii < ib; ii++) {                                                  \
+                    spill_##S(spill, acc[ii][0]);                                                      \
+                    spill_##S(spill + LANES, acc[ii][1]);                                              \
+                    for (int64_t j = 0; j < jb; j++)                                                   \
+                        outer[ii][j] = two_sum_round(outer[ii][j], (double)spill[j], m->outer);        \
+                }                                                                                      \
+        }                                                                                              \
+        for (int64_t ii = 0; ii < ib; ii++) {                                                          \
+            if (m->chunk <= 0) {                                                                       \
+                spill_##S(spill, acc[ii][0]);                                                          \
+                spill_##S(spill + LANES, acc[ii][1]);                                                  \
+            }                                                                                          \
+            for (int64_t j = 0; j < jb; j++)                                                           \
+                store_result(out, out32, (i0 + ii) * ldo + j0 + j,                                     \
+                             m->chunk > 0 ? outer[ii][j] : (double)spill[j]);                          \
+        }                                                                                              \
+    }
+
+PSUM_TILE(matmul_tile32, float, __m512, __mmask16, 16, 32, 23, 127, 0x7f800000)
+PSUM_TILE(matmul_tile64, double, __m512d, __mmask8, 8, 64, 52, 1023, 0x7ff0000000000000LL)
+
+/* The tiles compiled once per mode (subnormals or flush to zero), so that the mode is
+ * a constant in the inner loop. */
+#define PSUM_TILE_MODE(NAME, TILE, SUB)                                                            \
+    static void NAME(const float *a, const float *b, double *out, float *out32, int64_t ldb,       \
+                     int64_t ldo, int64_t K, int64_t i0, int64_t ib, int64_t j0, int64_t jb,       \
+                     const psum_mac *m)                                                            \
+    {                                                                                              \
+        TILE(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, SUB);                               \
+    }
+PSUM_TILE_MODE(tile32_sub, matmul_tile32, 1)
+PSUM_TILE_MODE(tile32_ftz, matmul_tile32, 0)
+PSUM_TILE_MODE(tile64_sub, matmul_tile64, 1)
+PSUM_TILE_MODE(tile64_ftz, matmul_tile64, 0)
+
+/* The smallest nonzero magnitude among n floats. */
+static float min_nonzero(const float *x, int64_t n, int threads)
+{
+    float low = INFINITY;
+    const int nt = n > 65536 ? threads : 1;
+    _Pragma("omp parallel for num_threads(nt) reduction(min:low)")
+    for (int64_t i = 0; i < n; i++) {
+        float v = fabsf(x[i]);
+        low = v != 0.0f && v < low ? v : low;
+    }
+    return low;
+}
+
+/* The smallest nonzero magnitude in `batch` matrices of `rows` rows of n floats, rows
+ * ld apart and matrices stride apart. */
+static float min_nonzero_strided(const float *b, int64_t batch, int64_t rows, int64_t n, int64_t ld,
+                                 int64_t stride, int threads)
+{
+    float low = INFINITY;
+    for (int64_t i = 0; i < batch; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            float row_low = min_nonzero(b + i * stride + r * ld, n, threads);
+            low = row_low < low ? row_low : low;
+        }
+    return low;
+}
+#endif
+
+/* Runs BODY for every block (bi, i0, ib, j0, jb) of `batch` M x N outputs, blocks of
+ * ROWS x COLS spread over the threads in contiguous runs (consecutive blocks share
+ * their b columns); within a block the k-loop is sequential. */
+#define PSUM_FOR_BLOCKS(M, N, K, batch, ROWS, COLS, threads, BODY)                           \
     do {                                                                                     \
-        const int64_t mb_ = ((M) + PSUM_IB - 1) / PSUM_IB, nb_ = ((N) + PSUM_JB - 1) / PSUM_JB; \
-        const int64_t tasks_ = mb_ * nb_;                                                    \
-        _Pragma("omp parallel for num_threads(threads) schedule(dynamic) if (tasks_ * (K) > 4096)") \
+        const int64_t mb_ = ((M) + (ROWS) - 1) / (ROWS), nb_ = ((N) + (COLS) - 1) / (COLS);  \
+        const int64_t tasks_ = (batch) * mb_ * nb_, work_ = tasks_ * (K) * (ROWS) * (COLS);   \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) if (work_ > (1 << 20))") \
         for (int64_t t_ = 0; t_ < tasks_; t_++) {                                            \
-            int64_t i0 = (t_ / nb_) * PSUM_IB, j0 = (t_ % nb_) * PSUM_JB;                    \
-            int64_t ib = (M) - i0 < PSUM_IB ? (M) - i0 : PSUM_IB;                            \
-            int64_t jb = (N) - j0 < PSUM_JB ? (N) - j0 : PSUM_JB;                            \
+            int64_t bi = t_ / (mb_ * nb_), r_ = t_ % (mb_ * nb_);                            \
+            (void)bi;                                                                        \
+            int64_t i0 = (r_ % mb_) * (ROWS), j0 = (r_ / mb_) * (COLS);                      \
+            int64_t ib = (M) - i0 < (ROWS) ? (M) - i0 : (ROWS);                              \
+            int64_t jb = (N) - j0 < (COLS) ? (N) - j0 : (COLS);                              \
             BODY;                                                                            \
         }                                                                                    \
     } while (0)
 
+/* Which implementation runs a matmul: the register tiles where their preconditions
+ * hold (see above), else the blocks of fast steps with the general step for rare
+ * cases. Every choice gives the same bits. Returns the choice: 3 float32 tiles,
+ * 2 float64 tiles, 1 float32 blocks, 0 float64 blocks. */
+static int matmul_path(const psum_mac *m)
+{
+#ifdef PSUM_HAVE_TILES
+    if (!m->has_product && m->acc.nearest_even) {
+        if (m->narrow) {
+            const psum_fmt32 f32 = narrow_params(&m->acc);
+            if (f32.float_round && m->acc.emin - m->acc.man_bits >= -102)
+                return 3; /* if every product is a normal float32 (products_normal) */
+        } else if (fast_step_for(&m->acc) == fast_step_sub_fr || fast_step_for(&m->acc) == fast_step_ftz_fr) {
+            return 2;
+        }
+    }
+#endif
+    return m->narrow ? 1 : 0;
+}
+
+/* The path for operands whose smallest nonzero magnitudes are min_a and min_b: the
+ * float32 tiles need every nonzero product to be a normal float32. */
+static int path_for_operands(const psum_mac *m, float min_a, float min_b)
+{
+    const int path = matmul_path(m);
+    return path == 3 && !((double)min_a * (double)min_b >= 0x1p-126) ? 1 : path;
+}
+
+static int strided_path(const float *a, const float *b, int64_t M, int64_t N, int64_t K, int64_t ldb,
+                        int64_t batch, int64_t b_batch, const psum_mac *m, int threads)
+{
+    if (matmul_path(m) != 3)
+        return matmul_path(m);
+    return path_for_operands(m, min_nonzero(a, M * K, threads),
+                             min_nonzero_strided(b, batch, K, N, ldb, b_batch, threads));
+}
+
+int psum_matmul_path(const float *a, const float *b, int64_t M, int64_t N, int64_t K, const psum_mac *m,
+                     int threads)
+{
+    return strided_path(a, b, M, N, K, N, 1, 0, m, threads);
+}
+
+/* `batch` emulated matmuls out[i] = a[i] @ b[i]: a[i] is M x K (rows K apart), b[i]
+ * K x N with rows ldb apart, out[i] M x N with rows ldo apart; the i-th operands and
+ * result start a_batch, b_batch, out_batch elements after the first. out is float64,
+ * or float32 when out_f32 (the result format's values must be float32 numbers). A
+ * convolution runs as one call: a its weights (a_batch 0), b each image's columns. */
+static void run_strided(int path, const float *a, const float *b, void *out, int64_t M, int64_t N, int64_t K,
+                        int64_t batch, int64_t a_batch, int64_t b_batch, int64_t out_batch, int64_t ldb,
+                        int64_t ldo, int out_f32, const psum_mac *m, int threads)
+{
+#define PSUM_ARGS_ a + bi * a_batch, b + bi * b_batch, out_f32 ? NULL : (double *)out + bi * out_batch, \
+                   out_f32 ? (float *)out + bi * out_batch : NULL, ldb, ldo, K, i0, ib, j0, jb, m
+#ifdef PSUM_HAVE_TILES
+    if (path == 3) {
+        if (m->acc.subnormals)
+            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_sub(PSUM_ARGS_));
+        else
+            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_ftz(PSUM_ARGS_));
+        return;
+    }
+    if (path == 2) {
+        if (m->acc.subnormals)
+            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 16, threads, tile64_sub(PSUM_ARGS_));
+        else
+            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 16, threads, tile64_ftz(PSUM_ARGS_));
+        return;
+    }
+#endif
+    if (path == 1) {
+        const psum_fmt32 f32 = narrow_params(&m->acc);
+        const psum_fast_step32 fast = fast_step32_for(&f32);
+        PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_IB, PSUM_JB, threads, matmul_block32(PSUM_ARGS_, fast, f32));
+    } else {
+        const psum_fast_step fast = fast_step_for(&m->acc);
+        PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_IB, PSUM_JB, threads, matmul_block(PSUM_ARGS_, fast, m->acc));
+    }
+#undef PSUM_ARGS_
+}
+
+void psum_matmul_strided(const float *a, const float *b, void *out, int64_t M, int64_t N, int64_t K,
+                         int64_t batch, int64_t a_batch, int64_t b_batch, int64_t out_batch, int64_t ldb,
+                         int64_t ldo, int out_f32, const psum_mac *m, int threads)
+{
+    run_strided(strided_path(a, b, M, N, K, ldb, batch, b_batch, m, threads), a, b, out, M, N, K, batch, a_batch,
+                b_batch, out_batch, ldb, ldo, out_f32, m, threads);
+}
+
 void psum_matmul(const float *a, const float *b, double *out, int64_t M, int64_t N,
                  int64_t K, const psum_mac *m, int threads)
 {
-    if (m->narrow) {
-        const psum_fmt32 f32 = narrow_params(&m->acc);
-        const psum_fast_step32 fast = fast_step32_for(&f32);
-        PSUM_FOR_BLOCKS(M, N, K, threads, matmul_block32(a, b, out, N, K, i0, ib, j0, jb, m, fast, f32));
-    } else {
-        const psum_fast_step fast = fast_step_for(&m->acc);
-        PSUM_FOR_BLOCKS(M, N, K, threads, matmul_block(a, b, out, N, K, i0, ib, j0, jb, m, fast, m->acc));
-    }
+    psum_matmul_strided(a, b, out, M, N, K, 1, 0, 0, 0, N, N, 0, m, threads);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -600,5 +931,124 @@ static void int_matmul_block(const int32_t *a, const int32_t *b, int64_t *out, i
 void psum_int_matmul(const int32_t *a, const int32_t *b, int64_t *out, int64_t M, int64_t N,
                      int64_t K, const psum_int_mac *m, int threads)
 {
-    PSUM_FOR_BLOCKS(M, N, K, threads, int_matmul_block(a, b, out, N, K, i0, ib, j0, jb, m));
+    PSUM_FOR_BLOCKS(M, N, K, 1, PSUM_IB, PSUM_JB, threads, int_matmul_block(a, b, out, N, K, i0, ib, j0, jb, m));
+}
+
+/* ---------------------------------------------------------------------------------
+ * Emulated convolutions, image by image: each image's im2col columns are built in a
+ * buffer of the thread that runs it (it stays in cache, and no batch-sized im2col
+ * tensor is ever written), then each group's weights (O/G x K) multiply them as one
+ * emulated matmul whose (O/G, L) results land in NCHW order.
+ *
+ * Column row r of group g holds, for output pixel (oh, ow), the input
+ * x[n, g*Cg + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (+0 outside the image), with
+ * r = (c*kh + i)*kw + j in im2col order (torch.nn.functional.unfold's) and
+ * r = (i*kw + j)*Cg + c in nhwc order (channel innermost). Values are copied, so the
+ * columns hold exactly the (already rounded) inputs. */
+static void im2col_image(const float *x, float *cols, int64_t C, int64_t H, int64_t W, int64_t groups,
+                         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                         int64_t dw, int64_t out_h, int64_t out_w, int64_t nhwc, int64_t first, int64_t last)
+{
+    const int64_t cg = C / groups, k = cg * kh * kw, lanes = out_h * out_w;
+    for (int64_t t = first; t < last; t++) { /* t = g*K + r */
+        const int64_t g = t / k, r = t % k;
+        int64_t c, i, j;
+        if (nhwc) {
+            c = r % cg; i = (r / cg) / kw; j = (r / cg) % kw;
+        } else {
+            c = r / (kh * kw); i = (r / kw) % kh; j = r % kw;
+        }
+        const float *plane = x + (g * cg + c) * H * W;
+        float *dst = cols + t * lanes;
+        for (int64_t oh = 0; oh < out_h; oh++) {
+            const int64_t y = oh * sh - ph + i * dh;
+            float *line = dst + oh * out_w;
+            if (y < 0 || y >= H) {
+                for (int64_t ow = 0; ow < out_w; ow++)
+                    line[ow] = 0.0f;
+                continue;
+            }
+            const float *src = plane + y * W;
+            for (int64_t ow = 0; ow < out_w; ow++) {
+                const int64_t xx = ow * sw - pw + j * dw;
+                line[ow] = (xx >= 0 && xx < W) ? src[xx] : 0.0f;
+            }
+        }
+    }
+}
+
+/* Every tile of one (M x N) = (M x K) @ (K x N) matmul, on this thread. */
+static void matmul_serial(int path, const float *a, const float *b, float *out32, int64_t M, int64_t N,
+                          int64_t K, int64_t ldb, int64_t ldo, const psum_mac *m)
+{
+#ifdef PSUM_HAVE_TILES
+    if (path >= 2) {
+        const int64_t cols = path == 3 ? 32 : 16;
+        for (int64_t j0 = 0; j0 < N; j0 += cols)
+            for (int64_t i0 = 0; i0 < M; i0 += PSUM_TR) {
+                const int64_t ib = M - i0 < PSUM_TR ? M - i0 : PSUM_TR, jb = N - j0 < cols ? N - j0 : cols;
+                if (path == 3)
+                    (m->acc.subnormals ? tile32_sub : tile32_ftz)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
+                else
+                    (m->acc.subnormals ? tile64_sub : tile64_ftz)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
+            }
+        return;
+    }
+#endif
+    const psum_fmt32 f32 = narrow_params(&m->acc);
+    const psum_fast_step32 fast32 = fast_step32_for(&f32);
+    const psum_fast_step fast = fast_step_for(&m->acc);
+    for (int64_t j0 = 0; j0 < N; j0 += PSUM_JB)
+        for (int64_t i0 = 0; i0 < M; i0 += PSUM_IB) {
+            const int64_t ib = M - i0 < PSUM_IB ? M - i0 : PSUM_IB, jb = N - j0 < PSUM_JB ? N - j0 : PSUM_JB;
+            if (path == 1)
+                matmul_block32(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m, fast32, f32);
+            else
+                matmul_block(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m, fast, m->acc);
+        }
+}
+
+/* out (N, O, out_h, out_w) float32 = the emulated convolution of x (N, C, H, W) with
+ * weights w (G, O/G, K) already in the column order (`nhwc` or im2col), x and w
+ * holding values already rounded to the input formats; no bias. Images are spread
+ * over the threads when there are enough of them, else each image's tiles are. */
+void psum_conv2d(const float *x, const float *w, float *out, int64_t N, int64_t C, int64_t H, int64_t W,
+                 int64_t O, int64_t groups, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                 int64_t pw, int64_t dh, int64_t dw, int64_t out_h, int64_t out_w, int64_t nhwc,
+                 const psum_mac *m, int threads)
+{
+    const int64_t cg = C / groups, og = O / groups, k = cg * kh * kw, lanes = out_h * out_w;
+    const int64_t rows = groups * k;
+    if (N == 0 || O == 0 || lanes == 0)
+        return;
+    /* the columns hold x's values and zeros: the precondition on products is x's and w's */
+    const int path = matmul_path(m) == 3 ? path_for_operands(m, min_nonzero(w, O * k, threads),
+                                                              min_nonzero(x, N * C * H * W, threads))
+                                         : matmul_path(m);
+    if (N >= threads) {
+        _Pragma("omp parallel num_threads(threads)")
+        {
+            float *cols = malloc(sizeof(float) * (size_t)(rows * lanes > 0 ? rows * lanes : 1));
+            _Pragma("omp for schedule(dynamic)")
+            for (int64_t n = 0; n < N; n++) {
+                im2col_image(x + n * C * H * W, cols, C, H, W, groups, kh, kw, sh, sw, ph, pw, dh, dw, out_h,
+                             out_w, nhwc, 0, rows);
+                for (int64_t g = 0; g < groups; g++)
+                    matmul_serial(path, w + g * og * k, cols + g * k * lanes, out + (n * O + g * og) * lanes, og,
+                                  lanes, k, lanes, lanes, m);
+            }
+            free(cols);
+        }
+        return;
+    }
+    float *cols = malloc(sizeof(float) * (size_t)(rows * lanes > 0 ? rows * lanes : 1));
+    for (int64_t n = 0; n < N; n++) {
+        PSUM_SPLIT(rows * lanes, threads, im2col_image(x + n * C * H * W, cols, C, H, W, groups, kh, kw, sh, sw,
+                                                       ph, pw, dh, dw, out_h, out_w, nhwc,
+                                                       first / lanes, last / lanes));
+        for (int64_t g = 0; g < groups; g++)
+            run_strided(path, w + g * og * k, cols + g * k * lanes, out + (n * O + g * og) * lanes, og, lanes, k, 1,
+                        0, 0, 0, lanes, lanes, 1, m, threads);
+    }
+    free(cols);
 }
