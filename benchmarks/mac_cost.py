@@ -24,6 +24,7 @@ from hwgen import FloatMAC, IntMAC
 from synth.flow import synthesize
 from synth.liberty import embedded, from_liberty
 from synth.power import estimate_energy, finite_patterns, uniform_streams
+from _machine import machine_line
 
 UNITS = [FloatMAC("bf16", acc) for acc in ("fp32", "fp16", "bf16", "e5m10", "e4m7", "e4m3")] + \
         [IntMAC(8, 8, acc) for acc in ("int32", "int24", "int16")]
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16384)
     parser.add_argument("--k", type=int, default=64, help="terms per random stream")
     args = parser.parse_args()
+    print(machine_line())
     libraries = [embedded()] + [from_liberty(p) for p in args.liberty if Path(p).is_file()]
 
     model, dataset = build("lenet5")

@@ -17,6 +17,7 @@ import torch
 
 from emulator import AccumConfig
 from emulator.matmul import emulated_matmul, matmul_reference
+from _machine import machine_line
 
 SHAPES = {
     "ResNet18 3x3 conv, CIFAR, batch 64": (4096, 256, 2304),
@@ -42,6 +43,7 @@ def main() -> None:
                         help="rows of a the reference loop runs on (it is slow)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(machine_line())
     torch.manual_seed(args.seed)
     print(f"{torch.get_num_threads()} threads, best of {args.repeat}, seed {args.seed}, bf16 inputs")
     print("| shape (M, N, K) | accumulator | kernel GMAC/s | reference GMAC/s | native fp32 GMAC/s "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from emulator import quantize
+from _machine import machine_line
 
 
 def best_rate(fn, n: int, repeat: int) -> float:
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(machine_line())
 
     x = np.random.default_rng(args.seed).standard_normal(args.n).astype(np.float32)
     t = torch.from_numpy(x)

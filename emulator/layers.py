@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import _lanes_on_rows, check_config, emulated_int_matmul, emulated_matmul, rounded_matmul_into
+from emulator.matmul import _cpu_matmul_float32, check_config, emulated_int_matmul, emulated_matmul
 from emulator.quantize import quantize
 
 __all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
@@ -80,8 +80,8 @@ class _Emulated(nn.Module):
         cfg = self.config
         if isinstance(cfg, AccumConfig):
             if a.device.type == "cpu":
-                return _rounded_linear(quantize(a.float(), cfg.inputs), quantize(w2.detach().float(), cfg.weights),
-                                       cfg)
+                return _cpu_matmul_float32(quantize(a.float(), cfg.inputs),
+                                           quantize(w2.detach().float(), cfg.weights).t(), cfg)
             return emulated_matmul(a.float(), w2.detach().float().t(), cfg)  # (R, O)
         if self.observing:
             self._observe(a)
@@ -96,17 +96,6 @@ class _Emulated(nn.Module):
         acc = emulated_int_matmul(a_int, w_int.t(), cfg)  # (R, O) int64
         return acc.to(torch.float32) * (self.act_scale * w_scale)  # dequantize in fp32
 
-
-
-def _rounded_linear(a: torch.Tensor, w: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
-    """(R, O) = ``a`` (R, K) against ``w`` (O, K), both already rounded, on the CPU kernel;
-    the longer of R and O goes in the vector lanes (as :func:`~emulator.matmul.matmul`)."""
-    (r, _), o = a.shape, w.shape[0]
-    if _lanes_on_rows(r, o):  # few outputs: the weights are the rows, the R inputs the lanes
-        out = torch.empty(1, o, r)
-        return rounded_matmul_into(w, a.t().contiguous()[None], out, cfg)[0].t()
-    out = torch.empty(1, r, o)
-    return rounded_matmul_into(a, w.t().contiguous()[None], out, cfg)[0]
 
 
 class EmulatedLinear(_Emulated):

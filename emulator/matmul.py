@@ -22,8 +22,7 @@ from emulator.quantize import quantize
 from psum.formats import FloatFormat, IntFormat
 
 __all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
-           "register_backend", "round_sum", "check_config", "kernel_path",
-           "rounded_matmul_into"]
+           "register_backend", "round_sum", "check_config", "kernel_path"]
 
 FloatKernel = Callable[[torch.Tensor, torch.Tensor, AccumConfig], torch.Tensor]
 IntKernel = Callable[[torch.Tensor, torch.Tensor, IntAccumConfig], torch.Tensor]
@@ -129,6 +128,8 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     lead, k = a.shape[:-1], a.shape[-1]
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
     b2 = quantize(b.detach(), cfg.weights).float()  # (K, N)
+    if a.device.type == "cpu" and a.dtype == torch.float32 and kernel is _cpu_matmul:
+        return _cpu_matmul_float32(a2, b2, cfg).reshape(*lead, b.shape[1])  # no float64 result to convert
     out = kernel(a2, b2, cfg)  # (M, N) float64
     return out.to(a.dtype).reshape(*lead, b.shape[1])
 
@@ -214,7 +215,7 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Ten
     return _oriented(a, b, torch.float64, lambda *args: run(*args, params, torch.get_num_threads()))
 
 
-def rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+def _rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
     """``out[i] = a @ b[i]`` on the CPU for operands already rounded to ``cfg``'s input
     formats, every output element the sequential dot product over k (docs/semantics.md
     §4-5), written as float32 (``check_config`` makes the result format fit).
@@ -222,7 +223,9 @@ def rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg
     ``a`` (M, K) and ``b`` (B, K, N) are float32 CPU tensors, ``out`` (B, M, N) float32;
     ``b`` and ``out`` may be strided views (a convolution's columns, one group's output
     channels) as long as their last dimension is contiguous. This is the layers' entry
-    to the CPU kernel: no copies of the operands, no float64 result to convert.
+    to the CPU kernel: no copies of the operands, no float64 result to convert. Private:
+    operands that are not already rounded would break the kernel's exactness (its
+    products must be exact), and it does not check that.
     """
     for name, t, dims in (("a", a, 2), ("b", b, 3), ("out", out, 3)):
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != dims:
@@ -242,6 +245,14 @@ def rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg
             a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, batch, 0, b.stride(0), out.stride(0),
             b.stride(1), out.stride(1), 1, _mac_params(cfg), torch.get_num_threads())
     return out
+
+
+def _cpu_matmul_float32(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
+    """:func:`_cpu_matmul` with float32 results, written by the kernel itself."""
+    (m, _), n = a.shape, b.shape[1]
+    if _lanes_on_rows(m, n):
+        return _rounded_matmul_into(b.t(), a.t().contiguous()[None], torch.empty(1, n, m), cfg)[0].t()
+    return _rounded_matmul_into(a, b.contiguous()[None], torch.empty(1, m, n), cfg)[0]
 
 
 #: The CPU kernel's implementations (docs/emulator.md): register tiles with

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emulator import AccumConfig, EmulatedConv2d, EmulatedLinear
+from emulator import AccumConfig, EmulatedConv2d, EmulatedLinear, quantize
 from emulator.matmul import emulated_matmul
 from test_matmul import identical
 
@@ -86,19 +86,19 @@ def test_linear_path_equals_emulated_matmul(rows, outputs, acc):
 
 
 def test_rounded_matmul_into_checks_its_operands():
-    from emulator.matmul import rounded_matmul_into
+    from emulator.matmul import _rounded_matmul_into
 
     cfg = AccumConfig(acc="e4m7")
     a, b, out = torch.zeros(2, 3), torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)
-    assert rounded_matmul_into(a, b, out, cfg) is out
+    assert _rounded_matmul_into(a, b, out, cfg) is out
     with pytest.raises(ValueError, match="do not chain"):
-        rounded_matmul_into(a, torch.zeros(1, 4, 4), out, cfg)
+        _rounded_matmul_into(a, torch.zeros(1, 4, 4), out, cfg)
     with pytest.raises(ValueError, match="float32 CPU tensor"):
-        rounded_matmul_into(a.double(), b, out, cfg)
+        _rounded_matmul_into(a.double(), b, out, cfg)
     with pytest.raises(ValueError, match="cannot hold the results in float32"):
-        rounded_matmul_into(a, b, out, AccumConfig(acc="e10m3", inputs="bf16"))
+        _rounded_matmul_into(a, b, out, AccumConfig(acc="e10m3", inputs="bf16"))
     rng = np.random.default_rng(0)
-    b = torch.from_numpy(rng.standard_normal((2, 3, 40)).astype(np.float32))[:, :, ::2]  # strided columns
+    b = quantize(torch.from_numpy(rng.standard_normal((2, 3, 40)).astype(np.float32)), "bf16")[:, :, ::2]  # strided
     out = torch.empty(2, 2, 20)
-    rounded_matmul_into(torch.ones(2, 3), b, out, cfg)
+    _rounded_matmul_into(torch.ones(2, 3), b, out, cfg)
     assert identical(out[1].double(), emulated_matmul(torch.ones(2, 3), b[1].contiguous(), cfg).double())
