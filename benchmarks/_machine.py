@@ -1,12 +1,13 @@
-"""The machine a benchmark ran on, printed first by every benchmark so that figures
+"""What every benchmark shares: the machine it ran on, printed first by every benchmark so that figures
 from different machines are not compared blindly: CPU model, the flags the CPU kernels
 were compiled with (and the compiler), thread count, torch version, and which of the
-kernel's implementations are compiled in."""
+kernel's implementations are compiled in; and a timer."""
 
 from __future__ import annotations
 
 import platform
 import subprocess
+import time
 
 
 def cpu_model() -> str:
@@ -40,3 +41,10 @@ def _tiles_compiled() -> bool:
     from emulator.matmul import kernel_path
 
     return kernel_path(torch.ones(4, 4), torch.ones(4, 64), AccumConfig(acc="e4m7")) == "float32 tiles"
+
+
+def timed(fn) -> float:
+    """Wall seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -14,13 +14,12 @@ images), their ratio, and the float network's time on the same images.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from _machine import machine_line
+from _machine import machine_line, timed
 from emulator import AccumConfig, checkpoint, convert, data
 from emulator.evaluate import evaluate
 from emulator.matmul import emulated_matmul
@@ -60,15 +59,9 @@ def kernel_seconds(shapes, cfg: AccumConfig, images: int, batch: int, repeat: in
         a = torch.randn(rows * batch, k, generator=gen)
         b = torch.randn(k, outputs, generator=gen) * k ** -0.5
         emulated_matmul(a, b, cfg)  # warm-up
-        best = min(_timed(lambda: emulated_matmul(a, b, cfg)) for _ in range(repeat))
+        best = min(timed(lambda: emulated_matmul(a, b, cfg)) for _ in range(repeat))
         total += best * groups * images / batch
     return total
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

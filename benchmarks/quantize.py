@@ -10,26 +10,19 @@ round trip (float32 -> narrow -> float32), which produces what quantize produces
 from __future__ import annotations
 
 import argparse
-import time
 
 import ml_dtypes
 import numpy as np
 import torch
 
 from emulator import quantize
-from _machine import machine_line
+from _machine import machine_line, timed
 
 
 def best_rate(fn, n: int, repeat: int) -> float:
     fn()  # warm up (and build the kernel on first use)
-    best = min(_timed(fn) for _ in range(repeat))
+    best = min(timed(fn) for _ in range(repeat))
     return n / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
