@@ -105,8 +105,6 @@ def library() -> ctypes.CDLL:
         "psum_quantize_f64": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, fmt_ptr],
         "psum_round_sum_f64": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_int64, fmt_ptr],
-        "psum_matmul": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                        ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(MacParams)],
         "psum_int_matmul": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                             ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(IntMacParams)],
     }

@@ -199,7 +199,7 @@ def _watch_first_forward(model: nn.Module, floats: set[str]) -> None:
     state: dict = {}
 
     def begin(root, inputs):
-        if state.get("done"):
+        if "mode" in state:  # the root called again inside its own forward
             return
         stack: list[tuple[str, nn.Module]] = []
         handles = []
@@ -216,7 +216,7 @@ def _watch_first_forward(model: nn.Module, floats: set[str]) -> None:
             handles.append(module.register_forward_hook(leave, always_call=True))
         mode = _MacWatch(stack, floats)
         mode.__enter__()
-        state.update(mode=mode, handles=handles, done=True)
+        state.update(mode=mode, handles=handles)
 
     def end(root, inputs, output):
         mode = state.pop("mode", None)
@@ -226,7 +226,6 @@ def _watch_first_forward(model: nn.Module, floats: set[str]) -> None:
         for handle in state.pop("handles"):
             handle.remove()
         if sys.exc_info()[0] is not None:  # the forward pass failed (as in calibration): watch the next one
-            state["done"] = False
             return
         state["pre"].remove()
         state["post"].remove()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import _cpu_matmul_float32, check_config, emulated_int_matmul, emulated_matmul
+from emulator.matmul import check_config, emulated_int_matmul, emulated_matmul
 from emulator.quantize import quantize
 
 __all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
@@ -79,9 +79,6 @@ class _Emulated(nn.Module):
         """``a`` (R, K) against weights ``w2`` (O, K): (R, O) float32 before the bias."""
         cfg = self.config
         if isinstance(cfg, AccumConfig):
-            if a.device.type == "cpu":
-                return _cpu_matmul_float32(quantize(a.float(), cfg.inputs),
-                                           quantize(w2.detach().float(), cfg.weights).t(), cfg)
             return emulated_matmul(a.float(), w2.detach().float().t(), cfg)  # (R, O)
         if self.observing:
             self._observe(a)
@@ -217,7 +214,6 @@ class EmulatedConv2d(_Emulated):
         cfg, (n, c, h, w) = self.config, x.shape
         kh, kw = self.kernel_size
         g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
-        check_config(cfg, torch.float32)
         xq = quantize(x.float(), cfg.inputs).contiguous()
         weight = quantize(self.weight.detach().float(), cfg.weights).view(g, og, cg, kh * kw)
         if cfg.order == "nhwc":  # channel innermost

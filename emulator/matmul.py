@@ -128,8 +128,8 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     lead, k = a.shape[:-1], a.shape[-1]
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
     b2 = quantize(b.detach(), cfg.weights).float()  # (K, N)
-    if a.device.type == "cpu" and a.dtype == torch.float32 and kernel is _cpu_matmul:
-        return _cpu_matmul_float32(a2, b2, cfg).reshape(*lead, b.shape[1])  # no float64 result to convert
+    if kernel is _cpu_matmul and a.dtype == torch.float32:  # the kernel writes float32 itself
+        return _cpu_matmul(a2, b2, cfg, torch.float32).reshape(*lead, b.shape[1])
     out = kernel(a2, b2, cfg)  # (M, N) float64
     return out.to(a.dtype).reshape(*lead, b.shape[1])
 
@@ -173,14 +173,20 @@ def _lanes_on_rows(m: int, n: int, lanes: int = 64) -> bool:
     return n < lanes and m > n
 
 
-def _oriented(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, kernel) -> torch.Tensor:
-    """Run ``kernel(a, b, out, m, n, k)`` on contiguous operands, on the transposed
-    problem when :func:`_lanes_on_rows` says so; returns the (M, N) result."""
-    (m, k), n = a.shape, b.shape[1]
-    transposed = _lanes_on_rows(m, n)
+def _orient(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The contiguous operands the kernels run on: ``(a, b, False)``, or ``(b^T, a^T,
+    True)`` for the transposed problem when :func:`_lanes_on_rows` says so."""
+    transposed = _lanes_on_rows(a.shape[0], b.shape[1])
     if transposed:
-        a, b, m, n = b.t(), a.t(), n, m
-    a, b = a.contiguous(), b.contiguous()
+        a, b = b.t(), a.t()
+    return a.contiguous(), b.contiguous(), transposed
+
+
+def _oriented(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, kernel) -> torch.Tensor:
+    """Run ``kernel(a, b, out, m, n, k)`` on the operands :func:`_orient` gives; returns
+    the (M, N) result."""
+    a, b, transposed = _orient(a, b)
+    (m, k), n = a.shape, b.shape[1]
     out = torch.empty(m, n, dtype=dtype)
     kernel(a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k)
     return out.t() if transposed else out
@@ -209,28 +215,30 @@ def _mac_params(cfg: AccumConfig) -> _native.MacParams:
     )
 
 
-def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
-    params = _mac_params(cfg)
-    run = _native.library().psum_matmul
-    return _oriented(a, b, torch.float64, lambda *args: run(*args, params, torch.get_num_threads()))
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The CPU backend: (M, N) results of ``dtype`` (float64, or float32 written by the
+    kernel itself when the result format fits it)."""
+    a, b, transposed = _orient(a, b)
+    out = torch.empty(1, a.shape[0], b.shape[1], dtype=dtype)
+    _rounded_matmul_into(a, b[None], out, cfg)
+    return out[0].t() if transposed else out[0]
 
 
 def _rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
     """``out[i] = a @ b[i]`` on the CPU for operands already rounded to ``cfg``'s input
     formats, every output element the sequential dot product over k (docs/semantics.md
-    §4-5), written as float32 (``check_config`` makes the result format fit).
+    §4-5), as float64 or float32 (``out``'s dtype, which the result format must fit).
 
-    ``a`` (M, K) and ``b`` (B, K, N) are float32 CPU tensors, ``out`` (B, M, N) float32;
-    ``b`` and ``out`` may be strided views (a convolution's columns, one group's output
-    channels) as long as their last dimension is contiguous. This is the layers' entry
-    to the CPU kernel: no copies of the operands, no float64 result to convert. Private:
-    operands that are not already rounded would break the kernel's exactness (its
-    products must be exact), and it does not check that.
+    ``a`` (M, K) and ``b`` (B, K, N) are float32 CPU tensors, ``out`` (B, M, N); ``b``
+    and ``out`` may be strided views as long as their last dimension is contiguous.
+    Private: operands that are not already rounded would break the kernel's exactness
+    (its products must be exact), and it does not check that.
     """
-    for name, t, dims in (("a", a, 2), ("b", b, 3), ("out", out, 3)):
-        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != dims:
-            raise ValueError(f"{name} must be a {dims}-d float32 CPU tensor, not {t.dtype} {tuple(t.shape)} "
-                             f"on {t.device}")
+    for name, t, dims, dtypes in (("a", a, 2, (torch.float32,)), ("b", b, 3, (torch.float32,)),
+                                  ("out", out, 3, (torch.float32, torch.float64))):
+        if t.dtype not in dtypes or t.device.type != "cpu" or t.dim() != dims:
+            raise ValueError(f"{name} must be a {dims}-d {' or '.join(map(str, dtypes))} CPU tensor, not "
+                             f"{t.dtype} {tuple(t.shape)} on {t.device}")
     (m, k), (batch, kb, n) = a.shape, b.shape
     if kb != k or tuple(out.shape) != (batch, m, n):
         raise ValueError(f"shapes do not chain: a {tuple(a.shape)}, b {tuple(b.shape)}, out {tuple(out.shape)}")
@@ -239,20 +247,12 @@ def _rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cf
         b = b.contiguous()
     if out.stride(2) != 1 and n > 1:
         raise ValueError("out's last dimension must be contiguous")
-    check_config(cfg, torch.float32)
+    check_config(cfg, out.dtype)
     if out.numel():
         _native.library().psum_matmul_strided(
             a.data_ptr(), b.data_ptr(), out.data_ptr(), m, n, k, batch, 0, b.stride(0), out.stride(0),
-            b.stride(1), out.stride(1), 1, _mac_params(cfg), torch.get_num_threads())
+            b.stride(1), out.stride(1), int(out.dtype == torch.float32), _mac_params(cfg), torch.get_num_threads())
     return out
-
-
-def _cpu_matmul_float32(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
-    """:func:`_cpu_matmul` with float32 results, written by the kernel itself."""
-    (m, _), n = a.shape, b.shape[1]
-    if _lanes_on_rows(m, n):
-        return _rounded_matmul_into(b.t(), a.t().contiguous()[None], torch.empty(1, n, m), cfg)[0].t()
-    return _rounded_matmul_into(a, b.contiguous()[None], torch.empty(1, m, n), cfg)[0]
 
 
 #: The CPU kernel's implementations (docs/emulator.md): register tiles with
@@ -267,10 +267,8 @@ def kernel_path(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> str:
     check_config(cfg, a.dtype)
     a2 = quantize(a.detach().reshape(math.prod(a.shape[:-1]), a.shape[-1]), cfg.inputs).float()
     b2 = quantize(b.detach(), cfg.weights).float()
+    a2, b2, _ = _orient(a2, b2)
     (m, k), n = a2.shape, b2.shape[1]
-    if _lanes_on_rows(m, n):
-        a2, b2, m, n = b2.t(), a2.t(), n, m
-    a2, b2 = a2.contiguous(), b2.contiguous()
     path = _native.library().psum_matmul_path(a2.data_ptr(), b2.data_ptr(), m, n, k, _mac_params(cfg),
                                               torch.get_num_threads())
     return KERNEL_PATHS[path]

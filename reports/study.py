@@ -360,19 +360,19 @@ def _run_data(run: ModelRun, spec: StudySpec) -> RunData:
 class Runner:
     """Asks for points: from the store, or computed by the executor and then stored."""
 
-    def __init__(self, spec: StudySpec, store: Store, executor, log=print, threads: int | None = None,
-                 data: dict[str, RunData] | None = None):
+    def __init__(self, spec: StudySpec, store: Store, executor, data: dict[str, RunData], log=print,
+                 threads: int | None = None):
         from psum import __version__
 
         self.spec, self.store, self.executor, self.log = spec, store, executor, log
         self.version, self.threads = __version__, threads
-        self.data = data or {}
+        self.data = data  # model name -> what its points are keyed by
         self.computed = self.reused = 0
         self.touched: dict[str, tuple[dict, dict]] = {}  # this run's points, by key
 
     def key_fields(self, run: ModelRun, policy: dict, threshold: float | None) -> dict:
         """Everything that determines a point's result (docs/study.md, "What a point's key covers")."""
-        data = self.data.get(run.name) or _run_data(run, self.spec)
+        data = self.data[run.name]
         fields = {"model": run.name, "dataset": data.dataset, "checkpoint": data.checkpoint,
                   "data": {"test": data.test, "preprocessing": "eval"},
                   "policy": policy, "limit": self.spec.limit, "seed": self.spec.seed,
@@ -542,7 +542,7 @@ def _hardware(runner: Runner, run: ModelRun, found: dict, log, library) -> list[
     rows = []
     for family, acc, mac in units:
         fields = {"unit": mac.describe(), "library": library.digest, "model": run.name,
-                  "checkpoint": _digest(run.checkpoint), "data": {"test": runner.data[run.name].test},
+                  "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
                   "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
         key = point_key(fields)
         row = runner.store.get(key)

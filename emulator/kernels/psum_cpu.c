@@ -862,12 +862,6 @@ void psum_matmul_strided(const float *a, const float *b, void *out, int64_t M, i
                 b_batch, out_batch, ldb, ldo, out_f32, m, threads);
 }
 
-void psum_matmul(const float *a, const float *b, double *out, int64_t M, int64_t N,
-                 int64_t K, const psum_mac *m, int threads)
-{
-    psum_matmul_strided(a, b, out, M, N, K, 1, 0, 0, 0, N, N, 0, m, threads);
-}
-
 /* ---------------------------------------------------------------------------------
  * Integer matmul: acc = fit(acc + a[i,k] * b[k,j]) at every step, fit = wrap (keep the
  * low `bits` bits, sign-extended) or saturate (clamp). Operands are int32 values, so a
