@@ -115,17 +115,33 @@ class ArraySource:
         return self._fingerprint
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                seed: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images (B, 3, H, W) float32, labels (B,)) batches; deterministic given seed."""
-        n = len(self) if limit is None else min(limit, len(self))
+                seed: int = 0, limit: int | None = None,
+                indices=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images (B, 3, H, W) float32, labels (B,)) batches; deterministic given seed.
+
+        ``indices``, when given, are the images to yield, in that order (``shuffle``
+        and ``limit`` then do not apply)."""
         gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self), generator=gen)[:n] if shuffle else torch.arange(n)
+        if indices is not None:
+            order = _checked_indices(indices, len(self))
+        else:
+            n = len(self) if limit is None else min(limit, len(self))
+            order = torch.randperm(len(self), generator=gen)[:n] if shuffle else torch.arange(n)
+        n = len(order)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             images = self.images[idx]
             if augment:
                 images = _crop_and_flip(images, pad=4, gen=gen)
             yield _normalize(images, self.spec), self.labels[idx]
+
+
+def _checked_indices(indices, size: int) -> torch.Tensor:
+    """``indices`` as an int64 tensor of positions in ``[0, size)``."""
+    order = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    if order.ndim != 1 or (len(order) and (int(order.min()) < 0 or int(order.max()) >= size)):
+        raise DataError(f"image indices must be a list of positions in 0..{size - 1}")
+    return order
 
 
 def _preprocessing(spec: DatasetSpec, steps: str) -> str:
@@ -213,10 +229,15 @@ class ImageFolderSource:
             raise DataError(f"cannot read image {path}: {exc}") from None
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                seed: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self) if limit is None else min(limit, len(self))
+                seed: int = 0, limit: int | None = None,
+                indices=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(self))[:n] if shuffle else np.arange(n)
+        if indices is not None:
+            order = _checked_indices(indices, len(self)).numpy()
+        else:
+            n = len(self) if limit is None else min(limit, len(self))
+            order = rng.permutation(len(self))[:n] if shuffle else np.arange(n)
+        n = len(order)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             images = np.stack([self._load(int(i), augment, rng) for i in idx])

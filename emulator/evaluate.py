@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -39,6 +39,8 @@ class Accuracy:
     correct5: int
     total: int
     seconds: float
+    #: Per image, in evaluation order: was the top-1 prediction right (bool tensor).
+    hits: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def top1(self) -> float:
@@ -68,11 +70,14 @@ class Accuracy:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source, *, limit: int | None = None, batch_size: int = 256,
-             progress: bool = False, label: str = "eval", stop=None) -> Accuracy:
+             progress: bool = False, label: str = "eval", stop=None, indices=None) -> Accuracy:
     """Top-1/top-5 of ``model`` on ``source``, on the device of the model's parameters.
 
-    ``stop(correct, seen, total)``, when given, is asked after each batch; returning
-    True ends the evaluation early (for sweeps that drop clearly failing points).
+    ``indices``, when given, are the images evaluated, in that order (instead of the
+    whole split or its first ``limit`` of the seed-0 permutation); the result's
+    ``hits`` are per image in evaluation order, for paired comparisons of two models on
+    the same images. ``stop(correct, seen, total)``, when given, is asked after each
+    batch; returning True ends the evaluation early.
     """
     from emulator.device import model_device
     from emulator.train import _Progress
@@ -80,20 +85,27 @@ def evaluate(model: nn.Module, source, *, limit: int | None = None, batch_size: 
     device = model_device(model)
     was_training = model.training
     model.eval()
-    n = len(source) if limit is None else min(limit, len(source))
+    if indices is not None:
+        n = len(indices)
+        batches = source.batches(batch_size, indices=indices)
+    else:
+        n = len(source) if limit is None else min(limit, len(source))
+        batches = source.batches(batch_size, shuffle=n < len(source), seed=0, limit=n)
     bar = _Progress(n, label, progress)
     correct = correct5 = seen = 0
+    hits = []
     start = time.monotonic()
-    subset = n < len(source)
-    for x, y in source.batches(batch_size, shuffle=subset, seed=0, limit=n):
+    for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = model(x)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
-        correct += int((top[:, 0] == y).sum())
+        hits.append((top[:, 0] == y).cpu())
+        correct += int(hits[-1].sum())
         correct5 += int((top == y[:, None]).any(dim=1).sum())
         seen += len(y)
         bar.update(seen, f"top-1 {100 * correct / seen:.2f}%")
         if stop is not None and seen < n and stop(correct, seen, n):
             break
     model.train(was_training)
-    return Accuracy(correct, correct5, seen, time.monotonic() - start)
+    hits = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    return Accuracy(correct, correct5, seen, time.monotonic() - start, hits)

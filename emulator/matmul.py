@@ -274,7 +274,37 @@ def kernel_path(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> str:
     return KERNEL_PATHS[path]
 
 
+def _wrapped_exact(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor | None:
+    """An unchunked wrapping accumulator by one exact sum, or None where that is not exact.
+
+    Wrapping after every add is arithmetic modulo ``2^bits``, so it equals the exact sum
+    reduced once (in any order). A saturating accumulator equals the exact sum where no
+    partial sum can leave its range (``K * max|a| * max|b| < 2^(bits-1)``). A float
+    matmul is exact while every partial sum is an integer the float holds exactly:
+    float32 when ``K * max|a| * max|b| <= 2^24``, float64 when it is at most 2^53.
+    """
+    if cfg.chunk is not None or not a.numel() or not b.numel():
+        return None
+    bound = a.shape[1] * _absmax(a) * _absmax(b)
+    if bound > 2**53 or (cfg.acc.overflow != "wrap" and bound >= 2 ** (cfg.acc.bits - 1)):
+        return None
+    dtype = torch.float32 if bound <= 2**24 else torch.float64
+    exact = torch.mm(a.to(dtype), b.to(dtype)).to(torch.int64)
+    if bound < 2 ** (cfg.acc.bits - 1):  # no sum can leave the accumulator's range
+        return exact
+    shift = 64 - cfg.acc.bits  # keep the low bits, sign-extended
+    return (exact << shift) >> shift
+
+
+def _absmax(t: torch.Tensor) -> int:
+    low, high = t.aminmax()
+    return max(-int(low), int(high))
+
+
 def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
+    fast = _wrapped_exact(a, b, cfg)
+    if fast is not None:
+        return fast
     params = _native.IntMacParams(
         bits=cfg.acc.bits, saturate=int(cfg.acc.overflow == "saturate"),
         outer_bits=cfg.chunk_acc.bits, outer_saturate=int(cfg.chunk_acc.overflow == "saturate"),

@@ -1,13 +1,16 @@
-"""The study's report: ``report.md``, ``results.csv``, ``results.json``, Pareto plots
-(accuracy against MAC area and against energy per MAC, FP and INT marked apart, the
-Pareto-optimal points labeled), accuracy against accumulator bits per exponent width,
-and the Verilog (with testbench) of every Pareto-optimal MAC."""
+"""The study's report: ``report.md`` (a cross-network summary, then per network every
+granularity with its paired statistics), ``results.csv`` (every point), ``judged.csv``
+(every candidate against its reference), ``results.json``, plots (accuracy drop against
+accumulator bits with its 95% band, the chunk sweep, Pareto fronts of accuracy against
+MAC area and energy) and the Verilog (with testbench) of every Pareto-optimal MAC."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+
+from reports.search import best_fp, best_int, exponent, int_width, mantissa
 
 __all__ = ["write_report", "pareto_front"]
 
@@ -24,195 +27,438 @@ def pareto_front(points: list[dict], cost: str) -> list[dict]:
 
 
 def _bits(acc: str) -> int:
-    name = acc.split(":")[0]
-    if name.startswith("int"):
-        return int(name[3:])
+    if acc.startswith("int"):
+        return int_width(acc)
     from psum.formats import parse
 
     return parse(acc).bits
 
 
-def _accuracy_of(points: list[dict], model: str, kind: str, acc: str) -> dict | None:
-    best = None
-    for p in points:
-        pol = p["policy"]
-        if p["model"] == model and pol.get("kind") == kind and pol.get("acc") == acc and not pol.get("layers"):
-            if best is None or p["total"] > best["total"]:
-                best = p
-    return best
+def _pct(r: dict | None) -> str:
+    return f"{100 * r['top1']:.2f}" if r else "-"
 
 
-def _plots(model: str, hw: list[dict], points: list[dict], out: Path) -> list[str]:
+def _drop(judged: dict | None) -> str:
+    """``drop [low, high]`` in points, as the report prints it."""
+    if not judged:
+        return "-"
+    p = judged["paired"]
+    return f"{p['drop']:+.2f} [{p['drop_ci95'][0]:+.2f}, {p['drop_ci95'][1]:+.2f}]"
+
+
+def _judged(summary: dict, acc: str | None) -> dict | None:
+    return next((j for j in summary["judged"] if j["acc"] == acc), None) if acc else None
+
+
+def _hw_of(found: dict, family: str, acc: str | None, chunk=None, chunk_acc=None) -> dict | None:
+    return next((h for h in found.get("hardware", []) if h["family"] == family and h["acc"] == acc
+                 and h.get("chunk") == chunk and (chunk is None or h.get("chunk_acc") == chunk_acc)), None)
+
+
+def _ratio(a: dict | None, b: dict | None, key: str) -> str:
+    return f"{a[key] / b[key]:.2f}" if a and b else "-"
+
+
+def _int_summary(found: dict, spec) -> dict:
+    return found["int"][f"wrap seed {spec.calibration_seeds[0]}"]
+
+
+# -- the cross-network summary --------------------------------------------------------------
+
+
+def _summary(results: dict, spec) -> list[str]:
+    lines = ["## Cross-network summary", "",
+             "Minimal accumulators per tolerance (drop in top-1 points against the reference, paired 95% Newcombe "
+             "interval, on the decision images); area and energy ratios of the FP MAC (bf16 operands) to the INT MAC "
+             "(int8 operands); chunked minima (inner accumulator, fp32 outer) at C = 16 and 64.", "",
+             "| network | MACs/image | K range | tolerance | FP acc (bits) | FP drop | INT acc | INT drop | INT width "
+             "over seeds | area FP/INT | energy FP/INT | chunk 16 | chunk 64 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, found in results["models"].items():
+        pred = found.get("prediction", {}).get("layers", {})
+        ks = [v["K"] for v in pred.values()]
+        macs = sum(found["macs"].values())
+        for tol in spec.tolerances:
+            fp = best_fp(found, tol)
+            it = best_int(found, tol)
+            fp_j = _judged(found["fp"][exponent(fp)], fp) if fp else None
+            it_j = _judged(_int_summary(found, spec), it)
+            seeds = sorted({found["int"][k]["minima"][str(tol)] or "none" for k in found["int"] if k.startswith("wrap")})
+            chunks = found.get("chunks", {})
+            cells = [model, f"{macs:,}",
+                     f"{min(ks)}-{max(ks)}" if ks else "-", str(tol),
+                     f"{fp} ({_bits(fp)})" if fp else "none", _drop(fp_j), it or "none", _drop(it_j),
+                     ", ".join(seeds),
+                     _ratio(_hw_of(found, "fp", fp), _hw_of(found, "int", it), "area_um2"),
+                     _ratio(_hw_of(found, "fp", fp), _hw_of(found, "int", it), "energy_pj")]
+            for c in (16, 64):
+                entry = chunks.get(c) or chunks.get(str(c))
+                cells.append((entry["inner_fp32_outer"][str(tol)] or "none") if entry else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+# -- one network --------------------------------------------------------------------------
+
+
+def _baselines(found: dict) -> list[str]:
+    lines = ["| baseline | top-1 % | 95% Wilson interval | images |", "|---|---|---|---|"]
+    for name, r in found["baselines"].items():
+        lines.append(f"| {name} | {100 * r['top1']:.2f} | {100 * r['top1_ci95'][0]:.2f}-"
+                     f"{100 * r['top1_ci95'][1]:.2f} | {r['total']} |")
+    return lines + [""]
+
+
+def _central(found: dict, spec) -> list[str]:
+    lines = ["### Minimal accumulators (the central comparison)", "",
+             "FP: the fewest-bit format over all exponent widths within the tolerance of bf16-in/fp32-acc; INT: the "
+             "narrowest wrapping accumulator within the tolerance of int8/int32 (first calibration seed). Drop: "
+             "reference minus candidate top-1, points, paired 95% interval; *confident*: the interval's upper bound "
+             "is within the tolerance too.", "",
+             "| tolerance | FP acc | bits | FP drop | confident | INT acc | INT drop | confident | FP area um^2 "
+             "| INT area um^2 | area FP/INT | FP pJ/MAC | INT pJ/MAC | energy FP/INT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tol in spec.tolerances:
+        fp, it = best_fp(found, tol), best_int(found, tol)
+        fj = _judged(found["fp"][exponent(fp)], fp) if fp else None
+        ij = _judged(_int_summary(found, spec), it)
+        fh, ih = _hw_of(found, "fp", fp), _hw_of(found, "int", it)
+        conf = lambda j: ("yes" if j["confidently_within"][str(tol)] else "no") if j else "-"  # noqa: E731
+        cells = [str(tol), fp or "none", str(_bits(fp)) if fp else "-", _drop(fj), conf(fj), it or "none",
+                 _drop(ij), conf(ij)]
+        if fh and ih:
+            cells += [f"{fh['area_um2']:.0f}", f"{ih['area_um2']:.0f}", _ratio(fh, ih, "area_um2"),
+                      f"{fh['energy_pj']:.3f}", f"{ih['energy_pj']:.3f}", _ratio(fh, ih, "energy_pj")]
+        else:
+            cells += ["-"] * 6
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _per_e(found: dict, spec) -> list[str]:
+    lines = ["### Minimal mantissa per exponent width", "",
+             "Each E scanned from M = 0 up (screened, then judged on the decision images) until every tolerance has "
+             f"its minimum and {spec.window} wider formats were judged; every narrower M was evaluated and failed.",
+             "", "| E | " + " | ".join(f"tolerance {t}: minimum, drop" for t in spec.tolerances)
+             + " | evaluated up to | screened out |", "|---|" + "---|" * (len(spec.tolerances) + 2)]
+    for e, s in sorted(found["fp"].items(), key=lambda kv: int(kv[0])):
+        cells = [f"{s['minima'][str(t)] or 'none'}, {_drop(_judged(s, s['minima'][str(t)]))}" for t in spec.tolerances]
+        screened = sum(j["stage"] == "screen" for j in s["judged"])
+        lines.append(f"| {e} | " + " | ".join(cells) + f" | {s['evaluated_up_to']} | {screened} |")
+    lines.append("")
+    sig = [n for s in found["fp"].values() for n in s["nonmonotone"]]
+    flat = [n for s in found["fp"].values() for n in s["flat"]]
+    if sig:
+        lines += ["Non-monotone in the bits, significantly (exact McNemar p < 0.05 between the two formats):", ""]
+        lines += [f"- tolerance {n['tolerance']}: {n['passes']} (drop {n['drops'][0]:+.2f}) passes, {n['fails']} "
+                  f"(drop {n['drops'][1]:+.2f}) fails, p = {n['mcnemar_p']:.3g}" for n in sig[:20]]
+        lines.append("")
+    lines += [f"{len(flat)} pair(s) where a narrower format passes and a wider one fails differ by no more than noise "
+              "(McNemar p >= 0.05): the curve is flat within noise there." if flat else
+              "No narrower format passes where a wider one fails: the curve is monotone among the formats judged.", ""]
+    return lines
+
+
+def _ints(found: dict, spec) -> list[str]:
+    lines = ["### INT accumulators per calibration seed", "",
+             "Scales calibrated once per seed on the int32 reference (1,000 training images of a seeded shuffle) and "
+             "shared by every width of that seed; each width judged against the int32 reference of its seed.", "",
+             "| overflow, calibration seed | reference top-1 % | " + " | ".join(f"tolerance {t}" for t in spec.tolerances)
+             + " |", "|---|---|" + "---|" * len(spec.tolerances)]
+    for name, s in found["int"].items():
+        seed = name.split()[-1]
+        ref = found["baselines"][f"int{spec.int_bits}_int32acc_seed{seed}"]
+        lines.append(f"| {name} | {_pct(ref)} | " + " | ".join(
+            f"{s['minima'][str(t)] or 'none'} {_drop(_judged(s, s['minima'][str(t)]))}" for t in spec.tolerances) + " |")
+    for t in spec.tolerances:
+        widths = {s["minima"][str(t)] for k, s in found["int"].items() if k.startswith("wrap")}
+        lines.append("")
+        lines.append(f"Tolerance {t}: the minimal wrapping width " + ("does not move" if len(widths) == 1 else
+                     "moves") + f" over calibration seeds {spec.calibration_seeds} ({', '.join(sorted(map(str, widths)))}).")
+    return lines + [""]
+
+
+def _per_layer(found: dict) -> list[str]:
+    pl = found.get("per_layer")
+    if not pl:
+        return []
+    lines = [f"### Per-layer minima (tolerance {pl['tolerance']}, every other layer at the network's minimum)", "",
+             "| layer | MACs / image | K | FP minimum | INT minimum |", "|---|---|---|---|---|"]
+    ks = {n: v["K"] for n, v in found.get("prediction", {}).get("layers", {}).items()}
+    for n, macs in pl["macs"].items():
+        lines.append(f"| {n} | {macs:,} | {ks.get(n, '-')} | {pl.get('fp', {}).get('layers', {}).get(n, '-')} | "
+                     f"{pl.get('int', {}).get('layers', {}).get(n, '-')} |")
+    lines.append("")
+    for family in ("fp", "int"):
+        if pl.get(family):
+            lines.append(f"{family.upper()}: MAC-weighted average accumulator bits {pl[family]['weighted_bits']:.2f} "
+                         f"(per-network minimum {pl[family]['network_format']}: {pl[family]['network_bits']} bits).")
+    return lines + [""]
+
+
+def _chunks(found: dict, spec) -> list[str]:
+    chunks = found.get("chunks")
+    if not chunks:
+        return []
+    tight = str(min(spec.tolerances))
+    lines = ["### Chunk-size sweep", "",
+             "Accumulate C terms from +0 in the inner accumulator, then add each chunk's result into the outer one. "
+             f"Inner minimum with an fp32 outer accumulator per tolerance; then, with the inner minimum of tolerance "
+             f"{tight}, the narrowest outer accumulator that still passes; area and energy of those chunked MACs. "
+             "Whole K is the unchunked minimum.", "",
+             "| C | " + " | ".join(f"inner (tol {t})" for t in spec.tolerances)
+             + " | outer | area um^2 (fp32 outer) | pJ/MAC (fp32 outer) | area um^2 (narrow outer) | pJ/MAC (narrow outer) |",
+             "|---|" + "---|" * (len(spec.tolerances) + 5)]
+    for c, entry in sorted(chunks.items(), key=lambda kv: int(kv[0])):
+        inner = entry["inner_fp32_outer"]
+        wide = _hw_of(found, "fp", inner[tight], int(c), "fp32")
+        narrow = _hw_of(found, "fp", inner[tight], int(c), entry.get("outer"))
+        cell = lambda h, k, f: f.format(h[k]) if h else "-"  # noqa: E731
+        lines.append(f"| {c} | " + " | ".join(inner[str(t)] or "none" for t in spec.tolerances) +
+                     f" | {entry.get('outer') or '-'} | {cell(wide, 'area_um2', '{:.0f}')} | "
+                     f"{cell(wide, 'energy_pj', '{:.3f}')} | {cell(narrow, 'area_um2', '{:.0f}')} | "
+                     f"{cell(narrow, 'energy_pj', '{:.3f}')} |")
+    best = best_fp(found, min(spec.tolerances))
+    h = _hw_of(found, "fp", best)
+    lines.append(f"| whole K | {' | '.join(best_fp(found, t) or 'none' for t in spec.tolerances)} | - | "
+                 f"{h['area_um2']:.0f} | {h['energy_pj']:.3f} | - | - |" if h else
+                 f"| whole K | {' | '.join(best_fp(found, t) or 'none' for t in spec.tolerances)} | - | - | - | - | - |")
+    return lines + [""]
+
+
+def _orders(found: dict, spec) -> list[str]:
+    orders = found.get("orders")
+    if not orders:
+        return []
+    lines = ["### Accumulation order", "", "Minimal format at the network's exponent width under each order of a "
+             "convolution's K terms (linear layers have one order).", "",
+             "| order | " + " | ".join(f"tolerance {t}" for t in spec.tolerances) + " |",
+             "|---|" + "---|" * len(spec.tolerances)]
+    for order, minima in orders.items():
+        lines.append(f"| {order} | " + " | ".join(minima[str(t)] or "none" for t in spec.tolerances) + " |")
+    same = len({json.dumps(m, sort_keys=True) for m in orders.values()}) == 1
+    return lines + ["", "The minima do not change with the order." if same else "The minima change with the order.", ""]
+
+
+def _prediction(found: dict) -> list[str]:
+    pred = found.get("prediction")
+    if not pred:
+        return []
+    per_layer = found.get("per_layer", {}).get("fp", {}).get("layers", {})
+    lines = [f"### Prediction beside measurement (E = {pred['exp_bits']}, {pred['images']} test images)", "",
+             "Predicted minimal M: the smallest M whose accumulation error (NMSE against the exact float64 sum of "
+             "the same rounded operands) is at most the error bf16 operand rounding already makes. Under "
+             "round-to-nearest with independent zero-mean errors the NMSE grows as K 2^(-2M): the slope of log2 NMSE "
+             "per mantissa bit is then -2 and NMSE 2^(2M)/K a constant.", "",
+             "| layer | K | operand NMSE | predicted M | measured M (per layer) | slope log2 NMSE / M | "
+             "NMSE 2^(2M)/K (median) |", "|---|---|---|---|---|---|---|"]
+    for name, v in pred["layers"].items():
+        c = sorted(v.get("nmse_over_k_2^-2m", {}).values())
+        measured = per_layer.get(name)
+        lines.append(f"| {name} | {v['K']} | {v['operand_nmse']:.2e} | {v['predicted_m']} | "
+                     f"{mantissa(measured) if measured else '-'} | {v.get('slope_log2_nmse_per_m', float('nan')):.2f} | "
+                     f"{c[len(c) // 2]:.3g} |" if c else
+                     f"| {name} | {v['K']} | {v['operand_nmse']:.2e} | {v['predicted_m']} | "
+                     f"{mantissa(measured) if measured else '-'} | - | - |")
+    lines += ["", f"Network: predicted M = {pred['network_predicted_m']} (the largest over layers); measured minimum "
+                  f"{pred['measured_format']} (M = {pred['measured_m']}, tolerance {pred['tolerance']}).", ""]
+    if pred.get("failing"):
+        lines += [f"### Why {pred['failing']} fails (the first failing format at E = {pred['exp_bits']})", "",
+                  "| layer | NMSE / operand NMSE | outputs overflowed | outputs zeroed | addends swamped |",
+                  "|---|---|---|---|---|"]
+        rows = sorted(pred["layers"].items(), key=lambda kv: -kv[1]["failing"]["nmse_over_operand"])
+        for name, v in rows:
+            f = v["failing"]
+            lines.append(f"| {name} | {f['nmse_over_operand']:.3g} | {100 * f['overflow']:.3f}% | "
+                         f"{100 * f['zeroed']:.3f}% | {100 * f['swamped']:.2f}% |")
+        lines.append("")
+    return lines
+
+
+def _hardware_table(rows: list[dict]) -> list[str]:
+    front = {h["unit"] for cost in ("area_um2", "energy_pj") for h in pareto_front(rows, cost)}
+    family_front = {h["unit"] for cost in ("area_um2", "energy_pj") for fam in ("fp", "int")
+                    for h in pareto_front([r for r in rows if r["family"] == fam], cost)}
+    lines = ["### MACs: accuracy and silicon", "",
+             "| MAC | top-1 % | cells | area um^2 | transistors | depth | delay ns | pJ/MAC real | pJ/MAC random | "
+             "Pareto-optimal (area or energy) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for h in sorted(rows, key=lambda h: h["area_um2"]):
+        where = "overall" if h["unit"] in front else f"within {h['family'].upper()}" if h["unit"] in family_front else ""
+        lines.append(f"| {h['unit']} | {100 * h['top1']:.2f} | {h['cells']} | {h['area_um2']:.0f} | "
+                     f"{h['transistors']} | {h['depth']} | {h['critical_path_ns']:.2f} | {h['energy_pj']:.3f} | "
+                     f"{h['energy_random_pj']:.3f} | {where} |")
+    return lines + [""]
+
+
+def _costed(found: dict, spec) -> list[dict]:
+    """The unchunked MACs with the top-1 of their point on the decision images."""
+    rows = []
+    for h in found.get("hardware", []):
+        if h.get("chunk"):
+            continue
+        if h["family"] == "fp":
+            ref = found["baselines"]["bf16_fp32acc"] if h["acc"] == "fp32" else \
+                _judged(found["fp"][exponent(h["acc"])], h["acc"])
+        else:
+            ref = found["baselines"][f"int{spec.int_bits}_int32acc_seed{spec.calibration_seeds[0]}"] \
+                if h["acc"] == "int32" else _judged(_int_summary(found, spec), h["acc"])
+        if ref and ref.get("stage", "decision") == "decision":
+            rows.append({**h, "top1": ref["top1"]})
+    return rows
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def _plots(model: str, found: dict, rows: list[dict], spec, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for cost, label, name in (("area_um2", "MAC area (um$^2$)", "pareto_area"),
-                              ("energy_pj", "energy per MAC, real operands (pJ)", "pareto_energy")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for family, marker, color in (("fp", "o", "tab:blue"), ("int", "s", "tab:red")):
-            sel = [h for h in hw if h["family"] == family]
-            ax.scatter([h[cost] for h in sel], [100 * h["top1"] for h in sel], marker=marker, color=color,
-                       label="FP accumulator" if family == "fp" else "INT accumulator (int8 operands)")
-        front = pareto_front(hw, cost)
-        ax.plot([h[cost] for h in front], [100 * h["top1"] for h in front], "k--", lw=0.8, label="Pareto front")
-        labeled = {h["unit"] for h in front}
-        for family, color in (("fp", "tab:blue"), ("int", "tab:red")):  # each family's own front
-            own = pareto_front([h for h in hw if h["family"] == family], cost)
-            ax.plot([h[cost] for h in own], [100 * h["top1"] for h in own], ":", color=color, lw=0.8)
-            labeled |= {h["unit"] for h in own}
-        for h in hw:
-            if h["unit"] in labeled:
-                ax.annotate(h["acc"], (h[cost], 100 * h["top1"]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{model}: accuracy vs {label.split(' (')[0]}")
+
+    def save(fig, ax, name: str):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"{model}_{name}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(out / f"{model}_{name}.png", dpi=120)
         plt.close(fig)
-        written.append(path.name)
+        written.append(f"{model}_{name}.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    by_e: dict[int, list] = {}
-    for p in points:
-        pol = p["policy"]
-        if p["model"] == model and pol.get("kind") == "float" and not pol.get("layers") and pol["acc"] != "fp32":
-            e = int(pol["acc"].split("m")[0][1:])
-            by_e.setdefault(e, []).append((_bits(pol["acc"]), 100 * p["top1"]))
-    for e in sorted(by_e):
-        xs, ys = zip(*sorted(set(by_e[e])))
-        ax.plot(xs, ys, "o-", ms=3, label=f"E={e}")
-    ints = sorted({(_bits(p["policy"]["acc"]), 100 * p["top1"]) for p in points if p["model"] == model and
-                   p["policy"].get("kind") == "int" and p["policy"]["acc"].endswith(":sat") is False})
-    if ints:
-        xs, ys = zip(*ints)
+    fig, ax = plt.subplots(figsize=(7, 4.5))  # the curve, with its paired band
+    for e, s in sorted(found["fp"].items(), key=lambda kv: int(kv[0])):
+        pts = sorted((_bits(j["acc"]), j["paired"]["drop"], *j["paired"]["drop_ci95"]) for j in s["judged"]
+                     if j["stage"] == "decision")
+        if pts:
+            xs, ys, lo, hi = zip(*pts)
+            line, = ax.plot(xs, ys, "o-", ms=3, label=f"FP E={e}")
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    s = _int_summary(found, spec)
+    pts = sorted((_bits(j["acc"]), j["paired"]["drop"], *j["paired"]["drop_ci95"]) for j in s["judged"]
+                 if j["stage"] == "decision")
+    if pts:
+        xs, ys, lo, hi = zip(*pts)
         ax.plot(xs, ys, "s:", color="tab:red", ms=3, label="INT (wrap)")
+        ax.fill_between(xs, lo, hi, color="tab:red", alpha=0.1)
+    for t in spec.tolerances:
+        ax.axhline(t, color="k", lw=0.6, ls="--")
     ax.set_xlabel("accumulator bits")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{model}: accuracy vs accumulator width")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = out / f"{model}_accuracy_vs_bits.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path.name)
+    ax.set_ylabel("top-1 drop vs reference (points), 95% band")
+    ax.set_title(f"{model}: accuracy drop vs accumulator width (decision images)")
+    save(fig, ax, "drop_vs_bits")
+
+    if found.get("chunks"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for t in spec.tolerances:
+            cs = [(int(c), _bits(v["inner_fp32_outer"][str(t)])) for c, v in found["chunks"].items()
+                  if v["inner_fp32_outer"][str(t)]]
+            if cs:
+                xs, ys = zip(*sorted(cs))
+                ax.plot(xs, ys, "o-", label=f"inner minimum, tolerance {t}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("chunk size C (terms per spill into the fp32 outer accumulator)")
+        ax.set_ylabel("inner accumulator bits")
+        ax.set_title(f"{model}: chunk size vs minimal inner accumulator")
+        save(fig, ax, "chunks")
+
+    for cost, label, name in (("area_um2", "MAC area (um$^2$)", "pareto_area"),
+                              ("energy_pj", "energy per MAC, real operands (pJ)", "pareto_energy")):
+        if not rows:
+            break
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for family, marker, color in (("fp", "o", "tab:blue"), ("int", "s", "tab:red")):
+            sel = [h for h in rows if h["family"] == family]
+            ax.scatter([h[cost] for h in sel], [100 * h["top1"] for h in sel], marker=marker, color=color,
+                       label="FP accumulator" if family == "fp" else "INT accumulator (int8 operands)")
+        front = pareto_front(rows, cost)
+        ax.plot([h[cost] for h in front], [100 * h["top1"] for h in front], "k--", lw=0.8, label="Pareto front")
+        for h in front:
+            ax.annotate(h["acc"], (h[cost], 100 * h["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{model}: accuracy vs {label.split(' (')[0]}")
+        save(fig, ax, name)
     return written
 
 
-def write_report(results: dict, spec, out: Path) -> None:
-    points = results["points"]
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "kind", "acc", "layers", "bits", "top1", "ci_low", "ci_high", "images",
-                         "early_stopped", "seconds"])
-        for p in points:
-            pol = p["policy"]
-            acc = pol.get("acc", "fp32")
-            writer.writerow([p["model"], pol["kind"], acc, json.dumps(pol.get("layers", {})) if pol.get("layers") else "",
-                             _bits(acc) if pol["kind"] != "fp32" else 32, f"{p['top1']:.5f}",
-                             f"{p['top1_ci95'][0]:.5f}", f"{p['top1_ci95'][1]:.5f}", p["total"], p["early_stopped"],
-                             p["seconds"]])
-    lines = ["# psum study: how few partial-sum bits?", "",
-             f"Inputs {spec.inputs}; FP accumulator candidates e<E>m<M>{spec.mode} with E in {spec.exp_bits} and "
-             f"1+E+M <= {spec.max_width}; INT accumulators int{spec.int_width_range[0]}..int{spec.int_width_range[1]} "
-             f"(wrap and saturate) with int{spec.int_bits} operands; tolerances {spec.tolerances} top-1 points; "
-             f"{spec.limit or 'all'} test images per point (95% Wilson intervals); seed {spec.seed}.",
-             f"Points computed {results['stats']['computed']}, reused from the store {results['stats']['reused']}; "
-             f"wall time {results['stats']['seconds']} s.", ""]
-    for model, found in results["models"].items():
-        base = found["baselines"]
-        lines += [f"## {model}", "", "| baseline | top-1 % | 95% CI |", "|---|---|---|"]
-        for name, r in base.items():
-            lines.append(f"| {name} | {100 * r['top1']:.2f} | {100 * r['top1_ci95'][0]:.2f}-{100 * r['top1_ci95'][1]:.2f} |")
-        hw = {h["unit"]: h for h in found.get("hardware", [])}
-        fp_hw = {h["acc"]: h for h in hw.values() if h["family"] == "fp"}
-        int_hw = {h["acc"]: h for h in hw.values() if h["family"] == "int"}
-        lines += ["", "### Minimal accumulators (the central comparison)", "",
-                  "FP: the fewest-bit format over all exponent widths within the tolerance of bf16-in/fp32-acc; "
-                  "INT: the narrowest wrapping accumulator within the tolerance of int8/int32. Area and energy "
-                  "per MAC (real operands) of the bf16 x bf16 FP MAC and the int8 x int8 INT MAC.", "",
-                  "| tolerance | FP acc | bits | top-1 % | INT acc | top-1 % | FP area um^2 | INT area um^2 | area FP/INT "
-                  "| FP pJ/MAC | INT pJ/MAC | energy FP/INT |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        pct = lambda r: f"{100 * r['top1']:.2f}" if r else "-"  # noqa: E731
-        for tol in spec.tolerances:
-            fp_opts = [a for f in found["fp"].values() for t, a in f.items() if float(t) == tol and a]
-            fp_best = min(fp_opts, key=lambda a: (_bits(a), a)) if fp_opts else None
-            int_best = found["int"].get(":wrap", {}).get(tol)
-            fh, ih = fp_hw.get(fp_best), int_hw.get(int_best)
-            cells = [str(tol), fp_best or "none", str(_bits(fp_best)) if fp_best else "-",
-                     pct(_accuracy_of(points, model, "float", fp_best) if fp_best else None),
-                     int_best or "none", pct(_accuracy_of(points, model, "int", int_best) if int_best else None)]
-            if fh and ih:
-                cells += [f"{fh['area_um2']:.0f}", f"{ih['area_um2']:.0f}", f"{fh['area_um2'] / ih['area_um2']:.2f}",
-                          f"{fh['energy_pj']:.3f}", f"{ih['energy_pj']:.3f}", f"{fh['energy_pj'] / ih['energy_pj']:.2f}"]
-            else:
-                cells += ["-"] * 6
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "### Minimal mantissa per exponent width", "",
-                  "| E | " + " | ".join(f"tolerance {t}" for t in spec.tolerances) + " |",
-                  "|---|" + "---|" * len(spec.tolerances)]
-        for e, f in sorted(found["fp"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {e} | " + " | ".join(str(f.get(t) or "none") for t in spec.tolerances) + " |")
-        lines += ["", "INT accumulators: " + "; ".join(
-            f"{mode[1:]}: " + ", ".join(f"tolerance {t} -> {v or 'none'}" for t, v in d.items())
-            for mode, d in found["int"].items()), ""]
-        if found["nonmonotone"]:
-            lines += ["Non-monotone in the bits (a narrower format passes where a wider one fails):", ""]
-            lines += [f"- tolerance {n['tolerance']}: {n['passes']} ({100 * n['top1'][0]:.2f}%) passes, "
-                      f"{n['fails']} ({100 * n['top1'][1]:.2f}%) fails" for n in found["nonmonotone"][:20]]
-            lines.append("")
-        else:
-            lines += ["Accuracy was monotone in the mantissa bits among the points evaluated.", ""]
-        if found.get("per_layer"):
-            pl = found["per_layer"]
-            lines += [f"### Per-layer minima (tolerance {pl['tolerance']}, others at {pl['network_format']})", "",
-                      "| layer | MACs / image | minimal format |", "|---|---|---|"]
-            lines += [f"| {n} | {pl['macs'][n]:,} | {a} |" for n, a in pl["layers"].items()]
-            lines += ["", f"MAC-weighted average accumulator bits: {pl['weighted_bits']:.2f} "
-                          f"(per-network minimum: {pl['network_bits']}).", ""]
-        if found.get("hardware"):
-            rows = []
-            for h in found["hardware"]:
-                acc = _accuracy_of(points, model, "float" if h["family"] == "fp" else "int", h["acc"])
-                if acc:
-                    rows.append({**h, "top1": acc["top1"]})
-            pictures = _plots(model, rows, points, out)
-            front = {h["unit"] for cost in ("area_um2", "energy_pj") for h in pareto_front(rows, cost)}
-            family_front = {h["unit"] for cost in ("area_um2", "energy_pj") for fam in ("fp", "int")
-                            for h in pareto_front([r for r in rows if r["family"] == fam], cost)}
-            lines += ["### MACs: accuracy and silicon", "",
-                      "| MAC | top-1 % | cells | area um^2 | transistors | depth | delay ns | pJ/MAC real | "
-                      "pJ/MAC random | Pareto-optimal (area or energy) |", "|---|---|---|---|---|---|---|---|---|---|"]
-            for h in sorted(rows, key=lambda h: h["area_um2"]):
-                lines.append(f"| {h['unit']} | {100 * h['top1']:.2f} | {h['cells']} | {h['area_um2']:.0f} | "
-                             f"{h['transistors']} | {h['depth']} | {h['critical_path_ns']:.2f} | {h['energy_pj']:.3f} | "
-                             f"{h['energy_random_pj']:.3f} | "
-                             f"{'overall' if h['unit'] in front else 'within ' + h['family'].upper() if h['unit'] in family_front else ''} |")
-            lines += [""] + [f"![{p}]({p})" for p in pictures] + [""]
-            lines += _pareto_verilog(rows, front | family_front, out, spec)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def _pareto_verilog(rows: list[dict], front: set, out: Path, spec) -> list[str]:
-    from hwgen import FloatMAC, IntMAC
+def _pareto_verilog(rows: list[dict], out: Path, spec) -> list[str]:
     from hwgen.verilog import write
+    from reports.hardware import build
 
+    front = {h["unit"] for cost in ("area_um2", "energy_pj") for fam in ("fp", "int", None)
+             for h in pareto_front([r for r in rows if fam is None or r["family"] == fam], cost)}
     folder = out / "verilog"
     names = []
     for h in rows:
         if h["unit"] not in front:
             continue
-        mac = FloatMAC(spec.inputs, h["acc"]) if h["family"] == "fp" else IntMAC(spec.int_bits, spec.int_bits, h["acc"])
         stem = f"mac_{h['family']}_{h['acc'].replace(':', '_')}"
         if not (folder / f"{stem}.v").exists():
-            write(mac, folder / f"{stem}.v", with_testbench=True, n=500, seed=spec.seed)
+            write(build(spec, h), folder / f"{stem}.v", with_testbench=True, n=500, seed=spec.seed)
         names.append(f"`verilog/{stem}.v`")
     return ["Verilog of the Pareto-optimal MACs (with self-checking testbenches): " + ", ".join(names), ""] if names else []
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def _csvs(results: dict, out: Path) -> None:
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "kind", "acc", "chunk", "chunk_acc", "order", "calibration_seed", "layers", "bits",
+                         "top1", "ci_low", "ci_high", "images", "seconds"])
+        for p in results["points"]:
+            pol = p["policy"]
+            acc = pol.get("acc", "fp32")
+            writer.writerow([p["model"], pol["kind"], acc, pol.get("chunk") or "", pol.get("chunk_acc") or "",
+                             pol.get("order", ""), pol.get("calibration_seed", ""),
+                             json.dumps(pol["layers"]) if pol.get("layers") else "",
+                             _bits(acc) if pol["kind"] != "fp32" else 32, f"{p['top1']:.5f}",
+                             f"{p['top1_ci95'][0]:.5f}", f"{p['top1_ci95'][1]:.5f}", p["total"], p["seconds"]])
+    with open(out / "judged.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "search", "acc", "stage", "images", "top1", "drop", "drop_low", "drop_high",
+                         "mcnemar_p", "lost", "gained"])
+        for model, found in results["models"].items():
+            searches = [(f"fp E={e}", s) for e, s in found["fp"].items()] + \
+                       [(f"int {k}", s) for k, s in found["int"].items()] + \
+                       [(f"chunk {c}", {"judged": v["inner_judged"]}) for c, v in found.get("chunks", {}).items()]
+            for name, s in searches:
+                for j in s["judged"]:
+                    p = j["paired"]
+                    writer.writerow([model, name, j["acc"], j["stage"], j["images"], f"{j['top1']:.5f}",
+                                     f"{p['drop']:.4f}", f"{p['drop_ci95'][0]:.4f}", f"{p['drop_ci95'][1]:.4f}",
+                                     f"{p['mcnemar_p']:.4g}", p["lost"], p["gained"]])
+
+
+def write_report(results: dict, spec, out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    _csvs(results, out)
+    stats = results["stats"]
+    images = ", ".join(f"{m}: {v['decision']} decision / {v['screen']} screening" for m, v in stats["images"].items())
+    lines = ["# psum study: how few partial-sum bits?", "",
+             f"Inputs {spec.inputs}; FP accumulator candidates e<E>m<M>{spec.mode} with E in {spec.exp_bits} and "
+             f"1+E+M <= {spec.max_width}; INT accumulators int{spec.int_width_range[0]}..int{spec.int_width_range[1]} "
+             f"(wrap; saturate for the first calibration seed) with int{spec.int_bits} operands; tolerances "
+             f"{spec.tolerances} top-1 points; seed {spec.seed}, screening seed {spec.screen_seed}, calibration seeds "
+             f"{spec.calibration_seeds}.", "",
+             "**Decision rule** (docs/study.md): a candidate is *within tolerance t* when the point estimate of its "
+             "top-1 drop against the reference, paired on the same decision images, is at most t points; the paired "
+             "95% interval (Newcombe's method 10) is given beside it, and *confident* when its upper bound is at most "
+             "t too. Screening may only reject: a candidate whose screening interval's lower bound exceeds every "
+             "tolerance is not evaluated further.", "",
+             f"Images: {images}. Screening rejected {stats['screening']['rejected']} candidates and saved "
+             f"{stats['screening']['image_evaluations_saved']:,} image evaluations. Points computed "
+             f"{stats['computed']}, reused from the store {stats['reused']}; wall time {stats['seconds']} s.", ""]
+    lines += _summary(results, spec)
+    for model, found in results["models"].items():
+        lines += [f"## {model}", ""] + _baselines(found) + _central(found, spec) + _per_e(found, spec) + \
+            _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
+        rows = _costed(found, spec)
+        if rows:
+            lines += _hardware_table(rows)
+        lines += [f"![{p}]({p})" for p in _plots(model, found, rows, spec, out)] + [""]
+        if rows:
+            lines += _pareto_verilog(rows, out, spec)
+    (out / "report.md").write_text("\n".join(lines) + "\n")

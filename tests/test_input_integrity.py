@@ -603,7 +603,8 @@ def _spec(tiny, data_dir, **kw):
 
     _, ckpt = tiny
     base = dict(models=[ModelRun("lenet5", str(ckpt))], exp_bits=[4], max_width=7, int_width_range=(8, 9),
-                tolerances=[5.0], limit=16, per_layer=False, synth=False, data_dir=str(data_dir), batch_size=16)
+                tolerances=[5.0], limit=16, per_layer=False, synth=False, data_dir=str(data_dir), batch_size=16,
+                screen=0, calibration_seeds=[0], chunk_sizes=[], orders=["im2col"], prediction=False)
     return StudySpec(**{**base, **kw})
 
 
@@ -693,9 +694,9 @@ def test_report_holds_only_this_runs_points(tiny, tmp_path):
     out = tmp_path / "out"
     run_study(_spec(tiny, root / "data", limit=16), out, log=lambda *_: None)
     second = run_study(_spec(tiny, root / "data", limit=8), out, log=lambda *_: None)
-    assert {p["limit"] for p in second["points"]} == {8}
+    assert {p["images"]["count"] for p in second["points"]} == {8}
     saved = json.loads((out / "results.json").read_text())
-    assert {p["limit"] for p in saved["points"]} == {8}
+    assert {p["images"]["count"] for p in saved["points"]} == {8}
 
 
 # -- one study at a time per folder --------------------------------------------------------------

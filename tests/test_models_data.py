@@ -222,6 +222,12 @@ def test_evaluate_counts_top1_top5_and_stops_early():
     assert result.correct5 == int(((labels == 3) | (labels <= 2) | (labels == 4)).sum())
     stopped = evaluate(Fixed(), src, batch_size=10, stop=lambda correct, seen, total: seen >= 30)
     assert stopped.total == 30
+    assert torch.equal(result.hits, labels == 3)  # per image, in evaluation order
+    chosen = [97, 3, 50, 3]
+    picked = evaluate(Fixed(), src, batch_size=3, indices=chosen)
+    assert picked.total == 4 and torch.equal(picked.hits, labels[chosen] == 3)
+    with pytest.raises(data.DataError, match="positions in 0..99"):
+        evaluate(Fixed(), src, indices=[100])
 
 
 def test_int8_post_training_quantization_baseline():

@@ -13,20 +13,7 @@ import pytest
 
 from reports.report import pareto_front
 from reports.store import Store, point_key
-from reports.study import ModelRun, StudySpec, bisect_minimum, run_study
-
-
-def test_bisect_minimum_finds_the_first_pass_with_few_calls():
-    calls = []
-    options = list(range(20))
-
-    def passes(i):
-        calls.append(i)
-        return options[i] >= 13
-
-    assert bisect_minimum(options, passes) == 13 and len(calls) <= 6
-    assert bisect_minimum(options, lambda i: False) is None
-    assert bisect_minimum(options, lambda i: True) == 0
+from reports.study import ModelRun, StudySpec, run_study
 
 
 def test_pareto_front():
@@ -64,7 +51,8 @@ def tiny(tmp_path_factory):
 def tiny_spec(root, ckpt, **kw):
     base = dict(models=[ModelRun("lenet5", str(ckpt))], exp_bits=[3, 4], max_width=10,
                 int_width_range=(8, 14), tolerances=[2.0, 10.0], limit=64, per_layer=False, synth=False,
-                data_dir=str(root / "data"), batch_size=32)
+                data_dir=str(root / "data"), batch_size=32, screen=32, calibration_seeds=[0], chunk_sizes=[],
+                orders=["im2col"], prediction=False)
     return StudySpec(**{**base, **kw})
 
 
@@ -75,20 +63,33 @@ def accuracies(results):
 def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     root, ckpt = tiny
     spec = tiny_spec(root, ckpt, exp_bits=[3], max_width=7, int_width_range=(10, 12), per_layer=True,
-                     synth=True, streams=64)
+                     synth=True, streams=64, calibration_seeds=[0, 1], chunk_sizes=[16], orders=["im2col", "nhwc"],
+                     prediction=True, tolerances=[2.0, 10.0])
     results = run_study(spec, tmp_path / "out", log=lambda *_: None)
     found = results["models"]["lenet5"]
-    assert set(found["baselines"]) == {"fp32", "bf16_fp32acc", "int8_int32acc"}
-    assert set(found["fp"]) == {3} and set(found["int"]) == {":wrap", ":sat"}
+    assert set(found["baselines"]) == {"fp32", "bf16_fp32acc", "int8_int32acc_seed0", "int8_int32acc_seed1"}
+    assert set(found["fp"]) == {3} and set(found["int"]) == {"wrap seed 0", "wrap seed 1", "sat seed 0"}
+    for summary in [*found["fp"].values(), *found["int"].values()]:
+        for judged in summary["judged"]:  # every candidate paired with its reference on the same images
+            paired = judged["paired"]
+            assert paired["n"] == judged["images"] and paired["drop_ci95"][0] <= paired["drop"] <= paired["drop_ci95"][1]
+            assert judged["stage"] in ("screen", "decision") and (judged["images"] == 64) == (judged["stage"] == "decision")
     assert {h["family"] for h in found["hardware"]} == {"fp", "int"}
     assert all(h["area_um2"] > 0 and h["energy_pj"] > 0 for h in found["hardware"])
+    if found["chunks"][16]["inner_fp32_outer"]["2.0"]:
+        assert any(h.get("chunk") == 16 for h in found["hardware"])
+    assert set(found["orders"]) == {"im2col", "nhwc"}
+    assert set(found["prediction"]["layers"]) == set(found["per_layer"]["macs"])
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "### Minimal accumulators (the central comparison)" in report and "area FP/INT" in report
-    for name in ("results.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",
-                 "lenet5_accuracy_vs_bits.png"):
+    for heading in ("## Cross-network summary", "### Minimal accumulators (the central comparison)", "area FP/INT",
+                    "### INT accumulators per calibration seed", "### Chunk-size sweep", "### Accumulation order",
+                    "### Prediction beside measurement", "**Decision rule**"):
+        assert heading in report
+    for name in ("results.csv", "judged.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",
+                 "lenet5_drop_vs_bits.png", "lenet5_chunks.png"):
         assert (tmp_path / "out" / name).is_file()
     assert list((tmp_path / "out" / "verilog").glob("*_tb.v"))
-    assert "weighted_bits" in found["per_layer"]
+    assert "weighted_bits" in found["per_layer"]["fp"] and "weighted_bits" in found["per_layer"]["int"]
     again = run_study(spec, tmp_path / "out", log=lambda *_: None)  # nothing recomputed
     assert again["stats"]["computed"] == 0 and accuracies(again) == accuracies(results)
 
@@ -102,6 +103,11 @@ max_width = 10
 int_width_range = [8, 14]
 tolerances = [2.0, 10.0]
 limit = 64
+screen = 32
+calibration_seeds = [0]
+chunk_sizes = []
+orders = ["im2col"]
+prediction = false
 per_layer = false
 synth = false
 data_dir = "{root / 'data'}"

@@ -70,6 +70,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {value}")
+    return value
+
+
 def seed(text: str) -> int:
     value = _integer(text)
     low, high = SEED_RANGE

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from psum.cli._common import UsageError, command, given, image_limit, nonnegative_float, positive_int, seed
+from psum.cli._common import (UsageError, command, given, image_limit, nonnegative_float, nonnegative_int, positive_int,
+                              seed)
 
 
 @command("study")
@@ -23,7 +24,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     overrides = {"data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
                  "download": args.download or None, "device": args.device,
                  "synth": False if args.no_synth else None, "per_layer": False if args.no_per_layer else None,
-                 "tolerances": args.tolerance, "exp_bits": args.exp_bits,
+                 "tolerances": args.tolerance, "exp_bits": args.exp_bits, "screen": args.screen,
+                 "screen_seed": args.screen_seed,
                  "models": [ModelRun(args.model, args.checkpoint, args.dataset)] if args.model else None}
     overrides = {k: v for k, v in overrides.items() if v is not None} | limit
     try:
@@ -40,8 +42,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     st = sub.add_parser("study", help="the end-to-end study (the README's main job)",
                         description="Search the minimal FP and INT accumulators of each network within "
-                        "accuracy tolerances, synthesize the MACs, and write report.md, results.csv/json, "
-                        "Pareto plots and Verilog. Resumes from OUT/results.sqlite.")
+                        "accuracy tolerances (paired with the reference on the same images), per network, layer, "
+                        "chunk size and order; synthesize the MACs; write report.md, results.csv/json, plots and "
+                        "Verilog. Resumes from OUT/results.sqlite.")
     st.add_argument("--config", help="study spec (TOML); flags below override it")
     st.add_argument("--out", default="study", help="report folder (default ./study)")
     st.add_argument("--model", help="one model instead of the spec's (needs --checkpoint)")
@@ -49,7 +52,7 @@ def add_parser(sub) -> None:
     st.add_argument("--dataset", help="with --model: its dataset (default: the model's first)")
     st.add_argument("--data-dir", help="data directory (default: $PSUM_DATA_DIR or ./data)")
     st.add_argument("--download", action="store_true", help="download CIFAR if missing")
-    st.add_argument("--limit", type=image_limit, help="test images per point, or 'all' (default 2000)")
+    st.add_argument("--limit", type=image_limit, help="decision images per point, or 'all' (default: all)")
     st.add_argument("--tolerance", type=nonnegative_float, nargs="+", help="top-1 points (default 0.5 1.0)")
     st.add_argument("--exp-bits", type=int, nargs="+", help="exponent widths searched (default 3..8)")
     st.add_argument("--seed", type=seed, help="(default 0)")
@@ -58,4 +61,6 @@ def add_parser(sub) -> None:
     st.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port)")
     st.add_argument("--no-synth", action="store_true", help="accuracy only")
     st.add_argument("--no-per-layer", action="store_true", help="skip the per-layer search")
+    st.add_argument("--screen", type=nonnegative_int, help="screening images (default 1000; 0: none)")
+    st.add_argument("--screen-seed", type=seed, help="seed of the screening subset (default 1)")
     st.add_argument("--device", help="evaluate on cpu (default), cuda or cuda:N: same bits, other speed")

@@ -1,0 +1,97 @@
+"""The study's silicon: synthesis and energy per MAC of every MAC the searches name.
+
+Each unit is synthesized (``synth.flow``) on the study's Liberty library, and its
+energy per MAC estimated from gate-level switching driven by real operand streams of
+the network's largest layer (and by uniform random ones, for comparison). Chunked MACs
+(hwgen's ``chunk``/``chunk_acc``) are costed as built: inner accumulator, chunk
+counter and outer accumulator in one unit.
+"""
+
+from __future__ import annotations
+
+import time
+
+from reports.points import Runner, _model, _source
+from reports.spec import ModelRun, StudySpec
+from reports.store import point_key
+
+__all__ = ["library", "units", "hardware"]
+
+
+def library(spec: StudySpec):
+    from synth.liberty import embedded, from_liberty
+
+    return from_liberty(spec.liberty) if spec.liberty else embedded()
+
+
+def units(spec: StudySpec, found: dict) -> list[dict]:
+    """The MACs a model's searches name: the references, every FP and INT minimum, and
+    per chunk size the chunked MAC with an fp32 outer and with the narrowest outer."""
+    fp = {("fp32", None, None)}
+    for summary in found["fp"].values():
+        fp |= {(a, spec.chunk, "fp32" if spec.chunk else None) for a in summary["minima"].values() if a}
+    tight = str(min(spec.tolerances))
+    for c, entry in found.get("chunks", {}).items():
+        inner = entry["inner_fp32_outer"][tight]
+        if inner:
+            fp.add((inner, int(c), "fp32"))
+            if entry.get("outer"):
+                fp.add((inner, int(c), entry["outer"]))
+    ints = {"int32"}
+    for name, summary in found["int"].items():
+        if name.endswith(f"seed {spec.calibration_seeds[0]}"):
+            ints |= {a for a in summary["minima"].values() if a}
+    rows = [{"family": "fp", "acc": a, "chunk": c, "chunk_acc": o} for a, c, o in sorted(fp, key=str)]
+    return rows + [{"family": "int", "acc": a, "chunk": None, "chunk_acc": None} for a in sorted(ints)]
+
+
+def build(spec: StudySpec, unit: dict):
+    from hwgen import FloatMAC, IntMAC
+
+    if unit["family"] == "int":
+        return IntMAC(spec.int_bits, spec.int_bits, unit["acc"])
+    if unit["chunk"]:
+        return FloatMAC(spec.inputs, unit["acc"], chunk=unit["chunk"], chunk_acc=unit["chunk_acc"])
+    return FloatMAC(spec.inputs, unit["acc"])
+
+
+def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]:
+    """Synthesis and energy of every MAC :func:`units` names for ``run``, on ``lib``."""
+    from emulator import data
+    from emulator.streams import largest_layer, operand_streams
+    from synth.flow import synthesize
+    from synth.power import estimate_energy, finite_patterns, uniform_streams
+
+    spec = runner.spec
+    model, dataset = _model(run.name, run.dataset, run.checkpoint)
+    batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
+    layer = largest_layer(model, data.DATASETS[dataset].image_size)
+    rows = []
+    for unit in units(spec, found):
+        mac = build(spec, unit)
+        fields = {"unit": mac.describe(), "library": lib.digest, "model": run.name,
+                  "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
+                  "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
+        key = point_key(fields)
+        row = runner.store.get(key)
+        if row is None:
+            start = time.monotonic()
+            r = synthesize(mac, lib)
+            if unit["family"] == "int":
+                a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, int_bits=spec.int_bits)
+            else:
+                a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, inputs=spec.inputs)
+            finite = finite_patterns(getattr(mac, "inputs", None))
+            real = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands=f"{run.name} {layer}")
+            ra = uniform_streams(len(mac.a), finite, spec.streams, 64, seed=spec.seed + 1)
+            rb = uniform_streams(len(mac.b), finite, spec.streams, 64, seed=spec.seed + 2)
+            rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
+            row = {**unit, "unit": mac.describe(), "library": lib.name,
+                   "area_um2": r.area_um2, "cells": r.num_cells, "transistors": r.transistors, "depth": r.depth,
+                   "critical_path_ns": r.critical_path_ns, "energy_pj": real.energy_per_mac_pj,
+                   "energy_random_pj": rand.energy_per_mac_pj, "synth_seconds": r.synth_seconds}
+            runner.store.put(key, "hardware", fields, row)
+            log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {real.energy_per_mac_pj:.3f} pJ/MAC "
+                f"[{time.monotonic() - start:.1f} s]")
+        rows.append(row)
+    return rows

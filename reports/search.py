@@ -1,0 +1,189 @@
+"""The study's searches: for each granularity, the narrowest accumulator within each
+tolerance of its reference (docs/study.md, "Method").
+
+Every search is a :func:`scan`: candidates from narrowest to widest, each judged
+against the reference on the same images (screened first, :meth:`Runner.judge`); the
+minimum for a tolerance is the **first** candidate within it, every narrower one having
+been evaluated and found outside. Monotonicity is not assumed below a minimum; above the
+tightest minimum, ``window`` more candidates are evaluated and the rest are not (the
+report says so).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+from reports.points import Judged, Runner
+from reports.spec import ModelRun
+
+__all__ = ["scan", "search_model", "mantissa", "exponent"]
+
+#: McNemar p-value below which two candidates are said to differ.
+SIGNIFICANT_P = 0.05
+
+
+def mantissa(acc: str) -> int:
+    return int(acc.split("m")[1].split(":")[0])
+
+
+def exponent(acc: str) -> int:
+    return int(acc.split("m")[0][1:])
+
+
+def int_width(acc: str) -> int:
+    return int(acc.split(":")[0][3:])
+
+
+def scan(runner: Runner, run: ModelRun, policies: list[dict], reference: dict, window: int) -> dict:
+    """Judge ``policies`` (narrowest first) until every tolerance has its minimum and
+    ``window`` more have been judged. Returns ``{"minima": {tol: index | None},
+    "judged": [Judged, ...], "nonmonotone": [...], "flat": [...]}``."""
+    tolerances = sorted(runner.spec.tolerances)
+    minima: dict[float, int | None] = {t: None for t in tolerances}
+    judged: list[Judged] = []
+    for i, policy in enumerate(policies):
+        j = runner.judge(run, policy, reference)
+        judged.append(j)
+        for t in tolerances:
+            if minima[t] is None and j.within(t):
+                minima[t] = i
+        if all(m is not None for m in minima.values()) and i >= max(minima.values()) + window:
+            break
+    out = {"minima": minima, "judged": judged, "nonmonotone": [], "flat": []}
+    for t in tolerances:  # a narrower candidate within t, a wider one outside
+        for i, a in enumerate(judged):
+            for b in judged[i + 1:]:
+                if a.within(t) and not b.within(t):
+                    paired = runner.compare(run, a, b)
+                    entry = {"tolerance": t, "passes": a.policy["acc"], "fails": b.policy["acc"],
+                             "drops": [a.paired.drop, b.paired.drop], "mcnemar_p": paired.p_value}
+                    out["nonmonotone" if paired.p_value < SIGNIFICANT_P else "flat"].append(entry)
+    return out
+
+
+def _summary(policies: list[dict], found: dict) -> dict:
+    """A scan as JSON: minima by tolerance and every candidate judged."""
+    return {"minima": {str(t): (None if i is None else policies[i]["acc"]) for t, i in found["minima"].items()},
+            "judged": [j.as_dict() for j in found["judged"]],
+            "evaluated_up_to": found["judged"][-1].policy["acc"] if found["judged"] else None,
+            "nonmonotone": found["nonmonotone"], "flat": found["flat"]}
+
+
+def search_model(runner: Runner, run: ModelRun, log) -> dict:
+    """All searches of one network; the model's section of ``results.json``."""
+    from emulator.data import DATASETS
+    from emulator.models import layer_macs
+    from reports.points import _model
+
+    spec = runner.spec
+    order = spec.orders[0]
+    model, dataset = _model(run.name, run.dataset, run.checkpoint)
+    macs = layer_macs(model, DATASETS[dataset].image_size)
+    fp_ref = {"kind": "float", "acc": "fp32", "inputs": spec.inputs, "chunk": None, "order": order}
+    seeds = spec.calibration_seeds
+    int_ref = {s: {"kind": "int", "acc": "int32", "bits": spec.int_bits, "calibration_seed": s} for s in seeds}
+    out = {"baselines": {"fp32": runner.point(run, {"kind": "fp32"}), "bf16_fp32acc": runner.point(run, fp_ref),
+                         **{f"int{spec.int_bits}_int32acc_seed{s}": runner.point(run, int_ref[s]) for s in seeds}},
+           "reference": {"fp": "bf16_fp32acc", "int": f"int{spec.int_bits}_int32acc_seed{seeds[0]}"},
+           "macs": macs}
+
+    def fp(acc: str, **extra) -> dict:
+        return {**fp_ref, "acc": acc, "chunk": spec.chunk, **extra}
+
+    def search_e(exp_bits: int) -> dict:
+        policies = [fp(a) for a in spec.candidates(exp_bits)]
+        return _summary(policies, scan(runner, run, policies, fp_ref, spec.window))
+
+    log(f"{run.name}: FP accumulators, {len(spec.exp_bits)} exponent widths")
+    with cf.ThreadPoolExecutor(max_workers=len(spec.exp_bits)) as pool:  # exponent widths in parallel
+        out["fp"] = dict(zip(spec.exp_bits, pool.map(search_e, spec.exp_bits)))
+
+    log(f"{run.name}: INT accumulators, calibration seeds {seeds}")
+    out["int"] = {}
+    for mode, mode_seeds in (("", seeds), (":sat", seeds[:1])):  # saturation: the first seed only
+        for s in mode_seeds:
+            policies = [{**int_ref[s], "acc": a} for a in spec.int_candidates(mode)]
+            out["int"][f"{mode[1:] or 'wrap'} seed {s}"] = _summary(policies, scan(runner, run, policies, int_ref[s],
+                                                                                   spec.window))
+    best = best_fp(out, min(spec.tolerances))
+    if best is not None and len(spec.orders) > 1:
+        log(f"{run.name}: accumulation orders {spec.orders} at E={exponent(best)}")
+        out["orders"] = {order: out["fp"][exponent(best)]["minima"]}
+        for other in spec.orders[1:]:
+            ref = {**fp_ref, "order": other}
+            policies = [{**fp(a), "order": other} for a in spec.candidates(exponent(best))]
+            out["orders"][other] = _summary(policies, scan(runner, run, policies, ref, spec.window))["minima"]
+    if spec.per_layer:
+        log(f"{run.name}: per-layer minima")
+        out["per_layer"] = _per_layer(runner, run, out, fp, fp_ref, int_ref[seeds[0]])
+    if spec.chunk_sizes and best is not None:
+        log(f"{run.name}: chunk sizes {spec.chunk_sizes}")
+        out["chunks"] = _chunk_sweep(runner, run, best, fp_ref)
+    return out
+
+
+def best_fp(out: dict, tolerance: float) -> str | None:
+    """The fewest-bit FP minimum over all exponent widths (ties: the smaller E)."""
+    found = [s["minima"][str(tolerance)] for s in out["fp"].values() if s["minima"][str(tolerance)]]
+    return min(found, key=lambda a: (exponent(a) + mantissa(a), exponent(a))) if found else None
+
+
+def best_int(out: dict, tolerance: float, mode: str = "wrap") -> str | None:
+    """The INT minimum of the first calibration seed."""
+    key = next(k for k in out["int"] if k.startswith(mode))
+    return out["int"][key]["minima"][str(tolerance)]
+
+
+def _per_layer(runner: Runner, run: ModelRun, out: dict, fp, fp_ref: dict, int_ref: dict) -> dict:
+    """Per layer, with every other layer at the network's minimum (tightest tolerance),
+    the narrowest accumulator that layer tolerates; FP and INT."""
+    spec = runner.spec
+    tol = min(spec.tolerances)
+    macs = out["macs"]
+    result = {"tolerance": tol, "macs": macs}
+    net_fp = best_fp(out, tol)
+    if net_fp:
+        e, m_net = exponent(net_fp), mantissa(net_fp)
+        layers = {}
+        for name in macs:
+            policies = [fp(net_fp, layers={name: f"e{e}m{m}{spec.mode}"}) for m in range(0, m_net + 1)]
+            found = scan(runner, run, policies, fp_ref, 0)["minima"][tol]
+            layers[name] = policies[found]["layers"][name] if found is not None else net_fp
+        bits = {n: 1 + e + mantissa(a) for n, a in layers.items()}
+        result["fp"] = {"network_format": net_fp, "layers": layers, "network_bits": 1 + e + m_net,
+                        "weighted_bits": sum(macs[n] * bits[n] for n in macs) / sum(macs.values())}
+    net_int = best_int(out, tol)
+    if net_int:
+        w_net = int_width(net_int)
+        layers = {}
+        for name in macs:
+            widths = [a for a in spec.int_candidates() if int_width(a) <= w_net]
+            policies = [{**int_ref, "acc": net_int, "layers": {name: a}} for a in widths]
+            found = scan(runner, run, policies, int_ref, 0)["minima"][tol]
+            layers[name] = widths[found] if found is not None else net_int
+        result["int"] = {"network_format": net_int, "layers": layers, "network_bits": w_net,
+                         "weighted_bits": sum(macs[n] * int_width(layers[n]) for n in macs) / sum(macs.values())}
+    return result
+
+
+def _chunk_sweep(runner: Runner, run: ModelRun, best: str, fp_ref: dict) -> dict:
+    """Per chunk size C: the narrowest inner accumulator (exponent width of the
+    network's minimum) with an fp32 outer one, then with that inner the narrowest outer
+    accumulator (as wide as the inner one or wider) that still passes."""
+    spec = runner.spec
+    tol = min(spec.tolerances)
+    e = exponent(best)
+    cands = spec.candidates(e)
+    sweep = {}
+    for c in spec.chunk_sizes:
+        policies = [{**fp_ref, "acc": a, "chunk": c, "chunk_acc": "fp32"} for a in cands]
+        inner = _summary(policies, scan(runner, run, policies, fp_ref, spec.window))
+        entry = {"inner_fp32_outer": inner["minima"], "inner_judged": inner["judged"]}
+        narrow = inner["minima"][str(tol)]
+        if narrow:
+            outers = [a for a in cands if mantissa(a) >= mantissa(narrow)]
+            policies = [{**fp_ref, "acc": narrow, "chunk": c, "chunk_acc": a} for a in outers]
+            found = scan(runner, run, policies, fp_ref, 0)
+            entry["outer"] = None if found["minima"][tol] is None else outers[found["minima"][tol]]
+        sweep[c] = entry
+    return sweep
