@@ -274,8 +274,9 @@ def kernel_path(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> str:
     return KERNEL_PATHS[path]
 
 
-def _wrapped_exact(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor | None:
-    """An unchunked wrapping accumulator by one exact sum, or None where that is not exact.
+def _one_exact_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor | None:
+    """An unchunked integer accumulator by one exact sum (docs/semantics.md §6), or None
+    where that would not give the step-by-step result.
 
     Wrapping after every add is arithmetic modulo ``2^bits``, so it equals the exact sum
     reduced once (in any order). A saturating accumulator equals the exact sum where no
@@ -302,7 +303,7 @@ def _absmax(t: torch.Tensor) -> int:
 
 
 def _cpu_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor:
-    fast = _wrapped_exact(a, b, cfg)
+    fast = _one_exact_sum(a, b, cfg)
     if fast is not None:
         return fast
     params = _native.IntMacParams(

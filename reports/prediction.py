@@ -95,17 +95,13 @@ def _emulated(module, x, acc: str, inputs: str):
 def _addends(module, x, weight, samples: int, seed: int):
     """(samples, K) float64 products of sampled dot products, in the im2col order."""
     import torch
-    import torch.nn.functional as F
-    from torch import nn
+
+    from emulator.streams import _columns
 
     gen = torch.Generator().manual_seed(seed)
-    if isinstance(module, nn.Linear):
-        rows = x.reshape(-1, x.shape[-1]).double()
-        w = weight.double()
-    else:
-        cols = F.unfold(x.double(), module.kernel_size, module.dilation, module.padding, module.stride)
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N*L, K)
-        w = weight.reshape(weight.shape[0], -1).double()
+    acts, _ = _columns(module, x.double())  # (N, L, K)
+    rows = acts.reshape(-1, acts.shape[-1])
+    w = weight.reshape(weight.shape[0], -1).double()
     i = torch.randint(0, rows.shape[0], (samples,), generator=gen)
     o = torch.randint(0, w.shape[0], (samples,), generator=gen)
     return rows[i] * w[o]

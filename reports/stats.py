@@ -31,12 +31,7 @@ import numpy as np
 
 from emulator.evaluate import Z95, wilson_interval
 
-__all__ = ["Paired", "pair", "newcombe_interval", "mcnemar_exact", "wilson", "pack_hits", "unpack_hits",
-           "Z95"]
-
-#: The Wilson score interval of a proportion (Newcombe's building block).
-wilson = wilson_interval
-
+__all__ = ["Paired", "pair", "newcombe_interval", "mcnemar_exact", "pack_hits", "unpack_hits"]
 
 def newcombe_interval(both: int, lost: int, gained: int, neither: int, z: float = Z95) -> tuple[float, float]:
     """Newcombe's method-10 interval of ``p_ref - p_cand`` for paired proportions.
@@ -48,8 +43,8 @@ def newcombe_interval(both: int, lost: int, gained: int, neither: int, z: float 
     if n <= 0:
         return (-1.0, 1.0)
     p1, p2 = (both + lost) / n, (both + gained) / n
-    l1, u1 = wilson(both + lost, n, z)
-    l2, u2 = wilson(both + gained, n, z)
+    l1, u1 = wilson_interval(both + lost, n, z)
+    l2, u2 = wilson_interval(both + gained, n, z)
     # phi of the 2x2 table (rows: reference right/wrong; columns: candidate right/wrong)
     margins = (both + lost) * (gained + neither) * (both + gained) * (lost + neither)
     cross = both * neither - lost * gained

@@ -30,14 +30,10 @@ from pathlib import Path
 
 from reports.points import RunData, Runner, evaluate_task, run_data
 from reports.search import search_model
-from reports.spec import ModelRun, SpecError, StudySpec
+from reports.spec import ModelRun, SpecError, StudySpec, _is_int
 from reports.store import Store, study_lock
 
 __all__ = ["ModelRun", "StudySpec", "SpecError", "run_study", "evaluate_task", "make_executor"]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _InProcess:

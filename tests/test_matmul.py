@@ -219,20 +219,20 @@ def test_int_kernel_across_blocks_and_extremes():
 def test_wrapping_accumulator_by_one_exact_sum():
     """Unchunked wrapping accumulators take one exact float64 sum, reduced once, where
     it is exact (K max|a| max|b| <= 2^53); beyond, the step-by-step kernel."""
-    from emulator.matmul import _wrapped_exact
+    from emulator.matmul import _one_exact_sum
 
     rng = np.random.default_rng(5)
     a = torch.from_numpy(rng.integers(-127, 128, (7, 300))).to(torch.int32)
     b = torch.from_numpy(rng.integers(-127, 128, (300, 9))).to(torch.int32)
     for acc in ["int8", "int12", "int20", "int32"]:
         cfg = IntAccumConfig(acc=acc)
-        assert _wrapped_exact(a, b, cfg) is not None
+        assert _one_exact_sum(a, b, cfg) is not None
         assert torch.equal(emulated_int_matmul(a, b, cfg), int_matmul_reference(a, b, cfg))
     big = torch.full((1, 4), -2**31, dtype=torch.int32)  # 4 * 2^62 > 2^53: not exact in float64
-    assert _wrapped_exact(big, big.T.contiguous(), IntAccumConfig(acc="int64")) is None
-    assert _wrapped_exact(a, b, IntAccumConfig(acc="int20:sat")) is None  # 300 * 127^2 > 2^19: may saturate
+    assert _one_exact_sum(big, big.T.contiguous(), IntAccumConfig(acc="int64")) is None
+    assert _one_exact_sum(a, b, IntAccumConfig(acc="int20:sat")) is None  # 300 * 127^2 > 2^19: may saturate
     cfg = IntAccumConfig(acc="int24:sat")  # cannot saturate: the exact sum
-    assert _wrapped_exact(a, b, cfg) is not None
+    assert _one_exact_sum(a, b, cfg) is not None
     assert torch.equal(emulated_int_matmul(a, b, cfg), int_matmul_reference(a, b, cfg))
     cfg = IntAccumConfig(acc="int40")
     assert torch.equal(emulated_int_matmul(big, big.T.contiguous(), cfg), int_matmul_reference(big, big.T, cfg))

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reports.stats import Paired, mcnemar_exact, newcombe_interval, pack_hits, pair, unpack_hits, wilson
+from emulator.evaluate import wilson_interval as wilson
+from reports.stats import Paired, mcnemar_exact, newcombe_interval, pack_hits, pair, unpack_hits
 
 
 def test_newcombe_method_10_matches_the_published_examples():
