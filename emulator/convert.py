@@ -3,6 +3,9 @@
 In the spirit of ``torch.ao.quantization``'s module swapping: :func:`convert` returns a
 copy of the model in which every ``nn.Linear`` and ``nn.Conv2d`` is replaced by its
 emulated counterpart (built with ``from_float``), configured by a :class:`Policy`.
+Subclasses that keep the base class's forward (weight parametrizations, marker
+subclasses) are swapped like their base; subclasses with a forward of their own are
+refused by name, since their MACs are not the base layer's.
 Everything else (activations, pooling, batch norm, residual additions) stays as it was
 and runs in fp32: only the MACs of conv and linear layers are emulated. A bare layer
 (``convert(nn.Linear(...), cfg)``) converts to its emulated counterpart.
@@ -32,7 +35,7 @@ from emulator.config import AccumConfig, IntAccumConfig
 from emulator.device import model_device
 from emulator.layers import EmulatedConv2d, EmulatedLinear
 
-__all__ = ["Policy", "convert", "calibrate", "emulated_layers", "UnemulatedMACWarning"]
+__all__ = ["Policy", "convert", "calibrate", "emulated_layers", "UnemulatedMACWarning", "TYPE_SELECTORS"]
 
 Config = AccumConfig | IntAccumConfig
 
@@ -45,6 +48,22 @@ UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d, nn.Bilinear, nn.MultiheadAttention, nn.RNNBase)
 
 
+def _is_conv(m) -> bool:
+    return isinstance(m, nn.Conv2d)
+
+
+#: Layer-type selectors of a policy entry (``"type:depthwise"``), each a predicate on
+#: the float module: every Linear; every Conv2d; depthwise (groups = input channels > 1);
+#: grouped (1 < groups < input channels); pointwise (1x1 kernel, groups = 1).
+TYPE_SELECTORS = {
+    "type:Linear": lambda m: isinstance(m, nn.Linear),
+    "type:Conv2d": _is_conv,
+    "type:depthwise": lambda m: _is_conv(m) and m.groups > 1 and m.groups == m.in_channels,
+    "type:grouped": lambda m: _is_conv(m) and 1 < m.groups < m.in_channels,
+    "type:pointwise": lambda m: _is_conv(m) and m.groups == 1 and tuple(m.kernel_size) == (1, 1),
+}
+
+
 @dataclass(frozen=True)
 class Policy:
     """Which accumulation config each layer gets.
@@ -53,9 +72,11 @@ class Policy:
     ----------
     default : the config of every layer no entry of ``layers`` names; ``None`` keeps
         such layers in float.
-    layers : ``{name or glob pattern: config or None}`` in priority order: an exact
-        layer name wins, then the first matching pattern (``fnmatch``: ``features.*``,
-        ``*fc*``). ``None`` keeps the layer in float.
+    layers : ``{selector: config or None}`` in priority order. A selector is a layer
+        name, a glob pattern (``fnmatch``: ``features.*``, ``*fc*``) or a layer-type
+        selector of :data:`TYPE_SELECTORS` (``"type:Linear"``, ``"type:depthwise"``). An
+        exact layer name wins, then the first matching pattern or type selector.
+        ``None`` keeps the layer in float.
     """
 
     default: Config | None = AccumConfig()
@@ -64,24 +85,32 @@ class Policy:
     def __post_init__(self):
         items = tuple(self.layers.items()) if isinstance(self.layers, Mapping) else tuple(self.layers)
         for pattern, cfg in items:
+            if not isinstance(pattern, str):
+                raise TypeError(f"policy selectors are layer names, patterns or type selectors, not {pattern!r}")
+            if pattern.startswith("type:") and pattern not in TYPE_SELECTORS:
+                raise ValueError(f"unknown layer-type selector {pattern!r}; choose from {', '.join(TYPE_SELECTORS)}")
             if cfg is not None and not isinstance(cfg, (AccumConfig, IntAccumConfig)):
                 raise TypeError(f"policy entry {pattern!r} must be an AccumConfig, IntAccumConfig or None, not {cfg!r}")
         if self.default is not None and not isinstance(self.default, (AccumConfig, IntAccumConfig)):
             raise TypeError(f"policy default must be an AccumConfig, IntAccumConfig or None, not {self.default!r}")
         object.__setattr__(self, "layers", items)
 
-    def match(self, name: str) -> str | None:
-        """The entry of ``layers`` that decides layer ``name``, or None for the default."""
+    def match(self, name: str, module: nn.Module | None = None) -> str | None:
+        """The entry of ``layers`` that decides layer ``name`` (the float ``module``, for
+        type selectors), or None for the default."""
         for pattern, _ in self.layers:
             if pattern == name:
                 return pattern
         for pattern, _ in self.layers:
-            if fnmatch.fnmatchcase(name, pattern):
+            if pattern in TYPE_SELECTORS:
+                if module is not None and TYPE_SELECTORS[pattern](module):
+                    return pattern
+            elif fnmatch.fnmatchcase(name, pattern):
                 return pattern
         return None
 
-    def config_for(self, name: str) -> Config | None:
-        pattern = self.match(name)
+    def config_for(self, name: str, module: nn.Module | None = None) -> Config | None:
+        pattern = self.match(name, module)
         return self.default if pattern is None else dict(self.layers)[pattern]
 
 
@@ -99,10 +128,28 @@ class UnemulatedMACWarning(UserWarning):
     """A converted model computes MACs outside any swappable layer; they run in float."""
 
 
+def _base(module: nn.Module) -> type | None:
+    """The :data:`SWAPS` class ``module`` is emulated as: its own class, or the base class
+    of a subclass whose MACs are the base's (same ``forward``/``_conv_forward``); None for
+    a module that is no Linear/Conv2d. A subclass with MACs of its own is a ValueError."""
+    for base in SWAPS:
+        if type(module) is base:
+            return base
+        if isinstance(module, base):
+            own = [f for f in ("forward", "_conv_forward") if getattr(type(module), f, None) is not getattr(base, f, None)]
+            if own:
+                raise ValueError(f"{type(module).__name__} subclasses nn.{base.__name__} but defines its own "
+                                 f"{' and '.join(own)}, so its MACs are not nn.{base.__name__}'s; keep it in float "
+                                 "with a None policy entry, or register an emulated counterpart in "
+                                 "emulator.convert.SWAPS")
+            return base
+    return None
+
+
 def _swap(module: nn.Module, cfg: Config, name: str) -> nn.Module:
     """The emulated counterpart of ``module`` (hooks and train/eval mode carried over)."""
     try:
-        emulated = SWAPS[type(module)].from_float(module, cfg, name=name)
+        emulated = SWAPS[_base(module)].from_float(module, cfg, name=name)
     except ValueError as exc:
         message = str(exc)
         raise ValueError(message if message.startswith("layer ") else f"layer {name or '(the model)'}: "
@@ -127,7 +174,7 @@ def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
     policy = _as_policy(policy)
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert needs an nn.Module, not {type(model).__name__}")
-    if type(model) in SWAPS or isinstance(model, UNSUPPORTED):
+    if isinstance(model, tuple(SWAPS)) or isinstance(model, UNSUPPORTED):
         if policy.layers:
             raise ValueError(f"policy entries match no layer of the model: {', '.join(p for p, _ in policy.layers)} "
                              f"(a bare {type(model).__name__} is configured by the policy's default)")
@@ -140,14 +187,19 @@ def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
     for name, module in list(new.named_modules()):
         if not name:
             continue
-        pattern = policy.match(name)
+        pattern = policy.match(name, module)
         if pattern is not None:
             used.add(pattern)
-        cfg = policy.config_for(name)
+        cfg = policy.config_for(name, module)
         if isinstance(module, UNSUPPORTED) and cfg is not None:
             raise ValueError(f"layer {name} ({type(module).__name__}) is not supported by the emulator; "
                              "keep it in float with a None policy entry")
-        if type(module) in SWAPS or isinstance(module, UNSUPPORTED):
+        if cfg is not None:
+            try:
+                _base(module)
+            except ValueError as exc:
+                raise ValueError(f"layer {name}: {exc}") from None
+        if isinstance(module, tuple(SWAPS)) or isinstance(module, UNSUPPORTED):
             if cfg is None:
                 floats.add(name)  # kept in float on purpose
                 continue
@@ -244,8 +296,11 @@ def emulated_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
     """Fix the activation scale of every integer layer from ``batches`` of inputs.
+
+    ``batches`` yields input tensors, or ``(inputs, targets, ...)`` tuples as a
+    ``DataLoader`` over a labelled dataset does (the first element is the input).
 
     Runs the model on each batch while the integer layers record the largest |input|
     they see; each layer's per-tensor scale becomes ``absmax / (2^(b-1) - 1)``. Layers
@@ -261,7 +316,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
         layer.act_scale, layer.act_absmax, layer.observing = None, None, True
     pending = list(int_layers)
     device = model_device(model)
-    batches = [batch.to(device) for batch in batches]
+    batches = [_inputs_of(batch, i).to(device) for i, batch in enumerate(batches)]
     if not batches:
         raise ValueError("calibration needs at least one batch")
     while pending:
@@ -279,3 +334,13 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
         pending = [layer for layer in pending if layer.act_scale is None]
     model.train(was_training)
     return model
+
+
+def _inputs_of(batch, index: int) -> torch.Tensor:
+    """The input tensor of calibration batch ``index``: the batch, or its first element."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"calibration batch {index} must be an input tensor or an (inputs, targets) pair, "
+                        f"not {type(batch).__name__}")
+    return batch

@@ -1,10 +1,13 @@
 """Verilog out: the MAC through Amaranth's backend, plus a self-checking testbench.
 
-The testbench (Verilog-2001, runs under Icarus Verilog) reads a vector file made by
-the golden model (:mod:`hwgen.verify`): one line per clock cycle, in hex, the packed
-``{a, b, en, clear, expected_acc}``. It applies each line's inputs before a rising edge
-and compares ``acc`` after it, prints ``PASS: N vectors`` or the first mismatches and
-``FAIL: k of N vectors``.
+The testbench (Verilog-2001 plus ``$fatal``, runs under Icarus Verilog) reads a vector
+file made by the golden model (:mod:`hwgen.verify`): one line per clock cycle, in hex,
+the packed ``{a, b, en, clear, expected_acc}``. It applies each line's inputs before a
+rising edge and compares ``acc`` after it. It ends with ``PASS: N vectors`` and exit
+status 0, or with the first mismatches, ``FAIL: k of N vectors`` and ``$fatal`` (exit
+status 1 under ``vvp``). A vectors file that cannot be opened, or holds fewer than N
+readable lines, is a ``$fatal`` naming the file, before any vector is applied. The file
+is the absolute path written beside the testbench, or ``+vectors=PATH``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ def _header(mac, name: str) -> str:
         "// Ports: clk, rst (synchronous), a, b (bit patterns), en, clear -> acc.",
         "//   rst: acc <= 0; en: acc <= round((clear ? +0 : acc) + a*b); clear alone: acc <= 0.",
     ]
+    if getattr(mac, "chunk", None):
+        lines += [f"// Chunked (docs/semantics.md §5): the inner accumulator ({mac.acc_format}) "
+                  f"sums runs of {mac.chunk} terms from +0;",
+                  f"//   each full run is added into the outer accumulator ({mac.chunk_acc}); acc is the outer "
+                  f"{mac.chunk_acc} value of every term since clear."]
     if mac.pipeline:
         lines.append("//   Pipelined: a, b, en, clear act on acc one cycle later.")
     return "\n".join(lines) + "\n"
@@ -56,11 +64,16 @@ def vector_file(mac, program, want) -> str:
     return "\n".join(lines) + "\n"
 
 
-def testbench(mac, name: str, n: int, vectors_name: str) -> str:
+def testbench(mac, name: str, n: int, vectors_path: str) -> str:
+    """The self-checking testbench of ``mac`` (module ``name``) over ``n`` vectors read
+    from ``vectors_path`` (the default; ``+vectors=PATH`` overrides it)."""
     wa, wb, wc = _widths(mac)
     width = wa + wb + 2 + wc
+    if '"' in vectors_path or "\\" in vectors_path:
+        raise ValueError(f"the vectors path {vectors_path!r} cannot be a Verilog string literal")
     return f"""// Self-checking testbench for {name}: {mac.describe()}
-// Run: iverilog -o tb {name}.v {name}_tb.v && vvp tb [+vectors=PATH]
+// Run: iverilog -o tb {name}.v {name}_tb.v && vvp -n tb [+vectors=PATH]
+// Exit status 0 with PASS; 1 ($fatal) on any mismatch or an unreadable vectors file.
 `timescale 1ns/1ps
 module {name}_tb;
   localparam N = {n};
@@ -73,12 +86,18 @@ module {name}_tb;
   reg [W-1:0] vec [0:N-1];
   reg [{wc - 1}:0] want;
   reg [8*1024-1:0] path;
-  integer i, errors;
+  integer i, errors, fd;
   {name} dut (.clk(clk), .rst(rst), .a(a), .b(b), .en(en), .clear(clear), .acc(acc));
   always #5 clk = ~clk;
   initial begin
-    if (!$value$plusargs("vectors=%s", path)) path = "{vectors_name}";
+    if (!$value$plusargs("vectors=%s", path)) path = "{vectors_path}";
+    fd = $fopen(path, "r");
+    if (fd == 0) $fatal(1, "cannot open the vectors file %0s", path);
+    $fclose(fd);
+    for (i = 0; i < N; i = i + 1) vec[i] = {{W{{1'bx}}}};
     $readmemh(path, vec);
+    for (i = 0; i < N; i = i + 1)
+      if (^vec[i] === 1'bx) $fatal(1, "the vectors file %0s has no readable vector at line %0d of %0d", path, i + 1, N);
     errors = 0;
     @(posedge clk); #1 rst = 0;
     for (i = 0; i < N; i = i + 1) begin
@@ -90,8 +109,8 @@ module {name}_tb;
                                    i, a, b, en, clear, acc, want);
       end
     end
-    if (errors == 0) $display("PASS: %0d vectors", N);
-    else $display("FAIL: %0d of %0d vectors", errors, N);
+    if (errors != 0) $fatal(1, "FAIL: %0d of %0d vectors", errors, N);
+    $display("PASS: %0d vectors", N);
     $finish;
   end
 endmodule
@@ -100,7 +119,8 @@ endmodule
 
 def write(mac, path: str | Path, *, with_testbench: bool = False, n: int = 2000, seed: int = 0) -> list[Path]:
     """Write ``path`` (the MAC) and, with ``with_testbench``, ``<stem>_tb.v`` and
-    ``<stem>_vectors.hex`` beside it. Returns the paths written."""
+    ``<stem>_vectors.hex`` beside it (the testbench names the vectors by absolute path,
+    so it runs from any working directory). Returns the paths written."""
     path = Path(path)
     name = path.stem if path.stem.isidentifier() else "psum_mac"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +131,6 @@ def write(mac, path: str | Path, *, with_testbench: bool = False, n: int = 2000,
         vec_path = path.with_name(f"{path.stem}_vectors.hex")
         tb_path = path.with_name(f"{path.stem}_tb.v")
         vec_path.write_text(vector_file(mac, program, want))
-        tb_path.write_text(testbench(mac, name, n, vec_path.name))
+        tb_path.write_text(testbench(mac, name, n, str(vec_path.resolve())))
         written += [tb_path, vec_path]
     return written

@@ -63,7 +63,7 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     from synth.power import estimate_energy, finite_patterns, uniform_streams
 
     spec = runner.spec
-    model, dataset = _model(run.name, run.dataset, run.checkpoint)
+    model, dataset = _model(run.name, run.dataset, run.checkpoint, spec.fold_bn)
     batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
     layer = largest_layer(model, data.DATASETS[dataset].image_size)
     rows = []
@@ -88,7 +88,8 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
             rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
             row = {**unit, "unit": mac.describe(), "library": lib.name,
                    "area_um2": r.area_um2, "cells": r.num_cells, "transistors": r.transistors, "depth": r.depth,
-                   "critical_path_ns": r.critical_path_ns, "energy_pj": real.energy_per_mac_pj,
+                   "critical_path_ns": r.critical_path_ns, "clock_mhz": real.clock_mhz,
+                   "energy_pj": real.energy_per_mac_pj,
                    "energy_random_pj": rand.energy_per_mac_pj, "synth_seconds": r.synth_seconds}
             runner.store.put(key, "hardware", fields, row)
             log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {real.energy_per_mac_pj:.3f} pJ/MAC "

@@ -38,12 +38,17 @@ CALIBRATION = {"images": 1000, "batch_size": 250, "on": "int32 reference"}
 
 
 @functools.lru_cache(maxsize=4)
-def _model(name: str, dataset: str | None, checkpoint: str):
+def _model(name: str, dataset: str | None, checkpoint: str, fold_bn: bool = False):
+    """The trained network in eval mode, its batch norms folded into the convolutions
+    before them with ``fold_bn`` (:mod:`emulator.fold`), and its dataset."""
     from emulator import checkpoint as ckpt
+    from emulator.fold import fold_batchnorm
     from emulator.models import build
 
     model, dataset = build(name, dataset)
     ckpt.load_model(checkpoint, model)
+    if fold_bn:
+        model = fold_batchnorm(model)[0]
     return model.eval(), dataset
 
 
@@ -79,12 +84,13 @@ def _policy(policy: dict):
 
 
 @functools.lru_cache(maxsize=8)
-def _scales(name: str, dataset: str | None, checkpoint: str, bits: int, seed: int, data_dir, download: bool):
+def _scales(name: str, dataset: str | None, checkpoint: str, bits: int, seed: int, data_dir, download: bool,
+            fold_bn: bool = False):
     """Activation scales of the int``bits``/int32 reference calibrated with ``seed``."""
     from emulator import calibrate, convert
     from emulator.convert import emulated_layers
 
-    model, dataset = _model(name, dataset, checkpoint)
+    model, dataset = _model(name, dataset, checkpoint, fold_bn)
     reference = convert(model, _policy({"kind": "int", "acc": "int32", "bits": bits}))
     train = _source(dataset, "train", data_dir, download)
     calibrate(reference, [x for x, _ in train.batches(CALIBRATION["batch_size"], shuffle=True, seed=seed,
@@ -105,7 +111,7 @@ def evaluate_task(task: dict) -> dict:
         torch.set_num_threads(task["threads"])
     torch.manual_seed(task["seed"])
     device = resolve_device(task.get("device", "cpu"))
-    model, dataset = _model(task["model"], task["dataset"], task["checkpoint"])
+    model, dataset = _model(task["model"], task["dataset"], task["checkpoint"], task.get("fold_bn", False))
     policy = _policy(task["policy"])
     emulated = model if policy is None else convert(model, policy)
     test = _source(dataset, "test", task["data_dir"], task.get("download", False))
@@ -240,6 +246,8 @@ class Runner:
                   "seed": self.spec.seed, "psum": self.version}
         if policy["kind"] == "int":
             fields["data"]["calibration"] = {"train": data.train, **CALIBRATION}
+        if self.spec.fold_bn:  # absent when off: stores made before the option stay valid
+            fields["fold_bn"] = True
         return fields
 
     def point(self, run: ModelRun, policy: dict, stage: str = "decision") -> dict:
@@ -256,7 +264,8 @@ class Runner:
         task = {"model": run.name, "dataset": run.dataset, "checkpoint": str(run.checkpoint), "policy": policy,
                 "indices": self._indices(run, stage).tolist(), "seed": self.spec.seed,
                 "data_dir": self.spec.data_dir, "download": self.spec.download, "batch_size": self.spec.batch_size,
-                "threads": self.threads, "device": self.spec.device, "expect": fields["data"]}
+                "threads": self.threads, "device": self.spec.device, "expect": fields["data"],
+                "fold_bn": self.spec.fold_bn}
         start = time.monotonic()
         result = self.executor.submit(evaluate_task, task).result()
         self.store.put(key, "accuracy", fields, result)

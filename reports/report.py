@@ -10,28 +10,11 @@ import csv
 import json
 from pathlib import Path
 
-from reports.search import best_fp, best_int, exponent, int_width, mantissa
+from reports.plots import write_plots
+from reports.search import acc_bits as _bits
+from reports.search import best_fp, best_int, exponent, int_summary, mantissa, pareto_front
 
 __all__ = ["write_report", "pareto_front"]
-
-
-def pareto_front(points: list[dict], cost: str) -> list[dict]:
-    """Points not dominated in (higher top-1, lower ``cost``)."""
-    front = []
-    for p in points:
-        dominated = any(q is not p and q["top1"] >= p["top1"] and q[cost] <= p[cost]
-                        and (q["top1"] > p["top1"] or q[cost] < p[cost]) for q in points)
-        if not dominated:
-            front.append(p)
-    return sorted(front, key=lambda p: p[cost])
-
-
-def _bits(acc: str) -> int:
-    if acc.startswith("int"):
-        return int_width(acc)
-    from psum.formats import parse
-
-    return parse(acc).bits
 
 
 def _pct(r: dict | None) -> str:
@@ -55,12 +38,53 @@ def _hw_of(found: dict, family: str, acc: str | None, chunk=None, chunk_acc=None
                  and h.get("chunk") == chunk and (chunk is None or h.get("chunk_acc") == chunk_acc)), None)
 
 
+def _main_chunk(spec) -> tuple:
+    """(chunk, outer) of the main searches' FP MACs: the spec's chunk with the fp32 outer
+    accumulator its points are evaluated with, or (None, None) unchunked."""
+    return (spec.chunk, "fp32") if spec.chunk else (None, None)
+
+
+def _main_fp(found: dict, spec, acc: str | None) -> dict | None:
+    """The MAC of a main-search FP minimum, built as its accuracy was measured."""
+    return _hw_of(found, "fp", acc, *_main_chunk(spec))
+
+
+def _timing(h: dict) -> dict:
+    from synth.flow import clock_check
+    from synth.power import DEFAULT_CLOCK_MHZ
+
+    return clock_check(h["critical_path_ns"], h.get("clock_mhz", DEFAULT_CLOCK_MHZ))
+
+
+def _energy(h: dict | None) -> str:
+    """``pJ/MAC`` with the clock it is quoted at and whether the MAC meets it."""
+    if not h:
+        return "-"
+    t = _timing(h)
+    return f"{h['energy_pj']:.3f}" + ("" if t["meets"] else f" (misses {t['clock_mhz']:g} MHz)")
+
+
+def _configuration(found: dict, spec) -> str:
+    """The arithmetic that every accuracy and every MAC of a network's section share."""
+    chunk = (f"chunked: every {spec.chunk} products the inner accumulator is added into an fp32 outer "
+             "accumulator, in the emulator and in the synthesized MAC alike" if spec.chunk else
+             "unchunked (one accumulator over each whole dot product)")
+    bn = found.get("batchnorm")
+    if bn is None:
+        norm = ""
+    elif bn["fold_bn"]:
+        norm = f"; batch norm folded into the convolution before it ({bn['folded']} folded, {bn['kept']} kept in fp32)"
+    else:
+        norm = f"; batch norm not folded ({bn['kept']} layers, fp32, after their convolution)" if bn["kept"] else             "; no batch norm"
+    return (f"Configuration of every accuracy and MAC in this section: FP MACs take {spec.inputs} activations and "
+            f"weights, exact products (not rounded before the add), {chunk}; INT MACs take int{spec.int_bits} "
+            f"operands, exact products, one wrapping or saturating accumulator; accumulation order "
+            f"{spec.orders[0]} (the order of the terms, not a property of the MAC){norm}.")
+
+
 def _ratio(a: dict | None, b: dict | None, key: str) -> str:
     return f"{a[key] / b[key]:.2f}" if a and b else "-"
 
-
-def _int_summary(found: dict, spec) -> dict:
-    return found["int"][f"wrap seed {spec.calibration_seeds[0]}"]
 
 
 # -- the cross-network summary --------------------------------------------------------------
@@ -82,15 +106,15 @@ def _summary(results: dict, spec) -> list[str]:
             fp = best_fp(found, tol)
             it = best_int(found, tol)
             fp_j = _judged(found["fp"][exponent(fp)], fp) if fp else None
-            it_j = _judged(_int_summary(found, spec), it)
+            it_j = _judged(int_summary(found, spec), it)
             seeds = sorted({found["int"][k]["minima"][str(tol)] or "none" for k in found["int"] if k.startswith("wrap")})
             chunks = found.get("chunks", {})
             cells = [model, f"{macs:,}",
                      f"{min(ks)}-{max(ks)}" if ks else "-", str(tol),
                      f"{fp} ({_bits(fp)})" if fp else "none", _drop(fp_j), it or "none", _drop(it_j),
                      ", ".join(seeds),
-                     _ratio(_hw_of(found, "fp", fp), _hw_of(found, "int", it), "area_um2"),
-                     _ratio(_hw_of(found, "fp", fp), _hw_of(found, "int", it), "energy_pj")]
+                     _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "area_um2"),
+                     _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "energy_pj")]
             for c in (16, 64):
                 entry = chunks.get(c) or chunks.get(str(c))
                 cells.append((entry["inner_fp32_outer"][str(tol)] or "none") if entry else "-")
@@ -114,21 +138,22 @@ def _central(found: dict, spec) -> list[str]:
              "FP: the fewest-bit format over all exponent widths within the tolerance of bf16-in/fp32-acc; INT: the "
              "narrowest wrapping accumulator within the tolerance of int8/int32 (first calibration seed). Drop: "
              "reference minus candidate top-1, points, paired 95% interval; *confident*: the interval's upper bound "
-             "is within the tolerance too.", "",
+             "is within the tolerance too. Energies are quoted at the clock of the energy simulation; one the MAC's "
+             "estimated critical path does not meet is marked.", "", _configuration(found, spec), "",
              "| tolerance | FP acc | bits | FP drop | confident | INT acc | INT drop | confident | FP area um^2 "
              "| INT area um^2 | area FP/INT | FP pJ/MAC | INT pJ/MAC | energy FP/INT |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for tol in spec.tolerances:
         fp, it = best_fp(found, tol), best_int(found, tol)
         fj = _judged(found["fp"][exponent(fp)], fp) if fp else None
-        ij = _judged(_int_summary(found, spec), it)
-        fh, ih = _hw_of(found, "fp", fp), _hw_of(found, "int", it)
+        ij = _judged(int_summary(found, spec), it)
+        fh, ih = _main_fp(found, spec, fp), _hw_of(found, "int", it)
         conf = lambda j: ("yes" if j["confidently_within"][str(tol)] else "no") if j else "-"  # noqa: E731
         cells = [str(tol), fp or "none", str(_bits(fp)) if fp else "-", _drop(fj), conf(fj), it or "none",
                  _drop(ij), conf(ij)]
         if fh and ih:
             cells += [f"{fh['area_um2']:.0f}", f"{ih['area_um2']:.0f}", _ratio(fh, ih, "area_um2"),
-                      f"{fh['energy_pj']:.3f}", f"{ih['energy_pj']:.3f}", _ratio(fh, ih, "energy_pj")]
+                      _energy(fh), _energy(ih), _ratio(fh, ih, "energy_pj")]
         else:
             cells += ["-"] * 6
         lines.append("| " + " | ".join(cells) + " |")
@@ -216,13 +241,13 @@ def _chunks(found: dict, spec) -> list[str]:
         cell = lambda h, k, f: f.format(h[k]) if h else "-"  # noqa: E731
         lines.append(f"| {c} | " + " | ".join(inner[str(t)] or "none" for t in spec.tolerances) +
                      f" | {entry.get('outer') or '-'} | {cell(wide, 'area_um2', '{:.0f}')} | "
-                     f"{cell(wide, 'energy_pj', '{:.3f}')} | {cell(narrow, 'area_um2', '{:.0f}')} | "
-                     f"{cell(narrow, 'energy_pj', '{:.3f}')} |")
+                     f"{_energy(wide)} | {cell(narrow, 'area_um2', '{:.0f}')} | {_energy(narrow)} |")
     best = best_fp(found, min(spec.tolerances))
-    h = _hw_of(found, "fp", best)
-    lines.append(f"| whole K | {' | '.join(best_fp(found, t) or 'none' for t in spec.tolerances)} | - | "
-                 f"{h['area_um2']:.0f} | {h['energy_pj']:.3f} | - | - |" if h else
-                 f"| whole K | {' | '.join(best_fp(found, t) or 'none' for t in spec.tolerances)} | - | - | - | - | - |")
+    h = _main_fp(found, spec, best)
+    label = f"main search (C = {spec.chunk}, fp32 outer)" if spec.chunk else "whole K"
+    lines.append(f"| {label} | {' | '.join(best_fp(found, t) or 'none' for t in spec.tolerances)} | - | "
+                 f"{h['area_um2']:.0f} | {_energy(h)} | - | - |" if h else
+                 f"| {label} | {' | '.join(best_fp(found, t) or 'none' for t in spec.tolerances)} | - | - | - | - | - |")
     return lines + [""]
 
 
@@ -275,111 +300,48 @@ def _prediction(found: dict) -> list[str]:
     return lines
 
 
-def _hardware_table(rows: list[dict]) -> list[str]:
+def _hardware_table(rows: list[dict], found: dict, spec) -> list[str]:
     front = {h["unit"] for cost in ("area_um2", "energy_pj") for h in pareto_front(rows, cost)}
     family_front = {h["unit"] for cost in ("area_um2", "energy_pj") for fam in ("fp", "int")
                     for h in pareto_front([r for r in rows if r["family"] == fam], cost)}
-    lines = ["### MACs: accuracy and silicon", "",
-             "| MAC | top-1 % | cells | area um^2 | transistors | depth | delay ns | pJ/MAC real | pJ/MAC random | "
-             "Pareto-optimal (area or energy) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["### MACs: accuracy and silicon", "", _configuration(found, spec) + " Each MAC below is synthesized "
+             "exactly as that arithmetic (the MAC column is the unit's own description, as in its Verilog header). "
+             "Delay and f_max are psum's static-timing estimate of the longest path, inputs and registers to registers "
+             "and outputs (docs/synthesis.md); "
+             "energies are quoted at the clock given, and slack < 0 means the MAC does not meet it.", "",
+             "| MAC | chunk | outer | top-1 % | cells | area um^2 | transistors | depth | delay ns | f_max MHz | "
+             "pJ/MAC real | pJ/MAC random | at MHz | slack ns | meets clock | Pareto-optimal (area or energy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for h in sorted(rows, key=lambda h: h["area_um2"]):
         where = "overall" if h["unit"] in front else f"within {h['family'].upper()}" if h["unit"] in family_front else ""
-        lines.append(f"| {h['unit']} | {100 * h['top1']:.2f} | {h['cells']} | {h['area_um2']:.0f} | "
-                     f"{h['transistors']} | {h['depth']} | {h['critical_path_ns']:.2f} | {h['energy_pj']:.3f} | "
-                     f"{h['energy_random_pj']:.3f} | {where} |")
+        t = _timing(h)
+        lines.append(f"| {h['unit']} | {h.get('chunk') or '-'} | {h.get('chunk_acc') or '-'} | {100 * h['top1']:.2f} | "
+                     f"{h['cells']} | {h['area_um2']:.0f} | {h['transistors']} | {h['depth']} | "
+                     f"{h['critical_path_ns']:.2f} | {t['fmax_mhz']} | {h['energy_pj']:.3f} | "
+                     f"{h['energy_random_pj']:.3f} | {t['clock_mhz']:g} | {t['slack_ns']:+.2f} | "
+                     f"{'yes' if t['meets'] else 'NO'} | {where} |")
     return lines + [""]
 
 
 def _costed(found: dict, spec) -> list[dict]:
-    """The unchunked MACs with the top-1 of their point on the decision images."""
+    """The MACs of the main searches (the references and every minimum, FP ones built
+    with the spec's chunking) with the top-1 of their point on the decision images."""
     rows = []
+    main = _main_chunk(spec)
     for h in found.get("hardware", []):
-        if h.get("chunk"):
-            continue
         if h["family"] == "fp":
-            ref = found["baselines"]["bf16_fp32acc"] if h["acc"] == "fp32" else \
-                _judged(found["fp"][exponent(h["acc"])], h["acc"])
+            if h["acc"] == "fp32" and not h.get("chunk"):
+                ref = found["baselines"]["bf16_fp32acc"]
+            elif (h.get("chunk"), h.get("chunk_acc")) == main:
+                ref = _judged(found["fp"][exponent(h["acc"])], h["acc"])
+            else:
+                continue  # a chunk-sweep MAC: costed in the chunk table
         else:
             ref = found["baselines"][f"int{spec.int_bits}_int32acc_seed{spec.calibration_seeds[0]}"] \
-                if h["acc"] == "int32" else _judged(_int_summary(found, spec), h["acc"])
+                if h["acc"] == "int32" else _judged(int_summary(found, spec), h["acc"])
         if ref and ref.get("stage", "decision") == "decision":
             rows.append({**h, "top1": ref["top1"]})
     return rows
-
-
-# -- plots ----------------------------------------------------------------------------------
-
-
-def _plots(model: str, found: dict, rows: list[dict], spec, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, ax, name: str):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{model}_{name}.png", dpi=120)
-        plt.close(fig)
-        written.append(f"{model}_{name}.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))  # the curve, with its paired band
-    for e, s in sorted(found["fp"].items(), key=lambda kv: int(kv[0])):
-        pts = sorted((_bits(j["acc"]), j["paired"]["drop"], *j["paired"]["drop_ci95"]) for j in s["judged"]
-                     if j["stage"] == "decision")
-        if pts:
-            xs, ys, lo, hi = zip(*pts)
-            line, = ax.plot(xs, ys, "o-", ms=3, label=f"FP E={e}")
-            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-    s = _int_summary(found, spec)
-    pts = sorted((_bits(j["acc"]), j["paired"]["drop"], *j["paired"]["drop_ci95"]) for j in s["judged"]
-                 if j["stage"] == "decision")
-    if pts:
-        xs, ys, lo, hi = zip(*pts)
-        ax.plot(xs, ys, "s:", color="tab:red", ms=3, label="INT (wrap)")
-        ax.fill_between(xs, lo, hi, color="tab:red", alpha=0.1)
-    for t in spec.tolerances:
-        ax.axhline(t, color="k", lw=0.6, ls="--")
-    ax.set_xlabel("accumulator bits")
-    ax.set_ylabel("top-1 drop vs reference (points), 95% band")
-    ax.set_title(f"{model}: accuracy drop vs accumulator width (decision images)")
-    save(fig, ax, "drop_vs_bits")
-
-    if found.get("chunks"):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for t in spec.tolerances:
-            cs = [(int(c), _bits(v["inner_fp32_outer"][str(t)])) for c, v in found["chunks"].items()
-                  if v["inner_fp32_outer"][str(t)]]
-            if cs:
-                xs, ys = zip(*sorted(cs))
-                ax.plot(xs, ys, "o-", label=f"inner minimum, tolerance {t}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("chunk size C (terms per spill into the fp32 outer accumulator)")
-        ax.set_ylabel("inner accumulator bits")
-        ax.set_title(f"{model}: chunk size vs minimal inner accumulator")
-        save(fig, ax, "chunks")
-
-    for cost, label, name in (("area_um2", "MAC area (um$^2$)", "pareto_area"),
-                              ("energy_pj", "energy per MAC, real operands (pJ)", "pareto_energy")):
-        if not rows:
-            break
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for family, marker, color in (("fp", "o", "tab:blue"), ("int", "s", "tab:red")):
-            sel = [h for h in rows if h["family"] == family]
-            ax.scatter([h[cost] for h in sel], [100 * h["top1"] for h in sel], marker=marker, color=color,
-                       label="FP accumulator" if family == "fp" else "INT accumulator (int8 operands)")
-        front = pareto_front(rows, cost)
-        ax.plot([h[cost] for h in front], [100 * h["top1"] for h in front], "k--", lw=0.8, label="Pareto front")
-        for h in front:
-            ax.annotate(h["acc"], (h[cost], 100 * h["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{model}: accuracy vs {label.split(' (')[0]}")
-        save(fig, ax, name)
-    return written
 
 
 def _pareto_verilog(rows: list[dict], out: Path, spec) -> list[str]:
@@ -394,6 +356,8 @@ def _pareto_verilog(rows: list[dict], out: Path, spec) -> list[str]:
         if h["unit"] not in front:
             continue
         stem = f"mac_{h['family']}_{h['acc'].replace(':', '_')}"
+        if h.get("chunk"):
+            stem += f"_c{h['chunk']}_{h['chunk_acc'].replace(':', '_')}"
         if not (folder / f"{stem}.v").exists():
             write(build(spec, h), folder / f"{stem}.v", with_testbench=True, n=500, seed=spec.seed)
         names.append(f"`verilog/{stem}.v`")
@@ -457,8 +421,8 @@ def write_report(results: dict, spec, out: Path) -> None:
             _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
         rows = _costed(found, spec)
         if rows:
-            lines += _hardware_table(rows)
-        lines += [f"![{p}]({p})" for p in _plots(model, found, rows, spec, out)] + [""]
+            lines += _hardware_table(rows, found, spec)
+        lines += [f"![{p}]({p})" for p in write_plots(model, found, rows, spec, out)] + [""]
         if rows:
             lines += _pareto_verilog(rows, out, spec)
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -16,7 +16,7 @@ import concurrent.futures as cf
 from reports.points import Judged, Runner
 from reports.spec import ModelRun
 
-__all__ = ["scan", "search_model", "mantissa", "exponent"]
+__all__ = ["scan", "search_model", "mantissa", "exponent", "acc_bits", "pareto_front", "best_fp", "best_int", "int_summary"]
 
 #: McNemar p-value below which two candidates are said to differ.
 SIGNIFICANT_P = 0.05
@@ -69,6 +69,22 @@ def _summary(policies: list[dict], found: dict) -> dict:
             "nonmonotone": found["nonmonotone"], "flat": found["flat"]}
 
 
+def _batchnorm(run: ModelRun, fold: bool) -> dict:
+    """How the network's batch norms are treated: folded into the conv before them
+    (``fold``: how many were, how many were left), or kept in fp32 after it."""
+    from torch import nn
+
+    from emulator.fold import fold_batchnorm
+    from reports.points import _model
+
+    model, _ = _model(run.name, run.dataset, run.checkpoint)
+    if fold:
+        _, folded, left = fold_batchnorm(model)
+    else:
+        folded, left = 0, sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return {"folded": folded, "kept": left, "fold_bn": fold}
+
+
 def search_model(runner: Runner, run: ModelRun, log) -> dict:
     """All searches of one network; the model's section of ``results.json``."""
     from emulator.data import DATASETS
@@ -77,7 +93,7 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
 
     spec = runner.spec
     order = spec.orders[0]
-    model, dataset = _model(run.name, run.dataset, run.checkpoint)
+    model, dataset = _model(run.name, run.dataset, run.checkpoint, spec.fold_bn)
     macs = layer_macs(model, DATASETS[dataset].image_size)
     fp_ref = {"kind": "float", "acc": "fp32", "inputs": spec.inputs, "chunk": None, "order": order}
     seeds = spec.calibration_seeds
@@ -85,7 +101,7 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
     out = {"baselines": {"fp32": runner.point(run, {"kind": "fp32"}), "bf16_fp32acc": runner.point(run, fp_ref),
                          **{f"int{spec.int_bits}_int32acc_seed{s}": runner.point(run, int_ref[s]) for s in seeds}},
            "reference": {"fp": "bf16_fp32acc", "int": f"int{spec.int_bits}_int32acc_seed{seeds[0]}"},
-           "macs": macs}
+           "macs": macs, "batchnorm": _batchnorm(run, spec.fold_bn)}
 
     def fp(acc: str, **extra) -> dict:
         return {**fp_ref, "acc": acc, "chunk": spec.chunk, **extra}
@@ -187,3 +203,28 @@ def _chunk_sweep(runner: Runner, run: ModelRun, best: str, fp_ref: dict) -> dict
             entry["outer"] = None if found["minima"][tol] is None else outers[found["minima"][tol]]
         sweep[c] = entry
     return sweep
+
+
+def pareto_front(points: list[dict], cost: str) -> list[dict]:
+    """Points not dominated in (higher top-1, lower ``cost``)."""
+    front = []
+    for p in points:
+        dominated = any(q is not p and q["top1"] >= p["top1"] and q[cost] <= p[cost]
+                        and (q["top1"] > p["top1"] or q[cost] < p[cost]) for q in points)
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: p[cost])
+
+
+def acc_bits(acc: str) -> int:
+    """Bits of an accumulator spec (``int18`` -> 18, ``e4m5`` -> 10)."""
+    if acc.startswith("int"):
+        return int_width(acc)
+    from psum.formats import parse
+
+    return parse(acc).bits
+
+
+def int_summary(found: dict, spec) -> dict:
+    """The INT search the report's central comparison uses: wrapping, first calibration seed."""
+    return found["int"][f"wrap seed {spec.calibration_seeds[0]}"]

@@ -44,7 +44,7 @@ class StudySpec:
 
     models: list[ModelRun] = field(default_factory=lambda: [ModelRun("lenet5", "checkpoints/lenet5-cifar10.pt")])
     inputs: str = "bf16"
-    exp_bits: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    exp_bits: list[int] = field(default_factory=lambda: [4, 5, 6])  # studies/cifar10.toml: 3..8
     max_width: int = 24  # FP candidates: 1 + E + M <= max_width
     mode: str = ""  # appended to every FP candidate, e.g. ":sat" or ":ftz:rz"
     chunk: int | None = None
@@ -61,6 +61,7 @@ class StudySpec:
     orders: list[str] = field(default_factory=lambda: ["im2col", "nhwc"])  # first: the main order
     prediction: bool = True  # per-layer K, error of accumulation against exact sums
     per_layer: bool = True
+    fold_bn: bool = False  # fold batch norm into the convolution before it (emulator.fold), as deployed
     synth: bool = True
     liberty: str | None = None
     streams: int = 4096
@@ -177,7 +178,7 @@ def _validate(spec: StudySpec) -> None:
         value = getattr(spec, name)
         if value is not None and (not isinstance(value, str) or not value):
             _fail(f"{name} must be a path, not {value!r}")
-    for name in ("per_layer", "synth", "download"):
+    for name in ("per_layer", "synth", "download", "fold_bn"):
         if not isinstance(getattr(spec, name), bool):
             _fail(f"{name} must be true or false, not {getattr(spec, name)!r}")
     if spec.limit is not None:

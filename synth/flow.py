@@ -33,7 +33,7 @@ from pathlib import Path
 from synth.liberty import Library, embedded
 from synth.yosys import run_yosys, yosys_version
 
-__all__ = ["SynthResult", "synthesize", "mapped_commands"]
+__all__ = ["SynthResult", "synthesize", "mapped_commands", "clock_check"]
 
 
 @dataclass
@@ -198,3 +198,13 @@ def timing(netlist: dict, library: Library) -> tuple[int, float]:
                                      if pin != cell.lib.ff["clocked_on"] for b in bits]
     return (max((depth.get(b, 0) for b in ends), default=0),
             max((arrival.get(b, 0.0) for b in ends), default=0.0))
+
+
+def clock_check(critical_path_ns: float, clock_mhz: float) -> dict:
+    """Whether a MAC with this critical path meets ``clock_mhz``: ``fmax_mhz`` (1 /
+    critical path), ``slack_ns`` (clock period - critical path; negative: the clock is
+    not met) and ``meets``. The path is :func:`timing`'s estimate (one NLDM delay per
+    cell at a typical slew and load), not a sign-off timing analysis."""
+    period_ns = 1e3 / clock_mhz
+    return {"clock_mhz": clock_mhz, "fmax_mhz": round(1e3 / critical_path_ns, 1) if critical_path_ns > 0 else None,
+            "slack_ns": round(period_ns - critical_path_ns, 3), "meets": critical_path_ns <= period_ns}

@@ -31,9 +31,12 @@ from synth.liberty import Library
 from synth.netlist import GateSimulator, Netlist
 
 __all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "uniform_streams",
-           "finite_patterns"]
+           "finite_patterns", "DEFAULT_CLOCK_MHZ"]
 
 WIRE_CAP_FF_PER_PIN = 0.5
+
+#: The clock at which power and leakage per MAC are quoted unless one is given.
+DEFAULT_CLOCK_MHZ = 500.0
 
 
 @dataclass
@@ -94,7 +97,7 @@ def uniform_streams(fmt_bits: int, finite_mask, count: int, k: int, seed: int) -
 
 
 def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.ndarray, *, unit: str,
-                    operands: str, clock_mhz: float = 500.0, max_lanes: int = 16384,
+                    operands: str, clock_mhz: float = DEFAULT_CLOCK_MHZ, max_lanes: int = 16384,
                     wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN, pipeline: bool = False) -> PowerResult:
     """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K)."""
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:

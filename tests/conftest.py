@@ -19,3 +19,21 @@ except ImportError:
     _gpu = False
 if not _gpu:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def tiny_lenet5(root, images: int, seed: int):
+    """Synthetic CIFAR-shaped data (npz layout, the same images for both splits) under
+    ``root/data`` and a LeNet5 trained on it for one epoch: ``(root, checkpoint)``."""
+    import numpy as np
+
+    from emulator import data
+    from emulator.train import TrainConfig, train
+
+    folder = root / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    src = data.synthetic("cifar10", images, seed=seed)
+    for split in ("train", "test"):
+        np.savez(folder / f"{split}.npz", images=src.images.numpy(), labels=src.labels.numpy())
+    ckpt = root / "lenet5.pt"
+    train(TrainConfig(model="lenet5", epochs=1, batch_size=32), src, ckpt, progress=False, log=lambda *_: None)
+    return root, ckpt

@@ -179,13 +179,20 @@ def test_hwgen_does_not_import_torch():
 iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog is not installed")
 
 
-def run_testbench(tmp_path, args):
+def run_testbench(tmp_path, args, cwd=None):
+    """Export, compile and run; the testbench's (exit status, stdout + stderr)."""
     from psum.cli import main
 
     assert main(["verilog", *args, "-o", str(tmp_path / "mac.v"), "--testbench", "--vectors", "1500"]) == 0
     subprocess.run(["iverilog", "-o", str(tmp_path / "tb"), str(tmp_path / "mac.v"), str(tmp_path / "mac_tb.v")],
                    check=True, cwd=tmp_path)
-    return subprocess.run(["vvp", "-n", str(tmp_path / "tb")], capture_output=True, text=True, cwd=tmp_path).stdout
+    return rerun(tmp_path, cwd=cwd)
+
+
+def rerun(tmp_path, *plusargs, cwd=None):
+    proc = subprocess.run(["vvp", "-n", str(tmp_path / "tb"), *plusargs], capture_output=True, text=True,
+                          cwd=cwd or tmp_path)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 @iverilog
@@ -195,19 +202,46 @@ def run_testbench(tmp_path, args):
                                   ["--int", "8", "--acc", "int16:sat", "--pipeline"],
                                   ["--inputs", "bf16", "--acc", "e4m3", "--chunk", "8", "--chunk-acc", "e5m10"]])
 def test_exported_verilog_passes_its_testbench_under_iverilog(tmp_path, args):
-    out = run_testbench(tmp_path, args)
-    assert "PASS: 1500 vectors" in out, out
+    rc, out = run_testbench(tmp_path, args)
+    assert rc == 0 and "PASS: 1500 vectors" in out, out
     assert (tmp_path / "mac.v").read_text().startswith("// mac: ")
 
 
 @iverilog
-def test_testbench_reports_a_wrong_vector(tmp_path):
+def test_testbench_fails_with_exit_status_1_on_a_wrong_vector(tmp_path):
     run_testbench(tmp_path, ["--inputs", "bf16", "--acc", "e4m7"])
     lines = (tmp_path / "mac_vectors.hex").read_text().splitlines()
     lines[10] = f"{int(lines[10], 16) ^ 1:x}"  # flip the expected acc's last bit
     (tmp_path / "mac_vectors.hex").write_text("\n".join(lines) + "\n")
-    out = subprocess.run(["vvp", "-n", str(tmp_path / "tb")], capture_output=True, text=True, cwd=tmp_path).stdout
-    assert "FAIL: 1 of 1500 vectors" in out and "mismatch at vector 10" in out
+    rc, out = rerun(tmp_path)
+    assert rc == 1 and "FAIL: 1 of 1500 vectors" in out and "mismatch at vector 10" in out, out
+    assert "PASS" not in out
+
+
+@iverilog
+def test_testbench_runs_from_any_directory_and_takes_a_plusarg(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rc, out = run_testbench(tmp_path, ["--int", "8", "--acc", "int24"], cwd=elsewhere)
+    assert rc == 0 and "PASS: 1500 vectors" in out, out
+    moved = elsewhere / "v.hex"
+    (tmp_path / "mac_vectors.hex").rename(moved)
+    rc, out = rerun(tmp_path, f"+vectors={moved}", cwd=elsewhere)
+    assert rc == 0 and "PASS: 1500 vectors" in out, out
+
+
+@iverilog
+def test_testbench_refuses_a_missing_or_short_vectors_file(tmp_path):
+    run_testbench(tmp_path, ["--inputs", "bf16", "--acc", "e4m7"])
+    vectors = tmp_path / "mac_vectors.hex"
+    lines = vectors.read_text().splitlines()
+    vectors.unlink()
+    rc, out = rerun(tmp_path)
+    assert rc == 1 and f"cannot open the vectors file {vectors}" in out and "mismatch" not in out, out
+    vectors.write_text("\n".join(lines[:700]) + "\n")
+    rc, out = rerun(tmp_path)
+    assert rc == 1 and f"the vectors file {vectors} has no readable vector at line 701 of 1500" in out, out
+    assert "mismatch" not in out and "PASS" not in out
 
 
 def test_verilog_cli_errors(tmp_path):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from psum.cli import build_policies, build_parser, main
+from conftest import tiny_lenet5
 
 
 def cli(capsys, *args):
@@ -46,18 +47,7 @@ def run(*args, env=None):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Synthetic CIFAR-shaped data (npz layout) and a LeNet5 trained on it for one epoch."""
-    from emulator import data
-    from emulator.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("integrity")
-    folder = root / "data" / "cifar10"
-    folder.mkdir(parents=True)
-    src = data.synthetic("cifar10", 64, seed=5)
-    for split in ("train", "test"):
-        np.savez(folder / f"{split}.npz", images=src.images.numpy(), labels=src.labels.numpy())
-    ckpt = root / "lenet5.pt"
-    train(TrainConfig(model="lenet5", epochs=1, batch_size=32), src, ckpt, progress=False, log=lambda *_: None)
-    return root, ckpt
+    return tiny_lenet5(tmp_path_factory.mktemp("integrity"), 64, 5)
 
 
 def eval_args(tiny, *extra):
@@ -821,3 +811,15 @@ def test_the_watch_survives_a_failing_first_forward():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(torch.randn(2, 8))
+
+
+def test_eval_layer_type_selectors_and_fold_bn(tiny, capsys):
+    code = main([str(a) for a in eval_args(tiny, "--acc", "e4m7", "--layer", "type:Linear=e5m10", "--fold-bn",
+                                           "--no-baselines", "--json")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["fold_bn"] is True
+    assert out["results"][0]["policy"].endswith("+ type:Linear=e5m10")
+    assert_one_line(*cli(capsys, *eval_args(tiny, "--acc", "e4m7", "--layer", "type:depthwise=e5m10")),
+                    "--layer type:depthwise matches no layer of lenet5; its MAC layers are features.0")
+    assert_one_line(*cli(capsys, *eval_args(tiny, "--acc", "e4m7", "--layer", "type:dw=e5m10")),
+                    "--layer type:dw: unknown layer-type selector; choose from type:Linear")

@@ -182,3 +182,87 @@ def test_configs_check_their_values():
         IntAccumConfig(weight_bits=20)
     assert AccumConfig(acc="e4m7").weights == parse("bf16")
     assert hash(AccumConfig(acc="e4m7")) == hash(AccumConfig(acc=parse("e4m7")))
+
+
+class MarkedConv(nn.Conv2d):
+    """A subclass that keeps Conv2d's forward: emulated as a Conv2d."""
+
+
+class StandardizedConv(nn.Conv2d):
+    """A subclass with MACs of its own (weight standardization in forward)."""
+
+    def forward(self, x):
+        w = (self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True))
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_convert_swaps_subclasses_that_keep_the_base_forward():
+    torch.manual_seed(2)
+    model = nn.Sequential(MarkedConv(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    new = convert(model, "e4m7")
+    assert isinstance(new[0], EmulatedConv2d) and isinstance(new[2], EmulatedLinear)
+    x = torch.randn(2, 3, 8, 8)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    plain.load_state_dict(model.state_dict())
+    assert torch.equal(new(x), convert(plain, "e4m7")(x))
+    assert isinstance(convert(MarkedConv(3, 4, 3), "e4m7"), EmulatedConv2d)
+
+
+@pytest.mark.parametrize("layer, base", [(StandardizedConv(3, 4, 3), "Conv2d"), (ScaledLinear(4, 4), "Linear")])
+def test_convert_refuses_subclasses_with_their_own_forward_by_name(layer, base):
+    model = nn.Sequential(nn.Identity(), layer)
+    with pytest.raises(ValueError, match=rf"^layer 1: {type(layer).__name__} subclasses nn.{base} but defines its "
+                                         r"own forward"):
+        convert(model, "e4m7")
+    kept = convert(model, Policy(AccumConfig(acc="e4m7"), {"1": None}))
+    assert type(kept[1]) is type(layer)
+    with pytest.raises(ValueError, match=rf"^layer \(the model\): {type(layer).__name__} subclasses"):
+        convert(layer, "e4m7")
+
+
+def depthwise_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, groups=8, padding=1),
+                         nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, groups=4), nn.Flatten(), nn.LazyLinear(4))
+
+
+def test_policy_type_selectors_pick_layers_by_kind():
+    model = depthwise_net()
+    model(torch.randn(1, 3, 6, 6))  # materialize the lazy layer
+    policy = Policy(AccumConfig(acc="e4m7"), {"type:depthwise": AccumConfig(acc="e5m10"),
+                                              "type:pointwise": AccumConfig(acc="e4m3"),
+                                              "type:grouped": None,
+                                              "type:Linear": AccumConfig(acc="e3m2")})
+    new = convert(model, policy)
+    assert new[0].config.acc == parse("e4m7")
+    assert new[1].config.acc == parse("e5m10")
+    assert new[2].config.acc == parse("e4m3")
+    assert type(new[3]) is nn.Conv2d
+    assert new[5].config.acc == parse("e3m2")
+    # An exact name wins over a type selector; the first matching selector decides.
+    named = convert(model, Policy(AccumConfig(acc="e4m7"), {"type:depthwise": AccumConfig(acc="e5m10"),
+                                                             "type:Conv2d": AccumConfig(acc="e5m2"),
+                                                             "3": AccumConfig(acc="e6m3")}))
+    assert named[1].config.acc == parse("e5m10") and named[0].config.acc == parse("e5m2")
+    assert named[3].config.acc == parse("e6m3") and named[2].config.acc == parse("e5m2")
+    with pytest.raises(ValueError, match="unknown layer-type selector 'type:conv'; choose from type:Linear"):
+        Policy(layers={"type:conv": None})
+    with pytest.raises(ValueError, match="policy entries match no layer of the model: type:depthwise"):
+        convert(LeNet5(), Policy(layers={"type:depthwise": AccumConfig()}))
+
+
+def test_calibrate_takes_dataloader_batches():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(10, 3))
+    xs = torch.randn(16, 10)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, torch.zeros(16, dtype=torch.long)),
+                                         batch_size=8)
+    from_loader = calibrate(convert(model, IntAccumConfig()), loader)
+    from_tensors = calibrate(convert(model, IntAccumConfig()), [xs[:8], xs[8:]])
+    assert torch.equal(from_loader[0].act_scale, from_tensors[0].act_scale)
+    with pytest.raises(TypeError, match="calibration batch 0 must be an input tensor or an"):
+        calibrate(convert(model, IntAccumConfig()), [{"x": xs}])

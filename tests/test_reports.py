@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from reports.report import pareto_front
 from reports.store import Store, point_key
 from reports.study import ModelRun, StudySpec, run_study
+from conftest import tiny_lenet5
 
 
 def test_pareto_front():
@@ -34,18 +34,7 @@ def test_store_keeps_one_row_per_key(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A LeNet5 trained for one epoch on synthetic CIFAR-shaped data, in the npz layout."""
-    from emulator import data
-    from emulator.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("study")
-    folder = root / "data" / "cifar10"
-    folder.mkdir(parents=True)
-    src = data.synthetic("cifar10", 96, seed=3)
-    for split in ("train", "test"):
-        np.savez(folder / f"{split}.npz", images=src.images.numpy(), labels=src.labels.numpy())
-    ckpt = root / "lenet5.pt"
-    train(TrainConfig(model="lenet5", epochs=1, batch_size=32), src, ckpt, progress=False, log=lambda *_: None)
-    return root, ckpt
+    return tiny_lenet5(tmp_path_factory.mktemp("study"), 96, 3)
 
 
 def tiny_spec(root, ckpt, **kw):

@@ -240,6 +240,16 @@ def test_synth_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["synthesis"]["flip_flops"] == 12 and report["energy"][0]["macs"] == 256 * 8
+    timing = report["energy"][0]["timing"]
+    assert timing["clock_mhz"] == 500.0 and timing["meets"] == (report["synthesis"]["critical_path_ns"] <= 2.0)
+    assert timing["fmax_mhz"] == round(1e3 / report["synthesis"]["critical_path_ns"], 1)
+    # A clock the MAC cannot meet is said beside its energy.
+    proc = subprocess.run([sys.executable, "-m", "psum", "synth", "--int", "4", "--acc", "int12", "--clock-mhz",
+                           "100000", "--streams", "64", "--k", "8"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "energy/MAC" in x)
+    assert "at 100000 MHz (slack -" in line and "the MAC does NOT meet this clock" in line
+    assert "f_max" in proc.stdout
     for args, fragment in [(["--acc", "e4q7"], "invalid format spec"),
                            (["--liberty", str(tmp_path / "none.lib")], "does not exist"),
                            (["--activity", "lenet5"], "--activity needs --checkpoint")]:

@@ -44,10 +44,13 @@ def cmd_verilog(args: argparse.Namespace) -> int:
         paths = write(mac, args.output, with_testbench=args.testbench, n=args.vectors, seed=args.seed)
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path the testbench cannot name
+        raise UsageError(str(exc)) from None
     for path in paths:
         print(f"wrote {path}")
     if args.testbench:
-        print(f"run: cd {paths[0].parent} && iverilog -o tb {paths[0].name} {paths[1].name} && vvp tb")
+        print(f"run: cd {paths[0].parent} && iverilog -o tb {paths[0].name} {paths[1].name} && vvp -n tb"
+              "  (exit status 0: PASS; 1: a mismatch or an unreadable vectors file)")
     return 0
 
 
@@ -85,7 +88,7 @@ ACTIVITY_ONLY = ("checkpoint", "layer", "dataset", "data_dir")
 
 @command("synth")
 def cmd_synth(args: argparse.Namespace) -> int:
-    from synth.flow import synthesize
+    from synth.flow import clock_check, synthesize
     from synth.liberty import embedded, from_liberty
     from synth.power import estimate_energy, finite_patterns, uniform_streams
 
@@ -111,7 +114,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         a, b, label = _activity_streams(args, mac)
         energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
                                         clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
-    report = {"synthesis": result.as_dict(), "energy": [e.as_dict() for e in energies],
+    timing = clock_check(result.critical_path_ns, args.clock_mhz)
+    report = {"synthesis": result.as_dict(), "energy": [{**e.as_dict(), "timing": timing} for e in energies],
               "library_notes": list(library.notes)}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -120,12 +124,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f"{r.unit} on {r.library}" + (" (cached)" if r.cached else f" ({r.synth_seconds:.1f} s)"))
     rows = [("cells", f"{r.num_cells}"), ("area", f"{r.area_um2:.1f} um^2 ({r.sequential_area_um2:.1f} sequential)"),
             ("transistors (CMOS estimate)", f"{r.transistors}"), ("flip-flops", f"{r.flip_flops}"),
-            ("logic depth", f"{r.depth} cells"), ("critical path", f"{r.critical_path_ns:.3f} ns")]
+            ("logic depth", f"{r.depth} cells"),
+            ("critical path", f"{r.critical_path_ns:.3f} ns (static-timing estimate), f_max {timing['fmax_mhz']} MHz")]
+    met = f"slack {timing['slack_ns']:+.3f} ns" + ("" if timing["meets"] else ": the MAC does NOT meet this clock")
     for e in energies:
         rows.append((f"energy/MAC, {e.operands}",
                      f"{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
                      f"clock {e.clock_pj:.4f}, leakage {e.leakage_pj:.4f}); {e.power_mw:.3f} mW at "
-                     f"{e.clock_mhz:g} MHz; {e.mac_cycles_per_s / 1e6:.2f} M MAC-cycles/s simulated"))
+                     f"{e.clock_mhz:g} MHz ({met}); {e.mac_cycles_per_s / 1e6:.2f} M MAC-cycles/s simulated"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")

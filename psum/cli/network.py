@@ -86,6 +86,11 @@ def _layer_overrides(items: list[str]) -> dict[str, str]:
             raise UsageError(f"--layer takes NAME=SPEC (e.g. 'features.0=e5m10' or 'fc=float'), not {item!r}")
         if name in overrides:
             raise UsageError(f"--layer {name} is given twice")
+        if name.startswith("type:"):
+            from emulator.convert import TYPE_SELECTORS
+
+            if name not in TYPE_SELECTORS:
+                raise UsageError(f"--layer {name}: unknown layer-type selector; choose from {', '.join(TYPE_SELECTORS)}")
         if spec != "float":
             parse_spec(spec, f"--layer {name}")
         overrides[name] = spec
@@ -165,15 +170,19 @@ def build_policies(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 
 def _check_layer_names(model, name: str, overrides: dict[str, str]) -> None:
-    """Every --layer pattern must name (or match) a layer of the model."""
+    """Every --layer selector must name (or match) a layer of the model."""
     import fnmatch
 
-    from emulator.convert import SWAPS
+    from emulator.convert import SWAPS, TYPE_SELECTORS
 
     names = [n for n, _ in model.named_modules() if n]
     for pattern in overrides:
-        if pattern not in names and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            macs = [n for n, m in model.named_modules() if type(m) in SWAPS]
+        if pattern.startswith("type:"):  # a known selector (_layer_overrides)
+            found = any(TYPE_SELECTORS[pattern](m) for _, m in model.named_modules())
+        else:
+            found = pattern in names or any(fnmatch.fnmatchcase(n, pattern) for n in names)
+        if not found:
+            macs = [n for n, m in model.named_modules() if isinstance(m, tuple(SWAPS))]
             raise UsageError(f"--layer {pattern} matches no layer of {name}; its MAC layers are {', '.join(macs)}")
 
 
@@ -193,6 +202,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = checkpoint.load_model(args.checkpoint, model)
     if meta.get("model") not in (None, args.model):
         raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
+    folded = None
+    if args.fold_bn:
+        from emulator.fold import fold_batchnorm
+
+        try:
+            model, folded, kept = fold_batchnorm(model)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     model.to(device)
     _check_layer_names(model, args.model, _layer_overrides(args.layer))
     runs = [] if args.no_baselines else [("fp32", None), ("bf16 inputs, fp32 acc", Policy(AccumConfig(acc="fp32")))]
@@ -218,10 +235,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows.append({"policy": label, **result.as_dict()})
     if args.json:
         print(json.dumps({"model": args.model, "dataset": dataset, "checkpoint": str(args.checkpoint),
-                          "device": str(device), "results": rows}, indent=2))
+                          "device": str(device), "fold_bn": args.fold_bn, "results": rows}, indent=2))
         return 0
     top5 = dataset == "imagenet"
-    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images, {device})")
+    bn = f"; batch norm folded into {folded} convolutions ({kept} kept)" if args.fold_bn else ""
+    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images, {device}{bn})")
     print("| policy | top-1 % | 95% CI |" + (" top-5 % | 95% CI |" if top5 else "") + " seconds |")
     print("|---|---|---|" + ("---|---|" if top5 else "") + "---|")
     for r in rows:
@@ -281,7 +299,10 @@ def add_parsers(sub) -> None:
                     "int32 for integer ones)")
     ev.add_argument("--order", default="im2col", choices=["im2col", "nhwc"], help="(default im2col)")
     ev.add_argument("--layer", action="append", metavar="NAME=SPEC",
-                    help="per-layer accumulator (name or glob; SPEC 'float' keeps it float); repeatable")
+                    help="per-layer accumulator: NAME a layer name, a glob or a type selector (type:Linear, type:Conv2d, "
+                         "type:depthwise, type:grouped, type:pointwise); SPEC 'float' keeps it float; repeatable")
+    ev.add_argument("--fold-bn", action="store_true",
+                    help="fold batch norm into the convolution before it, as deployed inference does")
     ev.add_argument("--weight-bits", type=int, default=8, help="integer MACs: weight bits (default 8)")
     ev.add_argument("--act-bits", type=int, default=8, help="integer MACs: activation bits (default 8)")
     ev.add_argument("--calib-batches", type=positive_int, default=4,

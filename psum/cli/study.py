@@ -24,6 +24,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     overrides = {"data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
                  "download": args.download or None, "device": args.device,
                  "synth": False if args.no_synth else None, "per_layer": False if args.no_per_layer else None,
+                 "fold_bn": True if args.fold_bn else None,
                  "tolerances": args.tolerance, "exp_bits": args.exp_bits, "screen": args.screen,
                  "screen_seed": args.screen_seed,
                  "models": [ModelRun(args.model, args.checkpoint, args.dataset)] if args.model else None}
@@ -54,13 +55,16 @@ def add_parser(sub) -> None:
     st.add_argument("--download", action="store_true", help="download CIFAR if missing")
     st.add_argument("--limit", type=image_limit, help="decision images per point, or 'all' (default: all)")
     st.add_argument("--tolerance", type=nonnegative_float, nargs="+", help="top-1 points (default 0.5 1.0)")
-    st.add_argument("--exp-bits", type=int, nargs="+", help="exponent widths searched (default 3..8)")
+    st.add_argument("--exp-bits", type=int, nargs="+", help="exponent widths searched (default 4 5 6; studies/cifar10.toml: 3..8)")
     st.add_argument("--seed", type=seed, help="(default 0)")
     st.add_argument("--liberty", help="Liberty file for synthesis (default embedded NanGate45)")
     st.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1: in-process)")
     st.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port)")
     st.add_argument("--no-synth", action="store_true", help="accuracy only")
     st.add_argument("--no-per-layer", action="store_true", help="skip the per-layer search")
+    st.add_argument("--fold-bn", action="store_true",
+                    help="fold batch norm into the convolution before it, as deployed inference does "
+                         "(default: batch norm stays in fp32 after the convolution); recorded in every point's key")
     st.add_argument("--screen", type=nonnegative_int, help="screening images (default 1000; 0: none)")
     st.add_argument("--screen-seed", type=seed, help="seed of the screening subset (default 1)")
     st.add_argument("--device", help="evaluate on cpu (default), cuda or cuda:N: same bits, other speed")
