@@ -185,8 +185,8 @@ def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
     used: set[str] = set()
     floats: set[str] = set()
     for name, module in list(new.named_modules()):
-        if not name:
-            continue
+        if not name or any(name.startswith(f"{kept}.") for kept in floats):
+            continue  # inside a layer kept in float (an attention's out_proj is used by its parent's own MACs)
         pattern = policy.match(name, module)
         if pattern is not None:
             used.add(pattern)

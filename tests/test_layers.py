@@ -266,3 +266,9 @@ def test_calibrate_takes_dataloader_batches():
     assert torch.equal(from_loader[0].act_scale, from_tensors[0].act_scale)
     with pytest.raises(TypeError, match="calibration batch 0 must be an input tensor or an"):
         calibrate(convert(model, IntAccumConfig()), [{"x": xs}])
+
+
+def test_layers_inside_a_float_attention_stay_as_they_are():
+    model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 4))
+    new = convert(model, Policy(AccumConfig(acc="e4m7"), {"0": None}))
+    assert type(new[0].out_proj) is type(model[0].out_proj) and isinstance(new[1], EmulatedLinear)
