@@ -48,19 +48,15 @@ UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d, nn.Bilinear, nn.MultiheadAttention, nn.RNNBase)
 
 
-def _is_conv(m) -> bool:
-    return isinstance(m, nn.Conv2d)
-
-
 #: Layer-type selectors of a policy entry (``"type:depthwise"``), each a predicate on
 #: the float module: every Linear; every Conv2d; depthwise (groups = input channels > 1);
 #: grouped (1 < groups < input channels); pointwise (1x1 kernel, groups = 1).
 TYPE_SELECTORS = {
     "type:Linear": lambda m: isinstance(m, nn.Linear),
-    "type:Conv2d": _is_conv,
-    "type:depthwise": lambda m: _is_conv(m) and m.groups > 1 and m.groups == m.in_channels,
-    "type:grouped": lambda m: _is_conv(m) and 1 < m.groups < m.in_channels,
-    "type:pointwise": lambda m: _is_conv(m) and m.groups == 1 and tuple(m.kernel_size) == (1, 1),
+    "type:Conv2d": lambda m: isinstance(m, nn.Conv2d),
+    "type:depthwise": lambda m: isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels,
+    "type:grouped": lambda m: isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels,
+    "type:pointwise": lambda m: isinstance(m, nn.Conv2d) and m.groups == 1 and tuple(m.kernel_size) == (1, 1),
 }
 
 
@@ -194,11 +190,6 @@ def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
         if isinstance(module, UNSUPPORTED) and cfg is not None:
             raise ValueError(f"layer {name} ({type(module).__name__}) is not supported by the emulator; "
                              "keep it in float with a None policy entry")
-        if cfg is not None:
-            try:
-                _base(module)
-            except ValueError as exc:
-                raise ValueError(f"layer {name}: {exc}") from None
         if isinstance(module, tuple(SWAPS)) or isinstance(module, UNSUPPORTED):
             if cfg is None:
                 floats.add(name)  # kept in float on purpose

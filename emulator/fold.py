@@ -21,10 +21,11 @@ import copy
 
 from torch import nn
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "count_batchnorms"]
 
 
-def _batchnorms(model: nn.Module) -> int:
+def count_batchnorms(model: nn.Module) -> int:
+    """Batch-norm layers (any dimension) in ``model``."""
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
@@ -38,7 +39,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int, int]:
     """
     from torch.fx.experimental.optimization import fuse
 
-    before = _batchnorms(model)
+    before = count_batchnorms(model)
     if before == 0:
         return copy.deepcopy(model).eval(), 0, 0
     try:
@@ -46,5 +47,5 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int, int]:
     except Exception as exc:  # torch.fx raises many kinds (TraceError, TypeError, ...) on untraceable code
         raise ValueError(f"cannot fold batch norm: torch.fx cannot trace {type(model).__name__} "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'})") from None
-    left = _batchnorms(folded)
+    left = count_batchnorms(folded)
     return folded.eval(), before - left, left

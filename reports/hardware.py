@@ -29,7 +29,7 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
     per chunk size the chunked MAC with an fp32 outer and with the narrowest outer."""
     fp = {("fp32", None, None)}
     for summary in found["fp"].values():
-        fp |= {(a, spec.chunk, "fp32" if spec.chunk else None) for a in summary["minima"].values() if a}
+        fp |= {(a, *spec.main_chunk()) for a in summary["minima"].values() if a}
     tight = str(min(spec.tolerances))
     for c, entry in found.get("chunks", {}).items():
         inner = entry["inner_fp32_outer"][tight]
@@ -72,6 +72,8 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
         fields = {"unit": mac.describe(), "library": lib.digest, "model": run.name,
                   "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
                   "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
+        if spec.fold_bn:  # the operand streams come from the folded weights
+            fields["fold_bn"] = True
         key = point_key(fields)
         row = runner.store.get(key)
         if row is None:

@@ -38,21 +38,16 @@ def _hw_of(found: dict, family: str, acc: str | None, chunk=None, chunk_acc=None
                  and h.get("chunk") == chunk and (chunk is None or h.get("chunk_acc") == chunk_acc)), None)
 
 
-def _main_chunk(spec) -> tuple:
-    """(chunk, outer) of the main searches' FP MACs: the spec's chunk with the fp32 outer
-    accumulator its points are evaluated with, or (None, None) unchunked."""
-    return (spec.chunk, "fp32") if spec.chunk else (None, None)
-
-
 def _main_fp(found: dict, spec, acc: str | None) -> dict | None:
     """The MAC of a main-search FP minimum, built as its accuracy was measured."""
-    return _hw_of(found, "fp", acc, *_main_chunk(spec))
+    return _hw_of(found, "fp", acc, *spec.main_chunk())
 
 
 def _timing(h: dict) -> dict:
     from synth.flow import clock_check
     from synth.power import DEFAULT_CLOCK_MHZ
 
+    # Rows stored before "clock_mhz" was recorded were simulated at the default clock.
     return clock_check(h["critical_path_ns"], h.get("clock_mhz", DEFAULT_CLOCK_MHZ))
 
 
@@ -66,20 +61,21 @@ def _energy(h: dict | None) -> str:
 
 def _configuration(found: dict, spec) -> str:
     """The arithmetic that every accuracy and every MAC of a network's section share."""
-    chunk = (f"chunked: every {spec.chunk} products the inner accumulator is added into an fp32 outer "
+    chunk, outer = spec.main_chunk()
+    chunk = (f"chunked: every {chunk} products the inner accumulator is added into an {outer} outer "
              "accumulator, in the emulator and in the synthesized MAC alike" if spec.chunk else
              "unchunked (one accumulator over each whole dot product)")
-    bn = found.get("batchnorm")
-    if bn is None:
-        norm = ""
-    elif bn["fold_bn"]:
-        norm = f"; batch norm folded into the convolution before it ({bn['folded']} folded, {bn['kept']} kept in fp32)"
+    bn = found["batchnorm"]
+    if bn["fold_bn"]:
+        norm = f"batch norm folded into the layer before it ({bn['folded']} folded, {bn['kept']} kept in fp32)"
+    elif bn["kept"]:
+        norm = f"batch norm not folded ({bn['kept']} layers, fp32, after their layer)"
     else:
-        norm = f"; batch norm not folded ({bn['kept']} layers, fp32, after their convolution)" if bn["kept"] else             "; no batch norm"
+        norm = "no batch norm"
     return (f"Configuration of every accuracy and MAC in this section: FP MACs take {spec.inputs} activations and "
             f"weights, exact products (not rounded before the add), {chunk}; INT MACs take int{spec.int_bits} "
             f"operands, exact products, one wrapping or saturating accumulator; accumulation order "
-            f"{spec.orders[0]} (the order of the terms, not a property of the MAC){norm}.")
+            f"{spec.orders[0]} (the order of the terms, not a property of the MAC); {norm}.")
 
 
 def _ratio(a: dict | None, b: dict | None, key: str) -> str:
@@ -327,7 +323,7 @@ def _costed(found: dict, spec) -> list[dict]:
     """The MACs of the main searches (the references and every minimum, FP ones built
     with the spec's chunking) with the top-1 of their point on the decision images."""
     rows = []
-    main = _main_chunk(spec)
+    main = spec.main_chunk()
     for h in found.get("hardware", []):
         if h["family"] == "fp":
             if h["acc"] == "fp32" and not h.get("chunk"):

@@ -70,19 +70,14 @@ def _summary(policies: list[dict], found: dict) -> dict:
 
 
 def _batchnorm(run: ModelRun, fold: bool) -> dict:
-    """How the network's batch norms are treated: folded into the conv before them
-    (``fold``: how many were, how many were left), or kept in fp32 after it."""
-    from torch import nn
-
-    from emulator.fold import fold_batchnorm
+    """How the network's batch norms are treated: with ``fold``, how many were folded
+    into the layer before them and how many were kept; else all kept, in fp32."""
+    from emulator.fold import count_batchnorms
     from reports.points import _model
 
-    model, _ = _model(run.name, run.dataset, run.checkpoint)
-    if fold:
-        _, folded, left = fold_batchnorm(model)
-    else:
-        folded, left = 0, sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return {"folded": folded, "kept": left, "fold_bn": fold}
+    present = count_batchnorms(_model(run.name, run.dataset, run.checkpoint, False)[0])
+    kept = count_batchnorms(_model(run.name, run.dataset, run.checkpoint, fold)[0])  # both cached
+    return {"folded": present - kept, "kept": kept, "fold_bn": fold}
 
 
 def search_model(runner: Runner, run: ModelRun, log) -> dict:

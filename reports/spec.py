@@ -103,6 +103,12 @@ class StudySpec:
         cannot run with."""
         _validate(self)
 
+    def main_chunk(self) -> tuple[int | None, str | None]:
+        """(chunk size, outer format) of the main searches' FP points and of the MACs
+        costed for them: ``chunk`` with the emulator's fp32 outer accumulator, or
+        ``(None, None)`` unchunked."""
+        return (self.chunk, "fp32") if self.chunk else (None, None)
+
     def candidates(self, exp_bits: int) -> list[str]:
         """The FP accumulators searched with ``exp_bits`` exponent bits, narrowest first."""
         return [f"e{exp_bits}m{m}{self.mode}" for m in range(0, self.max_width - exp_bits)]

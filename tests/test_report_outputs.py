@@ -131,7 +131,7 @@ def test_fold_bn_is_part_of_every_key_and_the_report(chunked, tmp_path):
     assert results["stats"]["computed"] > 0
     assert results["models"]["lenet5"]["batchnorm"] == {"folded": 0, "kept": 0, "fold_bn": True}
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "batch norm folded into the convolution before it (0 folded, 0 kept in fp32)" in report
+    assert "batch norm folded into the layer before it (0 folded, 0 kept in fp32)" in report
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     assert rows["models"]["lenet5"]["batchnorm"]["fold_bn"] is True
     from reports.store import Store

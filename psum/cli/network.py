@@ -202,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = checkpoint.load_model(args.checkpoint, model)
     if meta.get("model") not in (None, args.model):
         raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
-    folded = None
+    folded = kept = 0
     if args.fold_bn:
         from emulator.fold import fold_batchnorm
 
