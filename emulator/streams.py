@@ -17,7 +17,7 @@ from emulator.layers import symmetric_quantize
 from emulator.models import layer_macs
 from emulator.quantize import quantize, to_bits
 
-__all__ = ["operand_streams", "largest_layer"]
+__all__ = ["operand_streams", "largest_layer", "stream_results"]
 
 
 def _capture(model: nn.Module, name: str, batch: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
@@ -77,3 +77,55 @@ def operand_streams(model: nn.Module, layer: str, batch: torch.Tensor, count: in
         return (a_int & mask).astype(np.uint64), (b_int & mask).astype(np.uint64)
     weights = inputs if weights is None else weights
     return (to_bits(quantize(a_vals.double(), inputs), inputs), to_bits(quantize(b_vals.double(), weights), weights))
+
+
+def _pattern_values(bits: np.ndarray, fmt) -> torch.Tensor:
+    """float64 values of ``fmt`` bit patterns (exact, by psum.golden)."""
+    from psum import golden
+
+    unique, index = np.unique(bits, return_inverse=True)
+    values = np.array([float(golden.decode(fmt, int(u))) for u in unique], dtype=np.float64)
+    return torch.from_numpy(values[index].reshape(bits.shape))
+
+
+def _signed(bits: np.ndarray, width: int) -> torch.Tensor:
+    v = bits.astype(np.int64)
+    return torch.from_numpy(np.where(v >= 1 << (width - 1), v - (1 << width), v))
+
+
+def stream_results(a: np.ndarray, b: np.ndarray, *, acc, inputs="bf16", weights=None, chunk=None,
+                   chunk_acc=None, int_bits: int | None = None, block: int = 256) -> np.ndarray:
+    """The pattern a MAC leaves in its output after each stream: the emulator's dot
+    product of row s of ``a`` with row s of ``b`` (S, K patterns, as
+    :func:`operand_streams` gives them), accumulated as docs/semantics.md §4-6 define.
+
+    Float streams (``inputs``/``weights`` formats) -> patterns of ``chunk_acc`` when
+    chunked, else of ``acc``; integer streams (``int_bits``-bit two's complement) ->
+    two's-complement patterns of the integer accumulator (or ``chunk_acc``). Computed
+    in blocks of ``block`` streams as the diagonal of each block's matmul.
+    """
+    from psum.formats import IntFormat, parse
+    from emulator.matmul import int_matmul, matmul
+
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"a and b must be (streams, K) arrays of the same shape, not {a.shape} and {b.shape}")
+    if int_bits is not None:
+        fmt = parse(chunk_acc if chunk else acc)
+        if not isinstance(fmt, IntFormat):
+            raise ValueError(f"integer streams need an integer accumulator, not {fmt}")
+        x, y = _signed(a, int_bits), _signed(b, int_bits)
+        run = lambda xa, yb: int_matmul(xa, yb, acc, chunk=chunk, chunk_acc=chunk_acc or "int32")  # noqa: E731
+    else:
+        weights = inputs if weights is None else weights
+        fmt = parse(chunk_acc if chunk else acc)
+        x, y = _pattern_values(a, inputs), _pattern_values(b, weights)
+        run = lambda xa, yb: matmul(xa, yb, acc, inputs=inputs, weights=weights, chunk=chunk,  # noqa: E731
+                                    chunk_acc=chunk_acc or "fp32")
+    out = []
+    for start in range(0, a.shape[0], block):
+        xa, yb = x[start:start + block], y[start:start + block]
+        out.append(torch.diagonal(run(xa, yb.T.contiguous())))
+    values = torch.cat(out)
+    if int_bits is not None:
+        return (values.numpy().astype(np.int64) & ((1 << fmt.bits) - 1)).astype(np.uint64)
+    return to_bits(values, fmt)

@@ -23,10 +23,10 @@ from psum import golden
 from psum.formats import FloatFormat, IntFormat, parse
 from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_shape
 
-__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round"]
+__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode"]
 
 #: Bumped whenever generated hardware changes; part of synthesis cache keys.
-HWGEN_VERSION = "1"
+HWGEN_VERSION = "2"
 
 # The formats hwgen supports: the range every part of psum supports.
 _EXP_RANGE, _MAN_RANGE = (2, 8), (0, 23)
@@ -58,38 +58,39 @@ def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) 
     +0). With shift d >= 2 a subtraction cancels at most one leading bit, so the rounding
     position stays two bits above the sticky position; with d <= 1 nothing is shifted out.
     """
+    a = Module()  # the adder as one level of the hierarchy (docs/hardware.md, components)
+    m.submodules[name] = a
     p = max(len(x["sig"]), len(y["sig"]), fmt.man_bits + 1)
     window = p + 3
     xs, ys = Signal(p, name=f"{name}_x_sig"), Signal(p, name=f"{name}_y_sig")
-    m.d.comb += [xs.eq(Mux(x["zero"], 0, x["sig"] << (p - len(x["sig"])))),
+    a.d.comb += [xs.eq(Mux(x["zero"], 0, x["sig"] << (p - len(x["sig"])))),
                  ys.eq(Mux(y["zero"], 0, y["sig"] << (p - len(y["sig"]))))]
     x_first = Signal(name=f"{name}_x_first")  # x is the larger magnitude
-    with m.If(x["zero"]):
-        m.d.comb += x_first.eq(0)
-    with m.Elif(y["zero"]):
-        m.d.comb += x_first.eq(1)
-    with m.Else():
-        m.d.comb += x_first.eq((x["exp"] > y["exp"]) | ((x["exp"] == y["exp"]) & (xs >= ys)))
+    with a.If(x["zero"]):
+        a.d.comb += x_first.eq(0)
+    with a.Elif(y["zero"]):
+        a.d.comb += x_first.eq(1)
+    with a.Else():
+        a.d.comb += x_first.eq((x["exp"] > y["exp"]) | ((x["exp"] == y["exp"]) & (xs >= ys)))
     big_sig, small_sig = Mux(x_first, xs, ys), Mux(x_first, ys, xs)
     big_exp, small_exp = Mux(x_first, x["exp"], y["exp"]), Mux(x_first, y["exp"], x["exp"])
     big_sign = Mux(x_first, x["sign"], y["sign"])
     small_zero = Mux(x_first, y["zero"], x["zero"])
 
-    align = Aligner(window, (window + 1).bit_length())
-    m.submodules[f"{name}_align"] = align
+    a.submodules.align = align = Aligner(window, (window + 1).bit_length())
     distance = big_exp - small_exp
-    m.d.comb += [align.value.eq(Cat(Const(0, 3), small_sig)),
+    a.d.comb += [align.value.eq(Cat(Const(0, 3), small_sig)),
                  align.shift.eq(Mux(small_zero | (distance > window), window, distance))]
     big_w = Cat(Const(0, 3), big_sig)
     total = Signal(window + 1, name=f"{name}_sum")
     subtract = x["sign"] ^ y["sign"]
-    m.d.comb += total.eq(Mux(subtract, big_w - align.result - align.sticky, big_w + align.result))
+    a.d.comb += total.eq(Mux(subtract, big_w - align.result - align.sticky, big_w + align.result))
 
     norm = Normalizer(window + 1)
     rnd = Rounder(fmt, window + 1, es)
-    m.submodules[f"{name}_norm"], m.submodules[f"{name}_round"] = norm, rnd
+    a.submodules.norm, a.submodules.round = norm, rnd
     exact_zero = total == 0
-    m.d.comb += [norm.value.eq(total), rnd.sig.eq(norm.result), rnd.sticky.eq(align.sticky),
+    a.d.comb += [norm.value.eq(total), rnd.sig.eq(norm.result), rnd.sticky.eq(align.sticky),
                  rnd.exp.eq(big_exp + 1 - norm.count), rnd.zero.eq(exact_zero),
                  rnd.sign.eq(big_sign & ~exact_zero)]
 
@@ -98,14 +99,14 @@ def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) 
     inf_sign = Mux(x["inf"], x["sign"], y["sign"])
     inf_bits = golden.round_to(fmt, float("inf"))  # Inf, or max when the format has none
     result = Signal(fmt.bits, name=f"{name}_result")
-    with m.If(nan):
-        m.d.comb += result.eq(golden.nan_pattern(fmt))
-    with m.Elif(inf):
-        m.d.comb += result.eq(Cat(Const(inf_bits, fmt.bits - 1), inf_sign))
-    with m.Elif(x["zero"] & y["zero"]):
-        m.d.comb += result.eq((x["sign"] & y["sign"]) << (fmt.bits - 1))
-    with m.Else():
-        m.d.comb += result.eq(rnd.bits)
+    with a.If(nan):
+        a.d.comb += result.eq(golden.nan_pattern(fmt))
+    with a.Elif(inf):
+        a.d.comb += result.eq(Cat(Const(inf_bits, fmt.bits - 1), inf_sign))
+    with a.Elif(x["zero"] & y["zero"]):
+        a.d.comb += result.eq((x["sign"] & y["sign"]) << (fmt.bits - 1))
+    with a.Else():
+        a.d.comb += result.eq(rnd.bits)
     return result
 
 
@@ -158,6 +159,18 @@ class FloatMAC(wiring.Component):
             text += f" chunk={self.chunk} chunk_acc={self.chunk_acc}"
         return text + (" pipeline" if self.pipeline else "")
 
+    def components(self) -> dict[str, str]:
+        """The unit's parts by instance path (synth.components): "" is the top's own
+        logic, the accumulator (and chunk) registers with their enable, clear and counter."""
+        table = {"": "register", "dec_a": "decode", "dec_b": "decode", "dec_c": "decode",
+                 "multiply": "multiplier", "add": "add", "add.align": "align",
+                 "add.norm": "normalize", "add.round": "round"}
+        if self.product is not None:
+            table |= {"product_rounder": "product rounding", "dec_p": "product rounding"}
+        if self.chunk:
+            table |= {"dec_inner": "decode", "dec_outer": "decode", "spill": "outer adder"}
+        return table
+
     def elaborate(self, platform):
         m = Module()
         fa, fb, fc = self.inputs, self.weights, self.acc_format
@@ -208,22 +221,25 @@ class FloatMAC(wiring.Component):
         m.submodules.dec_a = da = FloatDecoder(fa, es)
         m.submodules.dec_b = db = FloatDecoder(fb, es)
         m.d.comb += [da.bits.eq(self.a), db.bits.eq(self.b)]
-        raw = Signal(wp)
-        m.d.comb += raw.eq(da.sig * db.sig)
+        m.submodules.multiply = mul = Module()  # the multiplier, one level of the hierarchy
+        raw = Signal(wp, name="product_raw")
+        mul.d.comb += raw.eq(da.sig * db.sig)
         top = raw[wp - 1]
-        prod = {
-            "sign": da.sign ^ db.sign,
-            "nan": da.nan | db.nan | (da.inf & db.zero) | (da.zero & db.inf),
-            "sig": Mux(top, raw, raw << 1)[:wp],
-            "exp": da.exp + db.exp + top,
-        }
-        prod["inf"] = (da.inf | db.inf) & ~prod["nan"]
-        prod["zero"] = (da.zero | db.zero) & ~prod["nan"] & ~prod["inf"]
+        prod = {name: Signal(es if name == "exp" else width, name=f"product_{name}")
+                for name, width in (("sign", 1), ("nan", 1), ("inf", 1), ("zero", 1), ("sig", wp), ("exp", 0))}
+        mul.d.comb += [
+            prod["sign"].eq(da.sign ^ db.sign),
+            prod["nan"].eq(da.nan | db.nan | (da.inf & db.zero) | (da.zero & db.inf)),
+            prod["sig"].eq(Mux(top, raw, raw << 1)[:wp]),
+            prod["exp"].eq(da.exp + db.exp + top),
+            prod["inf"].eq((da.inf | db.inf) & ~prod["nan"]),
+            prod["zero"].eq((da.zero | db.zero) & ~prod["nan"] & ~prod["inf"]),
+        ]
         en, clear = self.en, self.clear
         if self.pipeline:  # register the product and the controls
             staged = {}
             for name, value in prod.items():
-                staged[name] = Signal(es if name == "exp" else len(value), name=f"stage_{name}")
+                staged[name] = Signal.like(value, name=f"stage_{name}")
                 m.d.sync += staged[name].eq(value)
             en, clear = Signal(name="stage_en"), Signal(name="stage_clear")
             m.d.sync += [en.eq(self.en), clear.eq(self.clear)]
@@ -234,21 +250,28 @@ class FloatMAC(wiring.Component):
 
     def _round_product(self, m: Module, prod: dict, wp: int, es) -> dict:
         """Round the exact product into the product format and read it back (unfused)."""
-        fp = self.product
-        m.submodules.product_rounder = rnd = Rounder(fp, wp, es)
-        m.d.comb += [rnd.sign.eq(prod["sign"]), rnd.zero.eq(prod["zero"]), rnd.exp.eq(prod["exp"]),
-                     rnd.sig.eq(prod["sig"]), rnd.sticky.eq(0)]
-        bits = Signal(fp.bits, name="product_bits")
-        inf_bits = golden.round_to(fp, float("inf"))
-        with m.If(prod["nan"]):
-            m.d.comb += bits.eq(golden.nan_pattern(fp))
-        with m.Elif(prod["inf"]):
-            m.d.comb += bits.eq(Cat(Const(inf_bits, fp.bits - 1), prod["sign"]))
-        with m.Else():
-            m.d.comb += bits.eq(rnd.bits)
-        m.submodules.dec_p = dp = FloatDecoder(fp, es)
+        bits = encode(m, "product", prod, self.product, wp, es)
+        m.submodules.dec_p = dp = FloatDecoder(self.product, es)
         m.d.comb += dp.bits.eq(bits)
         return _decoded(dp)
+
+
+def encode(m: Module, name: str, x: dict, fmt: FloatFormat, width: int, es) -> Signal:
+    """``round_fmt(x)`` of one exact operand (a dict as :class:`FloatDecoder` gives it,
+    ``sig`` ``width`` bits wide and exact, so no sticky bit), as a bit pattern of
+    ``fmt``: NaN -> ``fmt``'s NaN, Inf -> Inf or max; the rounder is ``{name}_rounder``."""
+    m.submodules[f"{name}_rounder"] = rnd = Rounder(fmt, width, es)
+    m.d.comb += [rnd.sign.eq(x["sign"]), rnd.zero.eq(x["zero"]), rnd.exp.eq(x["exp"]),
+                 rnd.sig.eq(x["sig"]), rnd.sticky.eq(0)]
+    bits = Signal(fmt.bits, name=f"{name}_bits")
+    inf_bits = golden.round_to(fmt, float("inf"))
+    with m.If(x["nan"]):
+        m.d.comb += bits.eq(golden.nan_pattern(fmt))
+    with m.Elif(x["inf"]):
+        m.d.comb += bits.eq(Cat(Const(inf_bits, fmt.bits - 1), x["sign"]))
+    with m.Else():
+        m.d.comb += bits.eq(rnd.bits)
+    return bits
 
 
 class IntMAC(wiring.Component):
@@ -270,11 +293,16 @@ class IntMAC(wiring.Component):
         return f"IntMAC a=int{self.a_bits} b=int{self.b_bits} acc={self.acc_format}" + (
             " pipeline" if self.pipeline else "")
 
+    def components(self) -> dict[str, str]:
+        """The unit's parts by instance path (synth.components); "" is the register."""
+        return {"": "register", "multiply": "multiplier", "add": "add"}
+
     def elaborate(self, platform):
         m = Module()
         fmt = self.acc_format
+        m.submodules.multiply = mul = Module()  # the hierarchy's components: multiply, add
         product = Signal(signed(self.a_bits + self.b_bits), name="product")
-        m.d.comb += product.eq(self.a.as_signed() * self.b.as_signed())
+        mul.d.comb += product.eq(self.a.as_signed() * self.b.as_signed())
         en, clear = self.en, self.clear
         if self.pipeline:
             staged = Signal.like(product, name="stage_product")
@@ -282,13 +310,18 @@ class IntMAC(wiring.Component):
             m.d.sync += [staged.eq(product), en.eq(self.en), clear.eq(self.clear)]
             product = staged
         acc_reg = Signal(signed(fmt.bits), name="acc_reg")
-        base = Mux(clear, 0, acc_reg)
+        base = Signal.like(acc_reg, name="base")  # clear ? 0 : acc, with the register (as FloatMAC)
+        m.d.comb += base.eq(Mux(clear, 0, acc_reg))
+        m.submodules.add = add = Module()
         total = Signal(signed(max(fmt.bits, len(product)) + 1), name="sum")
-        m.d.comb += [total.eq(base + product), self.acc.eq(acc_reg)]
+        nxt = Signal(signed(fmt.bits), name="sum_fitted")
+        add.d.comb += total.eq(base + product)
+        m.d.comb += self.acc.eq(acc_reg)
         if fmt.overflow == "saturate":
-            nxt = Mux(total > fmt.max_value, fmt.max_value, Mux(total < fmt.min_value, fmt.min_value, total))
+            add.d.comb += nxt.eq(Mux(total > fmt.max_value, fmt.max_value,
+                                     Mux(total < fmt.min_value, fmt.min_value, total)))
         else:
-            nxt = total[:fmt.bits]
+            add.d.comb += nxt.eq(total[:fmt.bits])
         with m.If(en):
             m.d.sync += acc_reg.eq(nxt)
         with m.Elif(clear):

@@ -36,6 +36,8 @@ __all__ = [
     "int_mac_step",
     "int_dot",
     "nan_pattern",
+    "requantize",
+    "convert",
 ]
 
 _FINITE, _INF, _NAN = "finite", "inf", "nan"
@@ -322,3 +324,25 @@ def int_dot(
     for value in results:
         outer = outer_fmt.fit(outer + value)
     return outer
+
+
+def requantize(value: int, multiplier: int, shift: int, out_bits: int = 8) -> int:
+    """An integer network's output stage (docs/semantics.md §9): the accumulator's
+    ``value`` times the layer's fixed-point scale ``multiplier / 2^shift``, rounded to
+    nearest with ties toward +Inf, saturated to a signed ``out_bits`` integer:
+    ``clamp(floor((value * multiplier + 2^(shift - 1)) / 2^shift))`` (no rounding term
+    when ``shift = 0``). ``multiplier`` is unsigned."""
+    for name, v, lo in (("value", value, None), ("multiplier", multiplier, 0), ("shift", shift, 0),
+                        ("out_bits", out_bits, 2)):
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+            raise ValueError(f"requantize: {name} must be an integer" + (f" >= {lo}" if lo is not None else "")
+                             + f", not {v!r}")
+    scaled = value * multiplier + ((1 << (shift - 1)) if shift else 0)
+    top = (1 << (out_bits - 1)) - 1
+    return max(-top - 1, min(top, scaled >> shift))
+
+
+def convert(src: FloatFormat | str, dst: FloatFormat | str, bits: int) -> int:
+    """A float network's output stage: the ``src`` pattern ``bits`` rounded into ``dst``
+    (docs/semantics.md §2 and §9); NaN stays NaN, Inf becomes Inf or ``dst``'s max."""
+    return round_to(dst, decode(src, bits))

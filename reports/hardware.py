@@ -5,17 +5,24 @@ energy per MAC estimated from gate-level switching driven by real operand stream
 the network's largest layer (and by uniform random ones, for comparison). Chunked MACs
 (hwgen's ``chunk``/``chunk_acc``) are costed as built: inner accumulator, chunk
 counter and outer accumulator in one unit.
+
+The MACs of the main searches are also split by part (decode, multiplier, align, add,
+normalize, round, register; :mod:`synth.components`) and costed with the output stage
+every output of their layer passes through (:mod:`hwgen.output`: requantization for
+INT, rounding into the inputs' format for FP), per output and per MAC over K.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from reports.points import Runner, _model, _source
 from reports.spec import ModelRun, StudySpec
 from reports.store import point_key
 
-__all__ = ["library", "units", "hardware"]
+__all__ = ["library", "units", "hardware", "output_stage", "output_cost"]
 
 
 def library(spec: StudySpec):
@@ -45,6 +52,66 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
     return rows + [{"family": "int", "acc": a, "chunk": None, "chunk_acc": None} for a in sorted(ints)]
 
 
+#: What a hardware row holds; part of its key, so that rows costed otherwise are redone.
+#: 2: the main MACs also split by part, with the output stage an output needs.
+COSTING = 2
+
+#: The fixed-point scale's width in an integer network's requantizer.
+REQUANT_MULTIPLIER_BITS = 16
+
+
+def _is_main(spec: StudySpec, unit: dict) -> bool:
+    """A MAC of the main searches (not of the chunk sweep): split by part, with its
+    network's output stage."""
+    if unit["family"] == "int":
+        return True
+    chunk = (unit["chunk"], unit["chunk_acc"])
+    return chunk == spec.main_chunk() or (unit["acc"] == "fp32" and chunk == (None, None))
+
+
+def output_stage(spec: StudySpec, unit: dict, mac):
+    """What each output of a layer built from ``mac`` passes through before the next
+    layer: requantization to int<int_bits> (INT) or rounding into the inputs' format (FP)."""
+    from hwgen import FloatConverter, Requantizer
+
+    if unit["family"] == "int":
+        return Requantizer(unit["acc"], multiplier_bits=REQUANT_MULTIPLIER_BITS, out_bits=spec.int_bits)
+    return FloatConverter(mac.result_format, spec.inputs)
+
+
+def output_cost(spec: StudySpec, unit: dict, mac, lib, a, b, operands: str) -> dict:
+    """Area, delay and energy of the output stage, per output and per MAC (over K, the
+    streams' length), driven by the outputs the emulator computes for the streams; the
+    requantizer's scale maps the largest of them to the int range's top. The stage is
+    synthesized by parts (synth.components), its area the parts' sum."""
+    from emulator.streams import stream_results
+    from synth.components import synthesize_components
+    from synth.flow import timing
+    from synth.power import estimate_output_energy
+
+    stage = output_stage(spec, unit, mac)
+    k = a.shape[1]
+    if unit["family"] == "int":
+        results = stream_results(a, b, acc=unit["acc"], int_bits=spec.int_bits)
+        bits = stage.acc_format.bits
+        signed = results.astype(np.int64) - ((results >= 1 << (bits - 1)).astype(np.int64) << bits)
+        top = (1 << (spec.int_bits - 1)) - 1
+        multiplier, shift = stage.fixed_point(top / max(1, int(np.abs(signed).max())))
+        inputs = {"value": results, "multiplier": multiplier, "shift": shift}
+    else:
+        results = stream_results(a, b, acc=unit["acc"], inputs=spec.inputs, chunk=unit["chunk"],
+                                 chunk_acc=unit["chunk_acc"])
+        inputs = {"value": results}
+    r = synthesize_components(stage, lib)  # by parts: a flat requantizer takes ABC about 20 times longer
+    e = estimate_output_energy(r.netlist, lib, inputs, unit=stage.describe(), operands=operands)
+    out = {"unit": stage.describe(), "area_um2": r.area_um2, "cells": sum(p["cells"] for p in r.parts.values()),
+           "critical_path_ns": round(timing(r.netlist, lib)[1], 4), "energy_pj": e.energy_per_mac_pj, "k": k,
+           "per_mac_pj": round(e.energy_per_mac_pj / k, 5)}
+    if unit["family"] == "int":
+        out["scale"] = {"multiplier": multiplier, "shift": shift}
+    return out
+
+
 def build(spec: StudySpec, unit: dict):
     from hwgen import FloatMAC, IntMAC
 
@@ -59,6 +126,7 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     """Synthesis and energy of every MAC :func:`units` names for ``run``, on ``lib``."""
     from emulator import data
     from emulator.streams import largest_layer, operand_streams
+    from synth.components import costs_by_part
     from synth.flow import synthesize
     from synth.power import estimate_energy, finite_patterns, uniform_streams
 
@@ -69,7 +137,7 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     rows = []
     for unit in units(spec, found):
         mac = build(spec, unit)
-        fields = {"unit": mac.describe(), "library": lib.digest, "model": run.name,
+        fields = {"unit": mac.describe(), "costing": COSTING, "library": lib.digest, "model": run.name,
                   "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
                   "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
         if spec.fold_bn:  # the operand streams come from the folded weights
@@ -93,6 +161,11 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
                    "critical_path_ns": r.critical_path_ns, "clock_mhz": real.clock_mhz,
                    "energy_pj": real.energy_per_mac_pj,
                    "energy_random_pj": rand.energy_per_mac_pj, "synth_seconds": r.synth_seconds}
+            if _is_main(spec, unit):
+                split = costs_by_part(mac, lib, a, b, operands=f"{run.name} {layer}")
+                row |= {"parts": split["parts"], "parts_area_um2": split["area_um2"],
+                        "parts_energy_pj": split["energy_pj"]}
+                row["output"] = output_cost(spec, unit, mac, lib, a, b, f"{run.name} {layer}")
             runner.store.put(key, "hardware", fields, row)
             log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {real.energy_per_mac_pj:.3f} pJ/MAC "
                 f"[{time.monotonic() - start:.1f} s]")

@@ -82,6 +82,13 @@ def _ratio(a: dict | None, b: dict | None, key: str) -> str:
     return f"{a[key] / b[key]:.2f}" if a and b else "-"
 
 
+def _with_outputs(fp: dict | None, it: dict | None) -> str:
+    """Energy per MAC FP/INT, each side with its output stage's energy over K."""
+    if not (fp and it and fp.get("output") and it.get("output")):
+        return "-"
+    return f"{(fp['energy_pj'] + fp['output']['per_mac_pj']) / (it['energy_pj'] + it['output']['per_mac_pj']):.2f}"
+
+
 
 # -- the cross-network summary --------------------------------------------------------------
 
@@ -92,8 +99,8 @@ def _summary(results: dict, spec) -> list[str]:
              "interval, on the decision images); area and energy ratios of the FP MAC (bf16 operands) to the INT MAC "
              "(int8 operands); chunked minima (inner accumulator, fp32 outer) at C = 16 and 64.", "",
              "| network | MACs/image | K range | tolerance | FP acc (bits) | FP drop | INT acc | INT drop | INT width "
-             "over seeds | area FP/INT | energy FP/INT | chunk 16 | chunk 64 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "over seeds | area FP/INT | energy FP/INT | energy FP/INT with output stages | chunk 16 | chunk 64 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, found in results["models"].items():
         pred = found.get("prediction", {}).get("layers", {})
         ks = [v["K"] for v in pred.values()]
@@ -110,7 +117,8 @@ def _summary(results: dict, spec) -> list[str]:
                      f"{fp} ({_bits(fp)})" if fp else "none", _drop(fp_j), it or "none", _drop(it_j),
                      ", ".join(seeds),
                      _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "area_um2"),
-                     _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "energy_pj")]
+                     _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "energy_pj"),
+                     _with_outputs(_main_fp(found, spec, fp), _hw_of(found, "int", it))]
             for c in (16, 64):
                 entry = chunks.get(c) or chunks.get(str(c))
                 cells.append((entry["inner_fp32_outer"][str(tol)] or "none") if entry else "-")
@@ -154,6 +162,55 @@ def _central(found: dict, spec) -> list[str]:
             cells += ["-"] * 6
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+_PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "normalize", "round", "outer adder",
+               "register", "inputs")
+
+
+def _breakdown(found: dict, spec) -> list[str]:
+    """Where each central pair's area and energy go, part by part, and what an output
+    costs on each side (FP: rounding into the inputs' format; INT: requantization)."""
+    pairs = []
+    for tol in spec.tolerances:
+        fh, ih = _main_fp(found, spec, best_fp(found, tol)), _hw_of(found, "int", best_int(found, tol))
+        if fh and ih and fh.get("parts") and ih.get("parts") and (fh, ih) not in pairs:
+            pairs.append((fh, ih))
+    if not pairs:
+        return []
+    lines = ["### Where the FP/INT ratio comes from", "",
+             "Each MAC of the central comparison synthesized with its hierarchy kept (docs/synthesis.md, parts): area "
+             "and energy per MAC by part, on the same operand streams as the tables. *inputs* is the energy of the "
+             "nets the ports drive. Keeping the hierarchy stops optimization across parts, so the parts add up to "
+             "somewhat more or less than the flat unit every other table quotes (both totals are given). The output "
+             "stage runs once per output: its energy per MAC is its energy per output over K, the length of the "
+             "costed layer's dot products.", ""]
+    for fh, ih in pairs:
+        lines += [f"**{fh['acc']} (FP) against {ih['acc']} (INT)**", "",
+                  "| part | FP area um^2 | INT area um^2 | FP pJ/MAC | INT pJ/MAC |", "|---|---|---|---|---|"]
+        names = [n for n in _PART_ORDER if n in fh["parts"] or n in ih["parts"]]
+        names += sorted((set(fh["parts"]) | set(ih["parts"])) - set(names))
+        cell = lambda h, n, key: f"{h['parts'][n][key]:.{0 if key == 'area_um2' else 3}f}" if n in h["parts"] else "-"  # noqa: E731
+        for n in names:
+            lines.append(f"| {n} | {cell(fh, n, 'area_um2')} | {cell(ih, n, 'area_um2')} | {cell(fh, n, 'energy_pj')} "
+                         f"| {cell(ih, n, 'energy_pj')} |")
+        lines += [f"| all parts (hierarchical) | {fh['parts_area_um2']:.0f} | {ih['parts_area_um2']:.0f} | "
+                  f"{fh['parts_energy_pj']:.3f} | {ih['parts_energy_pj']:.3f} |",
+                  f"| flat unit (the tables' figure) | {fh['area_um2']:.0f} | {ih['area_um2']:.0f} | "
+                  f"{fh['energy_pj']:.3f} | {ih['energy_pj']:.3f} |"]
+        fo, io = fh.get("output"), ih.get("output")
+        if fo and io:
+            lines += [f"| output stage, per output: {fo['unit']} / {io['unit']} | {fo['area_um2']:.0f} | "
+                      f"{io['area_um2']:.0f} | {fo['energy_pj']:.3f} | {io['energy_pj']:.3f} |",
+                      f"| output stage per MAC (K = {fo['k']}) | - | - | {fo['per_mac_pj']:.4f} | {io['per_mac_pj']:.4f} |",
+                      f"| MAC + output stage per MAC | - | - | {fh['energy_pj'] + fo['per_mac_pj']:.3f} | "
+                      f"{ih['energy_pj'] + io['per_mac_pj']:.3f} |", "",
+                      f"Energy FP/INT: {_ratio(fh, ih, 'energy_pj')} for the MACs alone, "
+                      f"{_with_outputs(fh, ih)} with each side's output stage. The requantizer multiplies by a "
+                      f"{io['scale']['multiplier']} / 2^{io['scale']['shift']} scale (the streams' largest output at the int range's top); "
+                      "one output stage serves a whole array column, so its area is not added per MAC."]
+        lines.append("")
+    return lines
 
 
 def _per_e(found: dict, spec) -> list[str]:
@@ -413,8 +470,8 @@ def write_report(results: dict, spec, out: Path) -> None:
              f"{stats['computed']}, reused from the store {stats['reused']}; wall time {stats['seconds']} s.", ""]
     lines += _summary(results, spec)
     for model, found in results["models"].items():
-        lines += [f"## {model}", ""] + _baselines(found) + _central(found, spec) + _per_e(found, spec) + \
-            _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
+        lines += [f"## {model}", ""] + _baselines(found) + _central(found, spec) + _breakdown(found, spec) + \
+            _per_e(found, spec) + _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
         rows = _costed(found, spec)
         if rows:
             lines += _hardware_table(rows, found, spec)

@@ -33,7 +33,7 @@ from pathlib import Path
 from synth.liberty import Library, embedded
 from synth.yosys import run_yosys, yosys_version
 
-__all__ = ["SynthResult", "synthesize", "mapped_commands", "clock_check"]
+__all__ = ["SynthResult", "synthesize", "mapped_commands", "clock_check", "timing"]
 
 
 @dataclass

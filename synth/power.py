@@ -31,7 +31,7 @@ from synth.liberty import Library
 from synth.netlist import GateSimulator, Netlist
 
 __all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "uniform_streams",
-           "finite_patterns", "DEFAULT_CLOCK_MHZ"]
+           "finite_patterns", "DEFAULT_CLOCK_MHZ", "estimate_output_energy"]
 
 WIRE_CAP_FF_PER_PIN = 0.5
 
@@ -59,6 +59,7 @@ class PowerResult:
     wire_cap_ff_per_pin: float
     sim_seconds: float
     mac_cycles_per_s: float
+    components_pj: dict | None = None  # energy per MAC by part of the unit, when asked
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,64 +97,142 @@ def uniform_streams(fmt_bits: int, finite_mask, count: int, k: int, seed: int) -
     return out
 
 
-def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.ndarray, *, unit: str,
-                    operands: str, clock_mhz: float = DEFAULT_CLOCK_MHZ, max_lanes: int = 16384,
-                    wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN, pipeline: bool = False) -> PowerResult:
-    """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K)."""
-    if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:
-        raise ValueError(f"a and b must be (streams, K) arrays of the same shape, not {a.shape} and {b.shape}")
+def _check_clock(clock_mhz, wire_cap_ff_per_pin) -> None:
     if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not 0 < clock_mhz < math.inf:
         raise ValueError(f"clock_mhz must be a positive finite number, not {clock_mhz!r}")
     if not 0 <= wire_cap_ff_per_pin < math.inf:
         raise ValueError(f"wire_cap_ff_per_pin must be a non-negative finite number, not {wire_cap_ff_per_pin!r}")
+
+
+def _drive(net: Netlist, sequences: dict, cycles: int, steps: int, lanes: int) -> tuple[GateSimulator, float]:
+    """Simulate ``steps`` cycles of ``net`` on ``lanes`` lanes. ``sequences`` maps an input
+    port to a (lanes, cycles) array of values, or to a (cycles,) array of 0/1 shared by
+    every lane (a control); ports absent from it, and every port after ``cycles``, are 0."""
+    sim = GateSimulator(net, lanes // 64)
+    width = {name: len(net.ports[name][1]) for name in sequences}
+    start = time.monotonic()
+    block = 64
+    for t0 in range(0, steps, block):
+        t1 = min(t0 + block, steps)
+        live = max(0, min(t1, cycles) - t0)
+        packed = {name: pack_lanes(seq[:, t0:t0 + live], width[name]) for name, seq in sequences.items()
+                  if seq.ndim == 2 and live}
+        for i, t in enumerate(range(t0, t1)):
+            ports = {}
+            if t < cycles:
+                for name, seq in sequences.items():
+                    ports[name] = packed[name][i] if seq.ndim == 2 else [sim.ones if seq[t] else sim.zero]
+            sim.step(ports, sim.ones)
+    return sim, time.monotonic() - start
+
+
+def _cell_energies(net: Netlist, sim: GateSimulator, steps: int, lanes: int, period_s: float,
+                   wire_cap_ff_per_pin: float) -> dict:
+    """Energy (fJ, all lanes and cycles) by its source: per cell (name -> switching of the
+    nets it drives, internal, clock, leakage) and ``None`` for the nets the ports drive."""
+    cap, pins = net.fanout_capacitance()
+    v2 = net.library.voltage ** 2
+    toggles = sim.toggles
+    switched = lambda bit: toggles.get(bit, 0) * 0.5 * (cap.get(bit, 0.0) + wire_cap_ff_per_pin * pins.get(bit, 0)) * v2  # noqa: E731
+    parts = {None: {"switching": sum(switched(b) for b in net.input_bits if isinstance(b, int)),
+                    "internal": 0.0, "clock": 0.0, "leakage": 0.0}}
+    for cell in net.cells:
+        driven = [(pin, bits[0]) for pin, bits in cell.outputs.items() if isinstance(bits[0], int)]
+        parts[cell.name] = {
+            "switching": sum(switched(b) for _, b in driven),
+            "internal": sum(toggles.get(b, 0) * cell.lib.outputs[pin].energy_fj for pin, b in driven),
+            "clock": cell.lib.clock_energy_fj * steps * lanes if cell.lib.ff else 0.0,
+            "leakage": cell.lib.leakage_nw * 1e-9 * period_s * 1e15 * steps * lanes,
+        }
+    return parts
+
+
+def _result(net, sim, seconds, parts, *, unit, operands, streams, k, lanes, macs, steps, clock_mhz,
+            wire_cap_ff_per_pin, components) -> PowerResult:
+    per_mac = lambda fj: round(fj / macs / 1000.0, 5)  # noqa: E731 (fJ -> pJ per MAC)
+    kinds = {kind: sum(p[kind] for p in parts.values()) for kind in ("switching", "internal", "clock", "leakage")}
+    total = sum(kinds.values())
+    split = None
+    if components is not None:  # cell name -> component; the ports' nets are "inputs"
+        split = {}
+        for name, p in parts.items():
+            group = "inputs" if name is None else components(name)
+            split[group] = split.get(group, 0.0) + sum(p.values())
+        split = {group: per_mac(fj) for group, fj in sorted(split.items())}
+    return PowerResult(
+        unit=unit, library=net.library.name, operands=operands, streams=streams, k=k, lanes=lanes, macs=macs,
+        clock_mhz=clock_mhz, energy_per_mac_pj=per_mac(total), switching_pj=per_mac(kinds["switching"]),
+        internal_pj=per_mac(kinds["internal"]), clock_pj=per_mac(kinds["clock"]),
+        leakage_pj=per_mac(kinds["leakage"]),
+        power_mw=round(total / (steps * lanes) * 1e-15 * clock_mhz * 1e6 * 1e3, 4),
+        toggles_per_cycle=round(sum(sim.toggles.values()) / (steps * lanes), 2),
+        wire_cap_ff_per_pin=wire_cap_ff_per_pin, sim_seconds=round(seconds, 2),
+        mac_cycles_per_s=round(steps * lanes / max(seconds, 1e-9)), components_pj=split)
+
+
+def _lane_count(items: int, max_lanes: int) -> int:
+    return 64 * max(1, min(max_lanes, items) // 64)
+
+
+def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.ndarray, *, unit: str,
+                    operands: str, clock_mhz: float = DEFAULT_CLOCK_MHZ, max_lanes: int = 16384,
+                    wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN, pipeline: bool = False,
+                    components=None) -> PowerResult:
+    """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K).
+
+    ``components``: a function from a cell's name to the part of the unit it belongs to
+    (:func:`synth.flow.synthesize_components`); the result's ``components_pj`` then
+    splits the energy per MAC by part, the nets driven by the ports counted as "inputs".
+    """
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:
+        raise ValueError(f"a and b must be (streams, K) arrays of the same shape, not {a.shape} and {b.shape}")
+    _check_clock(clock_mhz, wire_cap_ff_per_pin)
     net = Netlist(netlist_json, library)
     streams, k = a.shape
-    lanes = 64 * max(1, min(max_lanes, streams) // 64)
+    lanes = _lane_count(streams, max_lanes)
     rounds = -(-streams // lanes)
     order = np.resize(np.arange(streams), lanes * rounds).reshape(rounds, lanes)  # lane l, round r
     a_seq = np.concatenate([a[order[r]] for r in range(rounds)], axis=1)  # (lanes, rounds*K)
     b_seq = np.concatenate([b[order[r]] for r in range(rounds)], axis=1)
     cycles = rounds * k
     clear = (np.arange(cycles) % k == 0).astype(np.uint64)
-    extra = 1 if pipeline else 0  # one more cycle lets a pipelined unit finish
-    sim = GateSimulator(net, lanes // 64)
-    ones = sim.ones
-    mask = ones
-    width_a, width_b = len(net.ports["a"][1]), len(net.ports["b"][1])
-    start = time.monotonic()
-    block = 64
-    for t0 in range(0, cycles + extra, block):
-        t1 = min(t0 + block, cycles + extra)
-        live = max(0, min(t1, cycles) - t0)
-        pa = pack_lanes(a_seq[:, t0:t0 + live], width_a) if live else None
-        pb = pack_lanes(b_seq[:, t0:t0 + live], width_b) if live else None
-        for i, t in enumerate(range(t0, t1)):
-            if t < cycles:
-                ports = {"a": pa[i], "b": pb[i], "en": [ones], "clear": [ones if clear[t] else sim.zero]}
-            else:
-                ports = {}
-            sim.step(ports, mask)
-    seconds = time.monotonic() - start
-    steps = cycles + extra
-    macs = lanes * cycles
+    steps = cycles + (1 if pipeline else 0)  # one more cycle lets a pipelined unit finish
+    sim, seconds = _drive(net, {"a": a_seq, "b": b_seq, "en": np.ones(cycles, dtype=np.uint64), "clear": clear},
+                          cycles, steps, lanes)
+    parts = _cell_energies(net, sim, steps, lanes, 1.0 / (clock_mhz * 1e6), wire_cap_ff_per_pin)
+    return _result(net, sim, seconds, parts, unit=unit, operands=operands, streams=streams, k=k, lanes=lanes,
+                   macs=lanes * cycles, steps=steps, clock_mhz=clock_mhz, wire_cap_ff_per_pin=wire_cap_ff_per_pin,
+                   components=components)
 
-    cap, pins = net.fanout_capacitance()
-    v2 = library.voltage ** 2
-    switching = sum(t * 0.5 * (cap.get(bit, 0.0) + wire_cap_ff_per_pin * pins.get(bit, 0)) * v2
-                    for bit, t in sim.toggles.items())  # fJ
-    internal = sum(sim.toggles.get(bits[0], 0) * cell.lib.outputs[pin].energy_fj
-                   for cell in net.cells for pin, bits in cell.outputs.items() if isinstance(bits[0], int))
-    clock = sum(cell.lib.clock_energy_fj for cell in net.flops) * steps * lanes
-    period_s = 1.0 / (clock_mhz * 1e6)
-    leakage = sum(cell.lib.leakage_nw for cell in net.cells) * 1e-9 * period_s * 1e15 * steps * lanes  # fJ
-    total = switching + internal + clock + leakage
-    per_mac = lambda fj: fj / macs / 1000.0  # noqa: E731 (fJ -> pJ per MAC)
-    return PowerResult(
-        unit=unit, library=library.name, operands=operands, streams=streams, k=k, lanes=lanes, macs=macs,
-        clock_mhz=clock_mhz, energy_per_mac_pj=round(per_mac(total), 5), switching_pj=round(per_mac(switching), 5),
-        internal_pj=round(per_mac(internal), 5), clock_pj=round(per_mac(clock), 5),
-        leakage_pj=round(per_mac(leakage), 5),
-        power_mw=round(total / (steps * lanes) * 1e-15 * clock_mhz * 1e6 * 1e3, 4),
-        toggles_per_cycle=round(sum(sim.toggles.values()) / (steps * lanes), 2),
-        wire_cap_ff_per_pin=wire_cap_ff_per_pin, sim_seconds=round(seconds, 2),
-        mac_cycles_per_s=round(steps * lanes / max(seconds, 1e-9)))
+
+def estimate_output_energy(netlist_json: dict, library: Library, inputs: dict, *, unit: str, operands: str,
+                           clock_mhz: float = DEFAULT_CLOCK_MHZ, max_lanes: int = 16384,
+                           wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN) -> PowerResult:
+    """Energy per operation of a unit that takes one value per cycle (an output stage:
+    :class:`hwgen.output.Requantizer`, :class:`hwgen.output.FloatConverter`).
+
+    ``inputs`` maps each input port to a (N,) array of values, one operation each, or
+    to an int held on every cycle (a per-layer constant such as a scale). The N
+    operations run in order over the lanes; "per MAC" in the result means per operation.
+    """
+    arrays = {name: np.asarray(v, dtype=np.uint64) for name, v in inputs.items() if not isinstance(v, int)}
+    sizes = {v.shape for v in arrays.values()}
+    if len(sizes) != 1 or len(next(iter(sizes))) != 1 or next(iter(sizes))[0] < 1:
+        raise ValueError(f"inputs must hold (N,) arrays of one length N >= 1, not shapes {sorted(sizes)}")
+    _check_clock(clock_mhz, wire_cap_ff_per_pin)
+    net = Netlist(netlist_json, library)
+    count = next(iter(sizes))[0]
+    lanes = _lane_count(count // 64, max_lanes)  # at least 64 operations per lane when there are enough
+    cycles = -(-count // lanes)
+    order = np.resize(np.arange(count), lanes * cycles).reshape(cycles, lanes).T  # lane l, cycle t
+    order = np.concatenate([order, order[:, -1:]], axis=1)  # the last inputs held while their result is registered
+    sequences = {}
+    for name, value in inputs.items():
+        sequences[name] = (np.full(order.shape, value, dtype=np.uint64) if isinstance(value, int)
+                           else arrays[name][order])
+    steps = cycles + 1
+    sim, seconds = _drive(net, sequences, steps, steps, lanes)
+    parts = _cell_energies(net, sim, steps, lanes, 1.0 / (clock_mhz * 1e6), wire_cap_ff_per_pin)
+    return _result(net, sim, seconds, parts, unit=unit, operands=operands, streams=count, k=1, lanes=lanes,
+                   macs=lanes * cycles, steps=steps, clock_mhz=clock_mhz, wire_cap_ff_per_pin=wire_cap_ff_per_pin,
+                   components=None)

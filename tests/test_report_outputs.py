@@ -52,6 +52,39 @@ def test_a_chunked_study_costs_the_chunked_mac_it_measured(chunked):
     assert "// Chunked (docs/semantics.md §5): the inner accumulator" in header and "runs of 4 terms" in header
 
 
+def test_the_central_macs_are_split_by_part_with_their_output_stage(chunked):
+    spec, results, out = chunked
+    found = results["models"]["lenet5"]
+    main = [h for h in found["hardware"] if h.get("parts")]
+    assert {h["family"] for h in main} == {"fp", "int"}
+    assert not any(h.get("chunk") == 8 for h in main), "the chunk sweep's MACs are not split"
+    for h in main:
+        parts = h["parts"]
+        expected = {"multiplier", "add", "register", "inputs"} | (
+            {"decode", "align", "normalize", "round"} if h["family"] == "fp" else set()) | (
+            {"outer adder"} if h.get("chunk") else set())
+        assert set(parts) == expected, h["unit"]
+        assert abs(sum(p["area_um2"] for p in parts.values()) - h["parts_area_um2"]) < 0.01
+        assert abs(sum(p["energy_pj"] for p in parts.values()) - h["parts_energy_pj"]) < 1e-3
+        assert all(p["area_um2"] > 0 for n, p in parts.items() if n != "inputs")
+        # The same unit, optimized within parts: flat synthesis of a narrow wrapping accumulator
+        # drops the product bits it never keeps (int10: 404 um^2 flat, 595 by parts).
+        assert 0.5 < h["parts_area_um2"] / h["area_um2"] < 2.0
+        stage = h["output"]
+        assert stage["k"] > 1 and stage["per_mac_pj"] == pytest.approx(stage["energy_pj"] / stage["k"], abs=1e-5)
+        if h["family"] == "int":
+            assert stage["unit"].startswith(f"Requantizer acc={h['acc']}") and stage["scale"]["multiplier"] >= 1 << 15
+        else:
+            assert stage["unit"] == f"FloatConverter {h['chunk_acc'] or h['acc']} -> {spec.inputs}"
+    report = (out / "report.md").read_text()
+    section = report[report.index("### Where the FP/INT ratio comes from"):]
+    section = section[:section.index("\n### ")]
+    for row in ("| multiplier |", "| align |", "| outer adder |", "| all parts (hierarchical) |",
+                "| flat unit (the tables' figure) |", "| output stage per MAC (K = ", "| MAC + output stage per MAC |"):
+        assert row in section
+    assert "with each side's output stage" in section
+
+
 def test_every_energy_carries_its_clock_check(chunked):
     spec, results, out = chunked
     report = (out / "report.md").read_text()

@@ -117,6 +117,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     timing = clock_check(result.critical_path_ns, args.clock_mhz)
     report = {"synthesis": result.as_dict(), "energy": [{**e.as_dict(), "timing": timing} for e in energies],
               "library_notes": list(library.notes)}
+    if args.parts:
+        from synth.components import costs_by_part
+
+        a, b, label = _activity_streams(args, mac) if args.activity else (rand_a, rand_b, energies[0].operands)
+        report["parts"] = costs_by_part(mac, library, a, b, operands=label, cache=not args.no_cache,
+                                        clock_mhz=args.clock_mhz, pipeline=mac.pipeline)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -138,6 +144,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print("  cells by type: " + ", ".join(f"{k} {v}" for k, v in sorted(r.cells.items(), key=lambda kv: -kv[1])))
     for note in library.notes:
         print(f"  note: {note}")
+    if args.parts:
+        p = report["parts"]
+        print(f"  by part (synthesized with its hierarchy: {p['area_um2']:.1f} um^2, {p['energy_pj']:.4f} pJ/MAC "
+              f"on {p['operands']}):")
+        for name, part in p["parts"].items():
+            print(f"    {name.ljust(16)} {part['area_um2']:9.1f} um^2 {100 * part['area_um2'] / p['area_um2']:5.1f}%"
+                  f"  {part['energy_pj']:.4f} pJ/MAC {100 * part['energy_pj'] / p['energy_pj']:5.1f}%")
     return 0
 
 
@@ -179,5 +192,8 @@ def add_parsers(sub) -> None:
     sy.add_argument("--clock-mhz", type=positive_float, default=500.0,
                     help="clock for power and leakage (default 500)")
     sy.add_argument("--seed", type=seed, default=0, help="(default 0)")
+    sy.add_argument("--parts", action="store_true",
+                    help="also split area and energy by part (decode, multiplier, align, add, normalize, round, "
+                    "register), synthesized with the hierarchy kept")
     sy.add_argument("--no-cache", action="store_true", help="resynthesize even if cached")
     sy.add_argument("--json", action="store_true")
