@@ -166,3 +166,35 @@ def test_output_energy_grows_with_activity_and_refuses_ragged_inputs():
     assert e_busy.energy_per_mac_pj > 10 * e_quiet.energy_per_mac_pj > 0
     with pytest.raises(ValueError, match="one length"):
         estimate_output_energy(r.netlist, embedded(), {"value": busy, "multiplier": busy[:10]}, unit="", operands="")
+
+
+@pytest.mark.parametrize("acc, chunk, chunk_acc", [("e4m5", None, None), ("e5m7", 4, "e6m9"), ("e3m4:sat", None, None),
+                                                   ("fp32", None, None)])
+def test_stream_results_are_the_golden_dot_products(acc, chunk, chunk_acc):
+    import torch
+
+    from emulator.streams import stream_results
+
+    gen = torch.Generator().manual_seed(0)
+    patterns = lambda: ((torch.randn(70 * 29, generator=gen) * 4).to(torch.bfloat16).view(torch.int16)  # noqa: E731
+                        .numpy().astype(np.int64) & 0xFFFF).astype(np.uint64).reshape(70, 29)
+    a, b = patterns(), patterns()
+    got = stream_results(a, b, acc=acc, chunk=chunk, chunk_acc=chunk_acc, block=32)
+    kw = {"chunk": chunk, "chunk_acc": chunk_acc} if chunk else {}
+    assert [int(g) for g in got] == [golden.dot([int(v) for v in a[s]], [int(v) for v in b[s]], acc=acc, **kw)
+                                     for s in range(len(a))]
+
+
+@pytest.mark.parametrize("acc", ["int12", "int12:sat", "int32"])
+def test_integer_stream_results_are_the_golden_dot_products(acc):
+    from emulator.streams import stream_results
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 256, (70, 29)).astype(np.uint64) for _ in range(2))
+    got = stream_results(a, b, acc=acc, int_bits=8, block=32)
+    fmt = parse(acc)
+    signed = lambda v: int(v) - 256 if v >= 128 else int(v)  # noqa: E731
+    assert [int(g) for g in got] == [fmt.encode(golden.int_dot([signed(v) for v in a[s]], [signed(v) for v in b[s]],
+                                                               acc=acc)) for s in range(len(a))]
+    with pytest.raises(ValueError, match="integer accumulator"):
+        stream_results(a, b, acc="e4m5", int_bits=8)
