@@ -168,6 +168,13 @@ _PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "norm
                "register", "inputs")
 
 
+def _accumulation(h: dict) -> dict:
+    """Area and energy per MAC of everything in a MAC but its multiplier (and the ports'
+    nets): the part of the unit that the accumulator's format decides."""
+    return {key: sum(p[key] for n, p in h["parts"].items() if n not in ("multiplier", "inputs"))
+            for key in ("area_um2", "energy_pj")}
+
+
 def _breakdown(found: dict, spec) -> list[str]:
     """Where each central pair's area and energy go, part by part, and what an output
     costs on each side (FP: rounding into the inputs' format; INT: requantization)."""
@@ -194,6 +201,10 @@ def _breakdown(found: dict, spec) -> list[str]:
         for n in names:
             lines.append(f"| {n} | {cell(fh, n, 'area_um2')} | {cell(ih, n, 'area_um2')} | {cell(fh, n, 'energy_pj')} "
                          f"| {cell(ih, n, 'energy_pj')} |")
+        fa, ia = _accumulation(fh), _accumulation(ih)
+        lines += [f"| accumulation (all parts but multiplier and inputs; FP/INT "
+                  f"{fa['area_um2'] / ia['area_um2']:.2f} area, {fa['energy_pj'] / ia['energy_pj']:.2f} energy) | "
+                  f"{fa['area_um2']:.0f} | {ia['area_um2']:.0f} | {fa['energy_pj']:.3f} | {ia['energy_pj']:.3f} |"]
         lines += [f"| all parts (hierarchical) | {fh['parts_area_um2']:.0f} | {ih['parts_area_um2']:.0f} | "
                   f"{fh['parts_energy_pj']:.3f} | {ih['parts_energy_pj']:.3f} |",
                   f"| flat unit (the tables' figure) | {fh['area_um2']:.0f} | {ih['area_um2']:.0f} | "

@@ -133,7 +133,10 @@ def _cell_energies(net: Netlist, sim: GateSimulator, steps: int, lanes: int, per
     cap, pins = net.fanout_capacitance()
     v2 = net.library.voltage ** 2
     toggles = sim.toggles
-    switched = lambda bit: toggles.get(bit, 0) * 0.5 * (cap.get(bit, 0.0) + wire_cap_ff_per_pin * pins.get(bit, 0)) * v2  # noqa: E731
+
+    def switched(bit) -> float:  # 1/2 C V^2 per transition of the net
+        return toggles.get(bit, 0) * 0.5 * (cap.get(bit, 0.0) + wire_cap_ff_per_pin * pins.get(bit, 0)) * v2
+
     parts = {None: {"switching": sum(switched(b) for b in net.input_bits if isinstance(b, int)),
                     "internal": 0.0, "clock": 0.0, "leakage": 0.0}}
     for cell in net.cells:
@@ -181,7 +184,7 @@ def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.n
     """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K).
 
     ``components``: a function from a cell's name to the part of the unit it belongs to
-    (:func:`synth.flow.synthesize_components`); the result's ``components_pj`` then
+    (:func:`synth.components.component_of`); the result's ``components_pj`` then
     splits the energy per MAC by part, the nets driven by the ports counted as "inputs".
     """
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:

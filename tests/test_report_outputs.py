@@ -79,7 +79,8 @@ def test_the_central_macs_are_split_by_part_with_their_output_stage(chunked):
     report = (out / "report.md").read_text()
     section = report[report.index("### Where the FP/INT ratio comes from"):]
     section = section[:section.index("\n### ")]
-    for row in ("| multiplier |", "| align |", "| outer adder |", "| all parts (hierarchical) |",
+    for row in ("| multiplier |", "| align |", "| accumulation (all parts but multiplier and inputs; FP/INT ",
+                "| outer adder |", "| all parts (hierarchical) |",
                 "| flat unit (the tables' figure) |", "| output stage per MAC (K = ", "| MAC + output stage per MAC |"):
         assert row in section
     assert "with each side's output stage" in section
