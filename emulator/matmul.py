@@ -256,8 +256,9 @@ def _rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cf
 
 
 #: The CPU kernel's implementations (docs/emulator.md): register tiles with
-#: directed-rounding adds where their preconditions hold, else blocks of fast steps.
-KERNEL_PATHS = ("float64 blocks", "float32 blocks", "float64 tiles", "float32 tiles")
+#: directed-rounding adds where their preconditions hold, one fused multiply-add per step
+#: for an IEEE binary32 accumulator, else blocks of fast steps.
+KERNEL_PATHS = ("float64 blocks", "float32 blocks", "float64 tiles", "float32 tiles", "binary32 tiles")
 
 
 def kernel_path(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> str:

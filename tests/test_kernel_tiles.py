@@ -44,7 +44,7 @@ def check(a, b, cfg, path, golden_rows: int = 0):
 @pytest.mark.parametrize("acc, path", [("e4m7", "float32 tiles"), ("e5m10", "float32 tiles"),
                                        ("e4m4", "float32 tiles"), ("e4m7:ftz", "float32 tiles"),
                                        ("e4m7:sat", "float32 tiles"), ("e6m9b40", "float32 tiles"),
-                                       ("fp32", "float64 tiles"), ("e8m23:ftz", "float64 tiles"),
+                                       ("fp32", "binary32 tiles"), ("e8m23:ftz", "float64 tiles"),
                                        ("e8m15:ftz", "float64 tiles"), ("bf16", "float64 tiles")])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (4, 32, 9), (5, 33, 40), (3, 17, 64), (9, 70, 31), (6, 16, 0)])
 def test_tiles_equal_the_reference_on_ties_and_edges(acc, path, shape):
@@ -53,12 +53,12 @@ def test_tiles_equal_the_reference_on_ties_and_edges(acc, path, shape):
     scale = 2.0 ** -6 if acc.startswith(("e4", "e5")) else 1.0  # e4/e5: sums around their range
     a = grid_values(rng, (m, k), 15) * scale
     b = grid_values(rng, (k, n), 15)
-    if path == "float64 tiles":
+    if path in ("float64 tiles", "binary32 tiles"):
         a, b = grid_values(rng, (m, k), 255, (0, 10)), grid_values(rng, (k, n), 255, (0, 10))
     check(a, b, AccumConfig(acc=acc), path, golden_rows=min(m, 2))
 
 
-@pytest.mark.parametrize("acc", ["e4m7", "e4m7:sat", "e5m10", "fp32", "e8m10"])
+@pytest.mark.parametrize("acc", ["e4m7", "e4m7:sat", "e5m10", "fp32", "e8m10", "e8m23:ftz"])
 def test_rare_lanes_in_the_middle_of_a_tile(acc):
     """Overflow, Inf and NaN in some lanes and steps: those rows take the general step
     for that step and go on in the tile."""
@@ -72,7 +72,7 @@ def test_rare_lanes_in_the_middle_of_a_tile(acc):
     b[30, 35] = -big
     a[6, 49] = -float("inf")
     cfg = AccumConfig(acc=acc)
-    path = "float64 tiles" if acc.startswith(("fp32", "e8")) else "float32 tiles"
+    path = "binary32 tiles" if acc == "fp32" else "float64 tiles" if acc.startswith("e8") else "float32 tiles"
     got = check(a, b, cfg, path)
     if ":sat" in acc:  # no Inf or NaN: they saturate to the largest finite value
         assert got.isfinite().all() and (got.abs() == float(cfg.acc.max_finite)).any()
@@ -85,11 +85,12 @@ def test_signed_zeros():
     a = torch.tensor([[-0.0, -0.0, -0.0], [0.0, -0.0, 1.0], [0.0, 0.0, -2.0 ** -15], [0.0, 0.0, -2.0 ** -8]])
     b = torch.ones(3, 20)
     b[1, :10] = -1.0
-    for acc, path in (("e4m7", "float32 tiles"), ("fp32", "float64 tiles"), ("e4m7:ftz", "float32 tiles")):
+    for acc, path in (("e4m7", "float32 tiles"), ("fp32", "binary32 tiles"), ("e8m23:ftz", "float64 tiles"),
+                      ("e4m7:ftz", "float32 tiles")):
         got = check(torch.cat([a, a]), b, AccumConfig(acc=acc), path)
         assert not torch.signbit(got[0]).any()  # only -0 terms, from +0: +0
-        assert torch.signbit(got[2]).all() and (got[2] == 0).all() == (acc != "fp32")  # e4m7: -2^-15 -> -0
-        assert torch.signbit(got[3]).all() and (got[3] == 0).all() == (acc == "e4m7:ftz")
+        assert torch.signbit(got[2]).all() and (got[2] == 0).all() == (acc not in ("fp32", "e8m23:ftz"))
+        assert torch.signbit(got[3]).all() and (got[3] == 0).all() == (acc == "e4m7:ftz")  # e4m7: -2^-15 -> -0
 
 
 def test_ftz_flushes_after_rounding_in_the_tiles():
@@ -105,7 +106,8 @@ def test_chunked_tiles(chunk, outer):
     rng = np.random.default_rng(chunk)
     a, b = grid_values(rng, (7, 90), 31) * 2.0 ** -5, grid_values(rng, (90, 37), 31)
     check(a, b, AccumConfig(acc="e4m7", chunk=chunk, chunk_acc=outer), "float32 tiles", golden_rows=1)
-    check(a, b, AccumConfig(acc="fp32", chunk=chunk, chunk_acc=outer), "float64 tiles")
+    check(a, b, AccumConfig(acc="fp32", chunk=chunk, chunk_acc=outer), "binary32 tiles")
+    check(a, b, AccumConfig(acc="e8m23:ftz", chunk=chunk, chunk_acc=outer), "float64 tiles")
 
 
 @pytest.mark.parametrize("acc, why", [
@@ -149,3 +151,28 @@ def test_tiles_give_the_blocks_bits_on_random_data():
         blocked = emulated_matmul(forced_a, b, cfg)[:33]
         assert "blocks" in kernel_path(forced_a, b, cfg) or acc in ("fp32", "e8m15")
         assert identical(tiled.double(), blocked.double()), acc
+
+
+def test_binary32_tiles_are_one_fused_multiply_add_with_ieee_specials():
+    """An IEEE binary32 accumulator: RN(acc + a * w), the product exact (also when it is
+    not a float32: tiny, huge or wider than 24 bits), Inf x 0 and Inf - Inf NaN, overflow
+    Inf, subnormal sums kept also when the caller's thread flushes denormals."""
+    rng = np.random.default_rng(5)
+    a = torch.from_numpy((rng.standard_normal((9, 70)) * np.exp2(rng.integers(-75, 70, (9, 70)))).astype(np.float32))
+    b = torch.from_numpy((rng.standard_normal((70, 37)) * np.exp2(rng.integers(-75, 70, (70, 37)))).astype(np.float32))
+    a[2, 3], b[3, 4] = float("inf"), 0.0
+    a[5, :] = -0.0
+    b[8, 30] = float("nan")
+    for cfg in (AccumConfig(acc="fp32"), AccumConfig(acc="fp32", inputs="fp32"),
+                AccumConfig(acc="fp32", chunk=6, chunk_acc="e5m10")):
+        got = check(a, b, cfg, "binary32 tiles", golden_rows=3)
+        assert got.isnan().any() and got.isinf().any() and torch.signbit(got[5]).sum() == 0
+    tiny = torch.full((4, 3), 2.0 ** -70)
+    torch.set_flush_denormal(True)
+    try:
+        got = emulated_matmul(tiny, torch.full((3, 40), 2.0 ** -70), AccumConfig(acc="fp32"))
+    finally:
+        torch.set_flush_denormal(False)
+    assert got.dtype == torch.float32 and (got.view(torch.int32) == 3 * 2 ** 9).all()  # 3 * 2^-140
+    for other, path in (("fp32:ftz", "float64 tiles"), ("fp32:rz", "float64 blocks"), ("e8m22", "float64 tiles")):
+        assert kernel_path(a, b, AccumConfig(acc=other)) == path, other

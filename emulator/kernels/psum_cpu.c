@@ -526,8 +526,9 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
  * Register-tiled MAC steps with directed-rounding adds (AVX-512).
  *
  * The fast steps above spend most of their work on TwoSum (six adds) and on turning its
- * error term into a sticky bit and a neighbour toward zero. AVX-512 rounds each add as
- * the instruction says, so the same two facts come from two adds:
+ * error term into a sticky bit and a neighbour toward zero. AVX-512 rounds each
+ * operation as the instruction says, so the same two facts come from two fused
+ * multiply-adds (y = a * w, exact inside them):
  *     rd = RD(acc + y), ru = RU(acc + y):  the sum is exact iff rd == ru, and the
  *     lane's neighbour of the exact sum toward zero is rd for a positive sum, ru for
  *     a negative one (an exact zero sum comes out +0 from ru, as IEEE RN gives it,
@@ -557,22 +558,27 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
 #include <immintrin.h>
 #define PSUM_HAVE_TILES 1
 #define PSUM_TR 4
+#define PSUM_IEEE 2 /* the tiles' third mode (after 0: flush to zero, 1: subnormals) */
 #define PSUM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define PSUM_RD (_MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
 #define PSUM_RU (_MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC)
 
 /* One MAC step of a vector in lanes of V (VI: its integer view, MASK: a lane mask;
- * PS, EPI, EPU: the intrinsics' element-type suffixes). */
-#define PSUM_TILE_STEP(NAME, V, VI, MASK, PS, EPI, EPU, CMPMASK)                           \
-    static inline __attribute__((always_inline)) V NAME(V acc, V y, const VI expmask,     \
+ * PS, EPI, EPU: the intrinsics' element-type suffixes): acc + x * w, the product exact
+ * inside the fused multiply-adds. The lane's neighbour of the exact sum toward zero is
+ * the one of rd, ru with the smaller magnitude, which for patterns of one sign is the
+ * smaller unsigned pattern (an exact zero sum: +0 from ru; two -0 terms: -0 from
+ * both); when inexact, rd and ru are adjacent patterns, so they differ in the last bit
+ * and (rd ^ ru) & 1 is the sticky bit that rounds the neighbour to odd. */
+#define PSUM_TILE_STEP(NAME, V, VI, MASK, PS, EPI, EPU)                                    \
+    static inline __attribute__((always_inline)) V NAME(V acc, V x, V w, const VI expmask, \
         const VI k, const VI low, const VI one, const VI sign, const VI max_abs,          \
         const VI min_normal, const int sub, MASK *rare)                                    \
     {                                                                                      \
-        V rd = _mm512_add_round_##PS(acc, y, PSUM_RD), ru = _mm512_add_round_##PS(acc, y, PSUM_RU); \
-        MASK inexact = _mm512_cmp_##PS##_mask(rd, ru, _CMP_NEQ_UQ);                         \
+        V rd = _mm512_fmadd_round_##PS(x, w, acc, PSUM_RD), ru = _mm512_fmadd_round_##PS(x, w, acc, PSUM_RU); \
         VI rdi = _mm512_cast##PS##_si512(rd), rui = _mm512_cast##PS##_si512(ru);            \
-        VI v = _mm512_mask_blend_##EPI(CMPMASK(rdi), rdi, rui); /* toward zero */           \
-        v = _mm512_mask_or_##EPI(v, inexact, v, one);           /* rounded to odd */       \
+        VI v = _mm512_min_##EPU(rdi, rui);                       /* toward zero */         \
+        v = _mm512_ternarylogic_##EPI(v, _mm512_xor_si512(rdi, rui), one, 0xF8); /* v | ((rd ^ ru) & 1): odd */ \
         VI magic = _mm512_add_##EPI(_mm512_and_si512(v, expmask), k);                      \
         if (sub)                                                                           \
             magic = _mm512_max_##EPU(magic, low);                                          \
@@ -586,20 +592,20 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
         return _mm512_castsi512_##PS(ri);                                                  \
     }
 
-PSUM_TILE_STEP(tile_step32, __m512, __m512i, __mmask16, ps, epi32, epu32, _mm512_movepi32_mask)
-PSUM_TILE_STEP(tile_step64, __m512d, __m512i, __mmask8, pd, epi64, epu64, _mm512_movepi64_mask)
+PSUM_TILE_STEP(tile_step32, __m512, __m512i, __mmask16, ps, epi32, epu32)
+PSUM_TILE_STEP(tile_step64, __m512d, __m512i, __mmask8, pd, epi64, epu64)
 
-/* Lane-type helpers of the tiles: broadcast, product, masked load of a b row (float32
+/* Lane-type helpers of the tiles: broadcast, masked load of a b row (float32
  * values, widened for float64 lanes), aligned spill and reload, integer broadcast. */
 static inline __m512 set1_32(float x) { return _mm512_set1_ps(x); }
 static inline __m512d set1_64(float x) { return _mm512_set1_pd((double)x); }
-static inline __m512 mul_32(__m512 x, __m512 y) { return _mm512_mul_round_ps(x, y, PSUM_RN); }
-static inline __m512d mul_64(__m512d x, __m512d y) { return _mm512_mul_round_pd(x, y, PSUM_RN); }
 static inline __m512 load_32(const float *p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
 static inline __m512d load_64(const float *p, __mmask8 mask)
 {
     return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, p));
 }
+static inline __m512 fma_32(__m512 x, __m512 w, __m512 acc) { return _mm512_fmadd_round_ps(x, w, acc, PSUM_RN); }
+static inline __m512d fma_64(__m512d x, __m512d w, __m512d acc) { return _mm512_fmadd_round_pd(x, w, acc, PSUM_RN); }
 static inline void spill_32(float *p, __m512 v) { _mm512_store_ps(p, v); }
 static inline void spill_64(double *p, __m512d v) { _mm512_store_pd(p, v); }
 static inline __m512 reload_32(const float *p) { return _mm512_load_ps(p); }
@@ -676,10 +682,16 @@ static __attribute__((noinline)) void general_64(double *acc, const float *brow,
                     const float av = arow[ii][kk];                                                     \
                     const V avv = set1_##S(av);                                                        \
                     MASK rare = 0;                                                                     \
-                    V n0 = tile_step##S(acc[ii][0], mul_##S(avv, w0), expmask, k, low, one, sign,      \
-                                        max_abs, min_normal, sub, &rare);                              \
-                    V n1 = tile_step##S(acc[ii][1], mul_##S(avv, w1), expmask, k, low, one, sign,      \
-                                        max_abs, min_normal, sub, &rare);                              \
+                    V n0, n1;                                                                          \
+                    if (sub == PSUM_IEEE) { /* the format is the lane's: one fused multiply-add */    \
+                        n0 = fma_##S(avv, w0, acc[ii][0]);                                             \
+                        n1 = fma_##S(avv, w1, acc[ii][1]);                                             \
+                    } else {                                                                           \
+                        n0 = tile_step##S(acc[ii][0], avv, w0, expmask, k, low, one, sign, max_abs,    \
+                                          min_normal, sub, &rare);                                     \
+                        n1 = tile_step##S(acc[ii][1], avv, w1, expmask, k, low, one, sign, max_abs,    \
+                                          min_normal, sub, &rare);                                     \
+                    }                                                                                  \
                     if (__builtin_expect(rare != 0, 0)) {                                              \
                         spill_##S(spill, acc[ii][0]);                                                  \
                         spill_##S(spill + LANES, acc[ii][1]);                                          \
@@ -704,9 +716,12 @@ static __attribute__((noinline)) void general_64(double *acc, const float *brow,
                 spill_##S(spill, acc[ii][0]);                                                          \
                 spill_##S(spill + LANES, acc[ii][1]);                                                  \
             }                                                                                          \
-            for (int64_t j = 0; j < jb; j++)                                                           \
-                store_result(out, out32, (i0 + ii) * ldo + j0 + j,                                     \
-                             m->chunk > 0 ? outer[ii][j] : (double)spill[j]);                          \
+            for (int64_t j = 0; j < jb; j++) {                                                         \
+                double v_ = m->chunk > 0 ? outer[ii][j] : (double)spill[j];                            \
+                if (sub == PSUM_IEEE && v_ != v_) /* the format's NaN, not the FMA's */                \
+                    v_ = double_of((uint64_t)f->nan_result);                                           \
+                store_result(out, out32, (i0 + ii) * ldo + j0 + j, v_);                                \
+            }                                                                                          \
         }                                                                                              \
     }
 
@@ -722,6 +737,29 @@ PSUM_TILE(matmul_tile64, double, __m512d, __mmask8, 8, 64, 52, 1023, 0x7ff000000
     {                                                                                              \
         TILE(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, SUB);                               \
     }
+/* IEEE binary32 accumulators in float32 lanes: RN(acc + a * w) with the product exact is
+ * what one fused multiply-add computes, specials included (Inf x 0, Inf - Inf: NaN;
+ * overflow: Inf; signed zeros as IEEE adds them), given that the processor neither
+ * flushes subnormal results nor reads subnormal operands as zero: FTZ and DAZ are
+ * cleared for the tile and restored after it. */
+static void tile32_ieee(const float *a, const float *b, double *out, float *out32, int64_t ldb, int64_t ldo,
+                        int64_t K, int64_t i0, int64_t ib, int64_t j0, int64_t jb, const psum_mac *m)
+{
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr & ~0x8040u); /* FTZ (bit 15) and DAZ (bit 6) off */
+    matmul_tile32(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, PSUM_IEEE);
+    _mm_setcsr(csr);
+}
+
+/* Whether f is IEEE binary32 itself: 23 stored bits, 2^-126 the smallest normal and
+ * FLT_MAX the largest finite value, subnormals, ties to even, overflow to Inf. */
+static int is_binary32(const psum_fmt *f)
+{
+    return f->man_bits == 23 && f->emin == -126 && f->subnormals && f->nearest_even &&
+           f->max_abs == (int64_t)0x47EFFFFFE0000000LL && f->overflow_abs == (int64_t)PSUM_INF &&
+           f->inf_abs == (int64_t)PSUM_INF;
+}
+
 PSUM_TILE_MODE(tile32_sub, matmul_tile32, 1)
 PSUM_TILE_MODE(tile32_ftz, matmul_tile32, 0)
 PSUM_TILE_MODE(tile64_sub, matmul_tile64, 1)
@@ -775,11 +813,14 @@ static float min_nonzero_strided(const float *b, int64_t batch, int64_t rows, in
 
 /* Which implementation runs a matmul: the register tiles where their preconditions
  * hold (see above), else the blocks of fast steps with the general step for rare
- * cases. Every choice gives the same bits. Returns the choice: 3 float32 tiles,
- * 2 float64 tiles, 1 float32 blocks, 0 float64 blocks. */
+ * cases. Every choice gives the same bits. Returns the choice: 4 binary32 tiles (one
+ * fused multiply-add per step), 3 float32 tiles, 2 float64 tiles, 1 float32 blocks,
+ * 0 float64 blocks. */
 static int matmul_path(const psum_mac *m)
 {
 #ifdef PSUM_HAVE_TILES
+    if (!m->has_product && is_binary32(&m->acc))
+        return 4;
     if (!m->has_product && m->acc.nearest_even) {
         if (m->narrow) {
             const psum_fmt32 f32 = narrow_params(&m->acc);
@@ -828,6 +869,10 @@ static void run_strided(int path, const float *a, const float *b, void *out, int
 #define PSUM_ARGS_ a + bi * a_batch, b + bi * b_batch, out_f32 ? NULL : (double *)out + bi * out_batch, \
                    out_f32 ? (float *)out + bi * out_batch : NULL, ldb, ldo, K, i0, ib, j0, jb, m
 #ifdef PSUM_HAVE_TILES
+    if (path == 4) {
+        PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_ieee(PSUM_ARGS_));
+        return;
+    }
     if (path == 3) {
         if (m->acc.subnormals)
             PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_sub(PSUM_ARGS_));
@@ -977,11 +1022,13 @@ static void matmul_serial(int path, const float *a, const float *b, float *out32
 {
 #ifdef PSUM_HAVE_TILES
     if (path >= 2) {
-        const int64_t cols = path == 3 ? 32 : 16;
+        const int64_t cols = path >= 3 ? 32 : 16;
         for (int64_t j0 = 0; j0 < N; j0 += cols)
             for (int64_t i0 = 0; i0 < M; i0 += PSUM_TR) {
                 const int64_t ib = M - i0 < PSUM_TR ? M - i0 : PSUM_TR, jb = N - j0 < cols ? N - j0 : cols;
-                if (path == 3)
+                if (path == 4)
+                    tile32_ieee(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
+                else if (path == 3)
                     (m->acc.subnormals ? tile32_sub : tile32_ftz)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
                 else
                     (m->acc.subnormals ? tile64_sub : tile64_ftz)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
