@@ -8,7 +8,7 @@ images x output pixels, through ``emulator.matmul.emulated_matmul`` on random op
 as ``benchmarks/matmul.py`` measures it, one batch's worth timed and scaled to the
 images), their ratio, and the float network's time on the same images.
 
-    python benchmarks/network.py [--models lenet5 alexnet-cifar] [--images 2000] [--acc e4m7 fp32]
+    python benchmarks/network.py [--models lenet5 alexnet-cifar] [--images 2000] [--acc e4m7 fp32 int18 int17:sat]
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from _machine import machine_line, timed
-from emulator import AccumConfig, checkpoint, convert, data
+from emulator import AccumConfig, IntAccumConfig, calibrate, checkpoint, convert, data
 from emulator.evaluate import evaluate
-from emulator.matmul import emulated_matmul
+from emulator.matmul import emulated_int_matmul, emulated_matmul
+from psum.formats import IntFormat, parse
 from emulator.models import build
 
 CHECKPOINTS = {"lenet5": "checkpoints/lenet5-cifar10.pt", "alexnet-cifar": "checkpoints/alexnet-cifar-cifar10.pt"}
@@ -51,23 +52,40 @@ def layer_shapes(model: nn.Module, image_size: int) -> list[tuple[str, int, int,
     return shapes
 
 
-def kernel_seconds(shapes, cfg: AccumConfig, images: int, batch: int, repeat: int) -> float:
-    """Seconds the layers' matmuls take in the kernel benchmark for ``images`` images."""
+def kernel_seconds(shapes, cfg: AccumConfig | IntAccumConfig, images: int, batch: int, repeat: int) -> float:
+    """Seconds the layers' matmuls take in the kernel benchmark for ``images`` images
+    (integer accumulators: int8-range operands through emulated_int_matmul)."""
     total = 0.0
     gen = torch.Generator().manual_seed(0)
     for _, rows, k, outputs, groups in shapes:
-        a = torch.randn(rows * batch, k, generator=gen)
-        b = torch.randn(k, outputs, generator=gen) * k ** -0.5
-        emulated_matmul(a, b, cfg)  # warm-up
-        best = min(timed(lambda: emulated_matmul(a, b, cfg)) for _ in range(repeat))
+        if isinstance(cfg, IntAccumConfig):
+            a = torch.randint(-127, 128, (rows * batch, k), generator=gen, dtype=torch.int32)
+            b = torch.randint(-127, 128, (k, outputs), generator=gen, dtype=torch.int32)
+            run = lambda: emulated_int_matmul(a, b, cfg)  # noqa: E731
+        else:
+            a = torch.randn(rows * batch, k, generator=gen)
+            b = torch.randn(k, outputs, generator=gen) * k ** -0.5
+            run = lambda: emulated_matmul(a, b, cfg)  # noqa: E731
+        run()  # warm-up
+        best = min(timed(run) for _ in range(repeat))
         total += best * groups * images / batch
     return total
+
+
+def emulated_network(model: nn.Module, spec: str, source, batch: int):
+    """``model`` with every MAC in ``spec`` (an integer accumulator: int8 operands,
+    calibrated on the first batch)."""
+    if isinstance(parse(spec), IntFormat):
+        x, _ = next(source.batches(batch))
+        return calibrate(convert(model, IntAccumConfig(acc=spec)), [x])
+    return convert(model, AccumConfig(acc=spec))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CHECKPOINTS))
-    parser.add_argument("--acc", nargs="+", default=["e4m7", "e5m10", "fp32"])
+    parser.add_argument("--acc", nargs="+", default=["e4m7", "e5m10", "fp32", "int18"],
+                        help="accumulators; intN (int8 operands, calibrated on one batch) too")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--repeat", type=int, default=3)
@@ -91,8 +109,8 @@ def main() -> None:
         float_s = min(evaluate(model, source, limit=args.images, batch_size=args.batch_size).seconds
                       for _ in range(args.repeat))
         for spec in args.acc:
-            cfg = AccumConfig(acc=spec)
-            emulated = convert(model, cfg)
+            emulated = emulated_network(model, spec, source, args.batch_size)
+            cfg = IntAccumConfig(acc=spec) if isinstance(parse(spec), IntFormat) else AccumConfig(acc=spec)
             evaluate(emulated, source, limit=args.batch_size, batch_size=args.batch_size)  # warm-up
             network_s = min(evaluate(emulated, source, limit=args.images, batch_size=args.batch_size).seconds
                             for _ in range(args.repeat))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import check_config, emulated_int_matmul, emulated_matmul
+from emulator.matmul import _absmax, check_config, emulated_int_matmul, emulated_matmul, exact_int_sum
 from emulator.quantize import quantize
 
 __all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
@@ -30,8 +30,13 @@ Config = AccumConfig | IntAccumConfig
 
 def symmetric_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """``round(x / scale)`` (ties to even) clamped to ``[-(2^(b-1)-1), 2^(b-1)-1]``, int32."""
+    return _quantized(x, scale, bits).to(torch.int32)
+
+
+def _quantized(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`symmetric_quantize`'s integers, in ``x``'s float dtype."""
     limit = (1 << (bits - 1)) - 1
-    return torch.round(x / scale).clamp_(-limit, limit).to(torch.int32)
+    return torch.round(x / scale).clamp_(-limit, limit)
 
 
 class _Emulated(nn.Module):
@@ -182,6 +187,10 @@ class EmulatedConv2d(_Emulated):
         out_w = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if isinstance(self.config, AccumConfig) and x.device.type == "cpu":
             return self._forward_cpu(x, out_h, out_w)
+        if isinstance(self.config, IntAccumConfig):
+            y = self._int_forward_by_exact_sums(x, out_h, out_w)
+            if y is not None:
+                return y
         cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)
         # cols: (N, C*kh*kw, L), rows ordered (channel, kernel row, kernel column)
         g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
@@ -201,6 +210,40 @@ class EmulatedConv2d(_Emulated):
             y = y + self.bias.detach().float()  # fp32 output stage
         return y.view(n, out_h * out_w, self.out_channels).transpose(1, 2).reshape(
             n, self.out_channels, out_h, out_w)  # (N, O, H', W')
+
+    def _int_forward_by_exact_sums(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor | None:
+        """The integer path on the CPU where every output's accumulator is one exact sum
+        (:func:`emulator.matmul.exact_int_sum`, docs/semantics.md §6), else None. The
+        activations are quantized before im2col, which only copies them and pads with 0
+        (whose integer is 0), and each group's integer weights multiply the columns of
+        all images in one matmul, the results landing in NCHW order: the same integers,
+        dequantized and biased by the same float32 operations as :meth:`_dot`."""
+        cfg = self.config
+        if x.device.type != "cpu" or self.observing or self.act_scale is None or cfg.chunk is not None:
+            return None
+        n = x.shape[0]
+        kh, kw = self.kernel_size
+        g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
+        xq = _quantized(x.float(), self.act_scale, cfg.act_bits)
+        cols = F.unfold(xq, self.kernel_size, self.dilation, self.padding, self.stride)
+        cols = cols.view(n, g, cg, kh * kw, out_h * out_w)
+        weight = self.weight.detach().float().view(g, og, cg, kh * kw)
+        if cfg.order == "nhwc":  # channel innermost
+            cols, weight = cols.transpose(2, 3), weight.transpose(2, 3)
+        x_max, outs = _absmax(xq), []
+        for gi in range(g):
+            w2 = weight[gi].reshape(og, -1)  # (Og, K)
+            w_scale = self._weight_scale(w2)
+            wq = _quantized(w2, w_scale[:, None], cfg.weight_bits)
+            c = cols[:, gi].reshape(n, -1, out_h * out_w)  # (N, K, L)
+            acc = exact_int_sum(wq, c, cfg, c.shape[1] * x_max * _absmax(wq))  # (N, Og, L)
+            if acc is None:
+                return None
+            outs.append(acc.to(torch.float32) * (self.act_scale * w_scale)[:, None])  # dequantize in fp32
+        y = torch.cat(outs, dim=1) if g > 1 else outs[0]  # (N, O, L)
+        if self.bias is not None:
+            y = y + self.bias.detach().float()[:, None]  # fp32 output stage
+        return y.view(n, self.out_channels, out_h, out_w)
 
     def _forward_cpu(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
         """The float path on the CPU kernel's convolution (``psum_conv2d``): image by

@@ -22,7 +22,7 @@ from emulator.quantize import quantize
 from psum.formats import FloatFormat, IntFormat
 
 __all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
-           "register_backend", "round_sum", "check_config", "kernel_path"]
+           "register_backend", "round_sum", "check_config", "kernel_path", "exact_int_sum"]
 
 FloatKernel = Callable[[torch.Tensor, torch.Tensor, AccumConfig], torch.Tensor]
 IntKernel = Callable[[torch.Tensor, torch.Tensor, IntAccumConfig], torch.Tensor]
@@ -275,27 +275,35 @@ def kernel_path(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> str:
     return KERNEL_PATHS[path]
 
 
-def _one_exact_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor | None:
-    """An unchunked integer accumulator by one exact sum (docs/semantics.md §6), or None
-    where that would not give the step-by-step result.
+def exact_int_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig, bound: int) -> torch.Tensor | None:
+    """``a @ b`` (``torch.matmul``: 2-D or batched) of integer-valued tensors (integer or
+    float dtype) as the accumulator leaves it, by one exact sum (docs/semantics.md §6),
+    or None where that would not give the step-by-step result; ``bound`` must be at
+    least ``K * max|a| * max|b|``.
 
     Wrapping after every add is arithmetic modulo ``2^bits``, so it equals the exact sum
     reduced once (in any order). A saturating accumulator equals the exact sum where no
-    partial sum can leave its range (``K * max|a| * max|b| < 2^(bits-1)``). A float
-    matmul is exact while every partial sum is an integer the float holds exactly:
-    float32 when ``K * max|a| * max|b| <= 2^24``, float64 when it is at most 2^53.
+    partial sum can leave its range (``bound < 2^(bits-1)``). A float matmul is exact
+    while every partial sum is an integer the float holds exactly: float32 when ``bound
+    <= 2^24``, float64 when it is at most 2^53. Returns int64 values.
     """
     if cfg.chunk is not None or not a.numel() or not b.numel():
         return None
-    bound = a.shape[1] * _absmax(a) * _absmax(b)
     if bound > 2**53 or (cfg.acc.overflow != "wrap" and bound >= 2 ** (cfg.acc.bits - 1)):
         return None
     dtype = torch.float32 if bound <= 2**24 else torch.float64
-    exact = torch.mm(a.to(dtype), b.to(dtype)).to(torch.int64)
+    exact = torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
     if bound < 2 ** (cfg.acc.bits - 1):  # no sum can leave the accumulator's range
         return exact
     shift = 64 - cfg.acc.bits  # keep the low bits, sign-extended
     return (exact << shift) >> shift
+
+
+def _one_exact_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor | None:
+    """An unchunked integer (K-deep) matmul by one exact sum, its bound from the data."""
+    if not a.numel() or not b.numel():
+        return None
+    return exact_int_sum(a, b, cfg, a.shape[1] * _absmax(a) * _absmax(b))
 
 
 def _absmax(t: torch.Tensor) -> int:

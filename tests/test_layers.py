@@ -165,6 +165,34 @@ def test_integer_layers_dequantize_an_exact_int_dot_product():
     assert not torch.allclose(narrow(x), emu(x))
 
 
+@pytest.mark.parametrize("acc, order, conv", [
+    ("int32", "im2col", dict(kernel_size=3, padding=1)),
+    ("int12", "im2col", dict(kernel_size=3, stride=2, padding=1)),  # wraps; stride leaves pixels out
+    ("int12", "nhwc", dict(kernel_size=(3, 2), dilation=2, groups=2)),
+    ("int20:sat", "im2col", dict(kernel_size=2, groups=4)),  # cannot saturate: one exact sum
+    ("int12:sat", "im2col", dict(kernel_size=3)),  # may saturate: the step-by-step kernel
+    ("int16", "nhwc", dict(kernel_size=1, bias=False)),
+])
+def test_integer_convs_by_exact_sums_give_the_step_by_step_bits(acc, order, conv, monkeypatch):
+    """The CPU conv's one-exact-sum path (quantize before im2col, a matmul per group)
+    against the step-by-step integer path on the same calibrated layer."""
+    torch.manual_seed(7)
+    layer, calib = nn.Conv2d(8, 12, **conv), [torch.randn(4, 8, 9, 9)]
+    emu = calibrate(convert(nn.Sequential(layer), IntAccumConfig(acc=acc, order=order)), calib)
+    x = torch.randn(3, 8, 9, 9) * 1.5  # beyond the calibration range: clamped integers
+    taken = []
+    original = EmulatedConv2d._int_forward_by_exact_sums
+    monkeypatch.setattr(EmulatedConv2d, "_int_forward_by_exact_sums",
+                        lambda self, *args: taken.append(original(self, *args)) or taken[-1])
+    fast = emu(x)
+    assert (taken[-1] is None) == (acc == "int12:sat")
+    monkeypatch.setattr(EmulatedConv2d, "_int_forward_by_exact_sums", lambda self, *args: None)
+    assert torch.equal(fast, emu(x))
+    if acc == "int12":
+        wide = calibrate(convert(nn.Sequential(layer), IntAccumConfig(acc="int32", order=order)), calib)
+        assert not torch.equal(fast, wide(x)), "int12 wraps here"
+
+
 def test_integer_layers_need_calibration():
     emu = convert(nn.Sequential(nn.Linear(3, 2)), IntAccumConfig())
     with pytest.raises(RuntimeError, match="integer layer 0 has no activation scale"):
