@@ -59,10 +59,11 @@ class Requantizer(wiring.Component):
         the shift range allows."""
         if not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
             raise ValueError(f"scale must be a positive finite number, not {scale!r}")
-        shift = self.multiplier_bits - 1 - math.floor(math.log2(scale))
-        shift = max(0, min(self.max_shift, shift))
-        multiplier = min((1 << self.multiplier_bits) - 1, max(1, round(scale * 2 ** shift)))
-        return multiplier, shift
+        top = (1 << self.multiplier_bits) - 1
+        shift = max(0, min(self.max_shift, self.multiplier_bits - 1 - math.floor(math.log2(scale))))
+        if shift and round(scale * 2 ** shift) > top:  # rounding carried out of the top bit
+            shift -= 1
+        return min(top, max(1, round(scale * 2 ** shift))), shift
 
     def describe(self) -> str:
         return f"Requantizer acc={self.acc_format} multiplier=u{self.multiplier_bits} out=int{self.out_bits}"

@@ -81,7 +81,7 @@ def test_requantizer_matches_golden(acc, mbits, out_bits):
 
 def test_requantizer_fixed_point_scale():
     rq = Requantizer("int18")
-    for scale in (1.0, 0.5, 1e-3, 3.7e-6, 0.999):
+    for scale in (1.0, 0.5, 1e-3, 3.7e-6, 0.999, 2 - 2 ** -20, 2 ** -10 * (2 - 2 ** -18)):
         m, s = rq.fixed_point(scale)
         assert 2 ** 15 <= m < 2 ** 16 and abs(m / 2 ** s - scale) <= 2 ** -s / 2
     with pytest.raises(ValueError):
