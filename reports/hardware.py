@@ -53,8 +53,8 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
 
 
 #: What a hardware row holds; part of its key, so that rows costed otherwise are redone.
-#: 2: the main MACs also split by part, with the output stage an output needs.
-COSTING = 2
+#: 2: the main MACs also split by part, with the output stage an output needs; 3: converters flat.
+COSTING = 3
 
 #: The fixed-point scale's width in an integer network's requantizer.
 REQUANT_MULTIPLIER_BITS = 16
@@ -82,11 +82,12 @@ def output_stage(spec: StudySpec, unit: dict, mac):
 def output_cost(spec: StudySpec, unit: dict, mac, lib, a, b, operands: str) -> dict:
     """Area, delay and energy of the output stage, per output and per MAC (over K, the
     streams' length), driven by the outputs the emulator computes for the streams; the
-    requantizer's scale maps the largest of them to the int range's top. The stage is
-    synthesized by parts (synth.components), its area the parts' sum."""
+    requantizer's scale maps the largest of them to the int range's top. A converter is
+    synthesized flat like the MACs; a requantizer by parts (synth.components: flat, ABC
+    takes about a minute on it; int18: 2848 um^2 by parts, 2970 flat)."""
     from emulator.streams import stream_results
     from synth.components import synthesize_components
-    from synth.flow import timing
+    from synth.flow import synthesize, timing
     from synth.power import estimate_output_energy
 
     stage = output_stage(spec, unit, mac)
@@ -102,10 +103,16 @@ def output_cost(spec: StudySpec, unit: dict, mac, lib, a, b, operands: str) -> d
         results = stream_results(a, b, acc=unit["acc"], inputs=spec.inputs, chunk=unit["chunk"],
                                  chunk_acc=unit["chunk_acc"])
         inputs = {"value": results}
-    r = synthesize_components(stage, lib)  # by parts: a flat requantizer takes ABC about 20 times longer
+    if unit["family"] == "int":  # flat, ABC takes a minute on its multiplier and shifter; by parts 4% smaller
+        r = synthesize_components(stage, lib)
+        cost = {"synthesis": "by parts", "area_um2": r.area_um2, "cells": sum(p["cells"] for p in r.parts.values()),
+                "critical_path_ns": round(timing(r.netlist, lib)[1], 4)}
+    else:  # flat: by parts its decoder's normalization and its rounder's denormalization stay apart
+        r = synthesize(stage, lib)
+        cost = {"synthesis": "flat", "area_um2": r.area_um2, "cells": r.num_cells,
+                "critical_path_ns": r.critical_path_ns}
     e = estimate_output_energy(r.netlist, lib, inputs, unit=stage.describe(), operands=operands)
-    out = {"unit": stage.describe(), "area_um2": r.area_um2, "cells": sum(p["cells"] for p in r.parts.values()),
-           "critical_path_ns": round(timing(r.netlist, lib)[1], 4), "energy_pj": e.energy_per_mac_pj, "k": k,
+    out = {"unit": stage.describe(), **cost, "energy_pj": e.energy_per_mac_pj, "k": k,
            "per_mac_pj": round(e.energy_per_mac_pj / k, 5)}
     if unit["family"] == "int":
         out["scale"] = {"multiplier": multiplier, "shift": shift}

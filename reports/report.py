@@ -211,7 +211,8 @@ def _breakdown(found: dict, spec) -> list[str]:
                   f"{fh['energy_pj']:.3f} | {ih['energy_pj']:.3f} |"]
         fo, io = fh.get("output"), ih.get("output")
         if fo and io:
-            lines += [f"| output stage, per output: {fo['unit']} / {io['unit']} | {fo['area_um2']:.0f} | "
+            lines += [f"| output stage, per output: {fo['unit']} ({fo.get('synthesis', 'by parts')}) / {io['unit']} "
+                      f"({io.get('synthesis', 'by parts')}) | {fo['area_um2']:.0f} | "
                       f"{io['area_um2']:.0f} | {fo['energy_pj']:.3f} | {io['energy_pj']:.3f} |",
                       f"| output stage per MAC (K = {fo['k']}) | - | - | {fo['per_mac_pj']:.4f} | {io['per_mac_pj']:.4f} |",
                       f"| MAC + output stage per MAC | - | - | {fh['energy_pj'] + fo['per_mac_pj']:.3f} | "

@@ -72,6 +72,7 @@ def test_the_central_macs_are_split_by_part_with_their_output_stage(chunked):
         assert 0.5 < h["parts_area_um2"] / h["area_um2"] < 2.0
         stage = h["output"]
         assert stage["k"] > 1 and stage["per_mac_pj"] == pytest.approx(stage["energy_pj"] / stage["k"], abs=1e-5)
+        assert stage["synthesis"] == ("by parts" if h["family"] == "int" else "flat")
         if h["family"] == "int":
             assert stage["unit"].startswith(f"Requantizer acc={h['acc']}") and stage["scale"]["multiplier"] >= 1 << 15
         else:
