@@ -182,6 +182,39 @@ def layer_macs(model: nn.Module, image_size: int) -> dict[str, int]:
     return macs
 
 
+def layer_table(model: nn.Module, image_size: int) -> list[dict]:
+    """Every Conv2d/Linear layer of ``model`` in forward order, as the names ``--layer``
+    and policies take: its kind, K (the length of each output's dot product, the
+    accumulation the emulator rounds), its output shape per image, outputs and MACs
+    per image (``outputs * K``)."""
+    rows: list[dict] = []
+
+    def record(mod, inputs, out, name):
+        kind = type(mod).__name__
+        if isinstance(mod, nn.Conv2d):
+            kind += " " + "x".join(map(str, mod.kernel_size))
+            if mod.stride != (1, 1):
+                kind += f" stride {'x'.join(map(str, mod.stride))}"
+            if mod.groups > 1:
+                kind += " depthwise" if mod.groups == mod.in_channels == mod.out_channels else f" groups {mod.groups}"
+        k = mod.weight[0].numel()
+        rows.append({"name": name, "kind": kind, "k": k, "output": list(out.shape[1:]),
+                     "outputs": out[0].numel(), "macs": out[0].numel() * k})
+
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: record(mod, i, o, name))
+               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return rows
+
+
 def count_macs(model: nn.Module, image_size: int) -> int:
     """Multiply-accumulates of one forward pass on one image, in conv and linear layers."""
     return sum(layer_macs(model, image_size).values())

@@ -63,6 +63,39 @@ def test_models(capsys):
     assert rows["lenet5"]["params"] == 62006 and rows["resnet18-imagenet"]["macs_per_image"] == 1_814_073_344
 
 
+def test_models_lists_a_networks_layers_with_k_and_macs(capsys):
+    assert main(["models", "lenet5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["features.0", "features.3", "classifier.1", "classifier.3", "classifier.5"]
+    assert rows[0] == {"name": "features.0", "kind": "Conv2d 5x5", "k": 75, "output": [6, 28, 28],
+                       "outputs": 4704, "macs": 352_800}
+    total = json.loads(run("models", "--json").stdout)
+    assert sum(r["macs"] for r in rows) == next(r for r in total if r["name"] == "lenet5")["macs_per_image"]
+    assert main(["models", "alexnet-cifar", "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert "names for --layer NAME=SPEC" in out and "| features.3 | Conv2d 5x5 | 800 | 96 x 15 x 15 | 17,280,000 |" in out
+    proc = run("models", "--layers")
+    assert proc.returncode == 2 and "--layers applies to one network" in proc.stderr
+
+
+def test_help_texts_say_what_they_mean():
+    assert "95% Wilson" in run("eval", "--help").stdout and "95%%" not in run("eval", "--help").stdout
+    for args, fragment in ((["verilog", "--inputs", "int8"], "--inputs int8 is an integer format: an integer "
+                            "MAC is --int 8"),
+                           (["synth", "--weights", "int4"], "--weight-int 4")):
+        proc = run(*args)
+        assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``psum ... | head``: the reader going away is exit status 141 and no message."""
+    code = ("import sys\nfrom psum import cli\n"
+            "def gone(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli.COMMANDS['models'] = gone\nsys.exit(cli.main(['models']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 141 and proc.stderr == "" and proc.stdout == ""
+
+
 @pytest.fixture
 def npz_data(tmp_path):
     import numpy as np

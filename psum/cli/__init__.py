@@ -11,6 +11,7 @@ and exit with status 2; nothing a user types produces a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"psum: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (psum ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # a file or folder the user named cannot be read or written
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"psum: error: {where}{exc.strerror or first_line(exc)}", file=sys.stderr)

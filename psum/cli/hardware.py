@@ -23,6 +23,11 @@ def build_mac(args: argparse.Namespace):
         raise UsageError("--weight-int applies to integer MACs: give --int BITS too")
     if given(args, "chunk_acc") and args.chunk is None:
         raise UsageError("--chunk-acc applies to chunked MACs: give --chunk too")
+    for name in ("inputs", "weights"):
+        fmt = _integer_format(getattr(args, name))
+        if fmt is not None and args.int is None:
+            raise UsageError(f"{option(name)} {getattr(args, name)} is an integer format: an integer MAC is "
+                             + (f"--int BITS --weight-int {fmt.bits}" if name == "weights" else f"--int {fmt.bits}"))
     try:
         if args.int is not None:
             return IntMAC(args.int, args.int if args.weight_int is None else args.weight_int,
@@ -31,6 +36,18 @@ def build_mac(args: argparse.Namespace):
                         pipeline=args.pipeline, chunk=args.chunk, chunk_acc=args.chunk_acc)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _integer_format(spec: str | None):
+    """The IntFormat ``spec`` names, or None (a float format, no spec, or a malformed
+    one, which the MAC's own check reports)."""
+    from psum.formats import IntFormat, parse
+
+    try:
+        fmt = parse(spec) if spec else None
+    except ValueError:
+        return None
+    return fmt if isinstance(fmt, IntFormat) else None
 
 
 @command("verilog")

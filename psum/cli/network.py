@@ -12,10 +12,36 @@ from psum.cli._common import (UsageError, command, given, image_limit, option, p
 from psum.formats import FloatFormat, IntFormat
 
 
+def _layers(args: argparse.Namespace) -> int:
+    """``psum models NAME --layers``: the MAC layers' names, kinds, K and MACs."""
+    from emulator.data import DATASETS
+    from emulator.models import layer_table
+
+    model, dataset = _build(args.name, args.dataset)
+    rows = layer_table(model, DATASETS[dataset].image_size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    total = sum(r["macs"] for r in rows)
+    print(f"{args.name} on {dataset}: {len(rows)} MAC layers, {total:,} MACs per image "
+          "(names for --layer NAME=SPEC and policies)")
+    print("| layer | kind | K | output (per image) | MACs / image | share |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['kind']} | {r['k']} | {' x '.join(map(str, r['output']))} | {r['macs']:,} "
+              f"| {100 * r['macs'] / total:.1f}% |")
+    return 0
+
+
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
     from emulator.data import DATASETS
     from emulator.models import MODELS, count_macs
+
+    if args.name is not None:
+        return _layers(args)
+    for name in given(args, "layers", "dataset"):
+        raise UsageError(f"{option(name)} applies to one network: psum models NAME {option(name)}")
 
     rows = []
     for spec in MODELS.values():
@@ -261,8 +287,13 @@ def data_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    models = sub.add_parser("models", help="list the networks", description="List the study's "
-                            "networks: datasets, parameters and MACs per image.")
+    models = sub.add_parser("models", help="list the networks, or one network's layers",
+                            description="List the study's networks (datasets, parameters, MACs per image), "
+                            "or with NAME one network's MAC layers: the names --layer and policies "
+                            "take, their kind, K (each output's dot-product length), output shape and MACs.")
+    models.add_argument("name", nargs="?", help="a network: list its layers")
+    models.add_argument("--layers", action="store_true", help="list NAME's Conv2d/Linear layers (what NAME does)")
+    models.add_argument("--dataset", help="with NAME: the dataset (default: the model's first)")
     models.add_argument("--json", action="store_true")
 
     tr = sub.add_parser("train", help="train a network in BF16",
@@ -282,7 +313,7 @@ def add_parsers(sub) -> None:
     tr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
 
     ev = sub.add_parser("eval", help="accuracy under emulated accumulation",
-                        description="Top-1 (top-5 on ImageNet) with 95%% Wilson intervals: fp32, "
+                        description="Top-1 (top-5 on ImageNet) with 95% Wilson intervals: fp32, "
                         "bf16 inputs with fp32 accumulation, and each policy asked for.")
     ev.add_argument("model")
     ev.add_argument("--checkpoint", required=True)
