@@ -67,23 +67,31 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> flo
 
 
 class _Progress:
-    """A one-line progress display on stderr (no dependency, quiet when not a TTY)."""
+    """Progress of a long loop on stderr: redrawn in place on a terminal; elsewhere (a
+    log file, a pipe, CI) one plain line every ``every`` seconds and at the end, so that
+    a redirected log stays one line per report. (tqdm and rich redraw with carriage
+    returns or stay silent off a terminal; neither writes periodic plain lines.)"""
 
-    def __init__(self, total: int, label: str, enabled: bool):
+    def __init__(self, total: int, label: str, enabled: bool, *, every: float = 30.0, stream=None):
         self.total, self.label, self.enabled = total, label, enabled
-        self.start, self.last = time.monotonic(), 0.0
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = 0.5 if self.tty else every
+        self.start, self.last = time.monotonic(), None
 
     def update(self, done: int, note: str = "") -> None:
         now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.5 and done < self.total):
+        if not self.enabled or (self.last is not None and now - self.last < self.every and done < self.total):
             return
         self.last = now
         rate = done / max(now - self.start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0
-        sys.stderr.write(f"\r{self.label} {done}/{self.total} [{now - self.start:.0f}s<{eta:.0f}s] {note}  ")
-        if done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        line = f"{self.label} {done}/{self.total} [{now - self.start:.0f}s<{eta:.0f}s] {note}".rstrip()
+        if self.tty:
+            self.stream.write(f"\r{line}  " + ("\n" if done >= self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progress: bool = True,

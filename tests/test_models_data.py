@@ -245,3 +245,52 @@ def test_int8_post_training_quantization_baseline():
     mixed = convert(model, Policy(AccumConfig(acc="e4m7"), {"classifier.*": IntAccumConfig(acc="int24")}))
     calibrate(mixed, calib)
     assert mixed(x).shape == (16, 10)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_redrawn_on_one(monkeypatch):
+    from emulator import train as train_module
+
+    clock = iter(range(0, 1000, 10))  # every update 10 s later than the last
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: float(next(clock)))
+    log = io.StringIO()
+    bar = train_module._Progress(100, "eval lenet5", True, every=30.0, stream=log)
+    for done in range(10, 101, 10):
+        bar.update(done, f"top-1 {done}%")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and log.getvalue().endswith("\n")
+    assert lines[0].startswith("eval lenet5 10/100 [") and lines[-1].startswith("eval lenet5 100/100 [")
+    assert len(lines) == 4  # the first, one per 30 s, the last
+    term = _Terminal()
+    bar = train_module._Progress(3, "train", True, stream=term)
+    for done in (1, 2, 3):
+        bar.update(done)
+    assert term.getvalue().count("\r") == 3 and term.getvalue().endswith("\n")
+    quiet = io.StringIO()
+    train_module._Progress(3, "x", False, stream=quiet).update(3)
+    assert quiet.getvalue() == ""
+
+
+def test_eval_progress_in_a_log_file_is_one_line_per_report(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    src = data.synthetic("cifar10", 64, seed=1)
+    for split in ("train", "test"):
+        np.savez(folder / f"{split}.npz", images=src.images.numpy(), labels=src.labels.numpy())
+    model, _ = build("lenet5")
+    ckpt = tmp_path / "lenet5.pt"
+    checkpoint.save(ckpt, model.state_dict(), {"model": "lenet5"})
+    proc = subprocess.run([sys.executable, "-m", "psum", "eval", "lenet5", "--checkpoint", str(ckpt),
+                           "--data-dir", str(tmp_path / "data"), "--acc", "e4m7", "--batch-size", "16"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    reports = [line for line in proc.stderr.splitlines() if "64/64" in line]
+    assert reports, proc.stderr
