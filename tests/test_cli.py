@@ -167,3 +167,33 @@ def test_eval_missing_data_and_corrupt_checkpoint(tmp_path):
     checkpoint.save(good, LeNet5().state_dict(), {"model": "lenet5"})
     proc = run("eval", "lenet5", "--checkpoint", str(good), "--data-dir", str(tmp_path / "none"))
     assert proc.returncode == 2 and "no cifar10 data under" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_study_flags_reach_the_spec_and_help_lists_every_toml_key(monkeypatch, capsys):
+    import dataclasses
+
+    import reports.study
+    from psum.cli.study import TOML_KEYS
+    from reports.spec import StudySpec
+
+    listed = TOML_KEYS.replace("\n", " ")
+    for f in dataclasses.fields(StudySpec):
+        assert f"{f.name} (" in listed, f.name
+    default = StudySpec()
+    for name in ("inputs", "max_width", "int_bits", "screen", "screen_seed", "window", "streams", "batch_size",
+                 "seed"):
+        assert f"{name} ({getattr(default, name)!r})".replace("'", '"') in listed, name
+    assert f"chunk_sizes ({default.chunk_sizes})" in listed and f"exp_bits ({default.exp_bits})" in listed
+    seen = {}
+    monkeypatch.setattr(reports.study, "run_study", lambda spec, out, **kw: seen.setdefault(
+        "spec", spec) and {"stats": {"computed": 0, "reused": 0, "seconds": 0}})
+    assert main(["study", "--inputs", "fp16", "--mode", ":sat", "--max-width", "12", "--chunk", "8",
+                 "--chunk-sizes", "--orders", "nhwc", "--int-bits", "6", "--int-width-range", "10", "20",
+                 "--calibration-seeds", "3", "--streams", "128", "--batch-size", "64", "--no-prediction",
+                 "--out", "/tmp/psum-never-written"]) == 0
+    spec = seen["spec"]
+    assert (spec.inputs, spec.mode, spec.max_width, spec.chunk, spec.chunk_sizes, spec.orders) == \
+        ("fp16", ":sat", 12, 8, [], ["nhwc"])
+    assert (spec.int_bits, spec.int_width_range, spec.calibration_seeds, spec.streams, spec.batch_size,
+            spec.prediction) == (6, (10, 20), [3], 128, 64, False)
+    assert "wrote /tmp/psum-never-written/report.md" in capsys.readouterr().out

@@ -21,14 +21,20 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise UsageError("--workers sets local worker processes; with --scheduler the Dask cluster's workers "
                          "run the points")
     limit = {"limit": args.limit} if given(args, "limit") else {}
-    overrides = {"data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
+    sweep = {"chunk_sizes": args.chunk_sizes} if given(args, "chunk_sizes") else {}
+    overrides = {"inputs": args.inputs, "mode": args.mode, "chunk": args.chunk, "int_bits": args.int_bits,
+                 "max_width": args.max_width, "streams": args.streams, "orders": args.orders,
+                 "calibration_seeds": args.calibration_seeds, "batch_size": args.batch_size,
+                 "int_width_range": tuple(args.int_width_range) if args.int_width_range else None,
+                 "prediction": False if args.no_prediction else None,
+                 "data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
                  "download": args.download or None, "device": args.device,
                  "synth": False if args.no_synth else None, "per_layer": False if args.no_per_layer else None,
                  "fold_bn": True if args.fold_bn else None,
                  "tolerances": args.tolerance, "exp_bits": args.exp_bits, "screen": args.screen,
                  "screen_seed": args.screen_seed,
                  "models": [ModelRun(args.model, args.checkpoint, args.dataset)] if args.model else None}
-    overrides = {k: v for k, v in overrides.items() if v is not None} | limit
+    overrides = {k: v for k, v in overrides.items() if v is not None} | limit | sweep
     try:
         spec = StudySpec.from_toml(args.config, **overrides) if args.config else StudySpec(**overrides)
         results = run_study(spec, args.out, workers=args.workers, scheduler=args.scheduler)
@@ -40,12 +46,26 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The spec's TOML keys with their defaults (reports.spec.StudySpec; a test keeps this
+#: list whole and its defaults true).
+TOML_KEYS = """\
+TOML keys of --config (default): models ([[models]] tables: name, checkpoint, dataset;
+lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), exp_bits ([4, 5, 6]),
+max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
+tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
+window (2), calibration_seeds ([0, 1, 2]), chunk_sizes ([16, 64]), orders (["im2col",
+"nhwc"]), prediction (true), per_layer (true), fold_bn (false), synth (true), liberty
+(embedded NanGate45), streams (4096), data_dir ($PSUM_DATA_DIR or ./data), download
+(false), batch_size (500), device ("cpu"). Example: studies/cifar10.toml; docs/study.md."""
+
+
 def add_parser(sub) -> None:
     st = sub.add_parser("study", help="the end-to-end study (the README's main job)",
                         description="Search the minimal FP and INT accumulators of each network within "
                         "accuracy tolerances (paired with the reference on the same images), per network, layer, "
                         "chunk size and order; synthesize the MACs; write report.md, results.csv/json, plots and "
-                        "Verilog. Resumes from OUT/results.sqlite.")
+                        "Verilog. Resumes from OUT/results.sqlite.", epilog=TOML_KEYS,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--config", help="study spec (TOML); flags below override it")
     st.add_argument("--out", default="study", help="report folder (default ./study)")
     st.add_argument("--model", help="one model instead of the spec's (needs --checkpoint)")
@@ -68,3 +88,20 @@ def add_parser(sub) -> None:
     st.add_argument("--screen", type=nonnegative_int, help="screening images (default 1000; 0: none)")
     st.add_argument("--screen-seed", type=seed, help="seed of the screening subset (default 1)")
     st.add_argument("--device", help="evaluate on cpu (default), cuda or cuda:N: same bits, other speed")
+    st.add_argument("--inputs", help="FP MACs' activation and weight format (default bf16)")
+    st.add_argument("--mode", help="appended to every FP candidate, e.g. :sat or :ftz:rz (default none)")
+    st.add_argument("--max-width", type=positive_int, help="FP candidates: 1 + E + M <= this (default 24)")
+    st.add_argument("--chunk", type=positive_int,
+                    help="main searches accumulate in chunks of this many products, fp32 outer (default: unchunked)")
+    st.add_argument("--chunk-sizes", type=positive_int, nargs="*", metavar="C",
+                    help="the chunk sweep's sizes (default 16 64; none: no sweep)")
+    st.add_argument("--orders", nargs="+", choices=["im2col", "nhwc"],
+                    help="accumulation orders, the first the main one (default im2col nhwc)")
+    st.add_argument("--int-bits", type=positive_int, help="INT MACs' operand bits (default 8)")
+    st.add_argument("--int-width-range", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                    help="INT accumulator widths searched (default 8 32)")
+    st.add_argument("--calibration-seeds", type=seed, nargs="+", help="INT calibration seeds (default 0 1 2)")
+    st.add_argument("--streams", type=positive_int, help="operand streams per energy simulation (default 4096)")
+    st.add_argument("--batch-size", type=positive_int, help="images per evaluation batch (default 500)")
+    st.add_argument("--no-prediction", action="store_true", help="skip the per-layer K and accumulation-error "
+                    "prediction")
