@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: study test clean
+.PHONY: study test docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ study: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The API reference, from the docstrings (their examples run in the test suite).
+docs: $(VENV)/.installed
+	$(BIN)/pdoc --docformat numpy -o docs/api psum emulator hwgen synth reports
+	@echo "wrote docs/api/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -166,6 +166,12 @@ def convert(model: nn.Module, policy: Policy | Config | str) -> nn.Module:
     ValueError naming the layer for a MAC layer or format the emulator does not
     support, and for policy entries that match no layer. MACs outside any layer are
     reported at the first forward pass (:class:`UnemulatedMACWarning`).
+
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> emulated = convert(model, Policy(AccumConfig(acc="e4m7"), {"2": None}))  # the last stays float
+    >>> [type(m).__name__ for m in emulated], emulated is model, type(model[0]).__name__
+    (['EmulatedLinear', 'ReLU', 'Linear'], False, 'Linear')
     """
     policy = _as_policy(policy)
     if not isinstance(model, nn.Module):
@@ -297,6 +303,11 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
     they see; each layer's per-tensor scale becomes ``absmax / (2^(b-1) - 1)``. Layers
     are calibrated in the model's own forward order, each seeing the activations that
     the already-quantized earlier layers produce. Returns ``model``.
+
+    >>> from torch import nn
+    >>> model = convert(nn.Sequential(nn.Linear(4, 2)), IntAccumConfig(acc="int16"))
+    >>> calibrate(model, [torch.full((8, 4), 2.54)])[0].act_scale  # 2.54 / 127
+    tensor(0.0200)
     """
     int_layers = [m for _, m in emulated_layers(model) if isinstance(m.config, IntAccumConfig)]
     if not int_layers:

@@ -114,6 +114,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, acc: FloatFormat | str = "fp32", *,
     every add, chunked into ``chunk_acc`` every ``chunk`` terms when given. Returns
     (..., N) in ``a``'s dtype (float32 or float64), holding values of the accumulator
     (or ``chunk_acc``) format.
+
+    >>> ones = torch.ones(1, 64)
+    >>> matmul(ones, ones.T, "e4m3"), matmul(ones, ones.T, "fp32")  # e4m3 stagnates at 16
+    (tensor([[16.]]), tensor([[64.]]))
+    >>> matmul(ones, ones.T, "e4m3", chunk=8)  # chunks of 8 into fp32
+    tensor([[64.]])
     """
     cfg = AccumConfig(acc=acc, inputs=inputs, weights=weights, product=product, chunk=chunk,
                       chunk_acc=chunk_acc)

@@ -41,6 +41,13 @@ def quantize(t: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
         value of the format must be representable in ``t``'s dtype (for float32:
         M <= 23 and exponents within float32's range), else ValueError.
 
+    Examples
+    --------
+    >>> quantize(torch.tensor([0.1, 1000.0, -3.3]), "e4m3")  # 1000 > max 240: Inf
+    tensor([ 0.1016,     inf, -3.2500])
+    >>> quantize(torch.tensor([1000.0]), "e4m3:sat")  # saturating: no Inf, max 480
+    tensor([480.])
+
     Returns a new tensor holding values of ``fmt`` (NaN results as float NaN).
     """
     fmt = as_float_format(fmt)

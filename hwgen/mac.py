@@ -129,6 +129,13 @@ class FloatMAC(wiring.Component):
 
     Datapath: decode (normalizing subnormals) -> exact significand product -> [product
     rounding] -> :func:`add_and_round` into the accumulator format.
+
+    >>> mac = FloatMAC("bf16", "e4m5")
+    >>> mac.describe(), str(mac.result_format), len(mac.acc)
+    ('FloatMAC inputs=bf16 weights=bf16 acc=e4m5', 'e4m5', 10)
+    >>> from hwgen.verilog import to_verilog
+    >>> to_verilog(mac).splitlines()[0]
+    '// psum_mac: FloatMAC inputs=bf16 weights=bf16 acc=e4m5'
     """
 
     def __init__(self, inputs="bf16", acc="fp32", *, weights=None, product=None, pipeline=False,

@@ -380,6 +380,13 @@ def parse(spec: str) -> FloatFormat | IntFormat:
 
     Raises ``ValueError`` (one line: what is wrong and what is accepted) for malformed
     or impossible specs. ``parse(str(fmt)) == fmt`` for every format.
+
+    >>> parse("e4m3")
+    FloatFormat(exp_bits=4, man_bits=3, bias=7, subnormals=True, overflow='inf', rounding='nearest_even')
+    >>> parse("e4m3").max_finite, parse("e4m3").bits  # values are exact: Fractions
+    (Fraction(240, 1), 8)
+    >>> str(parse("int16:sat"))
+    'int16:sat'
     """
     if isinstance(spec, (FloatFormat, IntFormat)):
         return spec

@@ -113,6 +113,11 @@ def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
     largest finite value (toward-zero, or ``overflow="saturate"``). Zeros keep the
     sign of ``x``. For an :class:`IntFormat` ``x`` must be an integer and is wrapped
     or saturated.
+
+    >>> round_to("e4m3", 0.3), decode("e4m3", round_to("e4m3", 0.3))  # 0.3 -> 5/16
+    (42, Fraction(5, 16))
+    >>> hex(round_to("bf16", Fraction(1, 3)))
+    '0x3eab'
     """
     fmt = parse(fmt)
     if isinstance(fmt, IntFormat):
@@ -255,6 +260,14 @@ def dot(
     added in order, exactly, into an outer accumulator in ``chunk_acc`` that starts
     at +0 and is rounded after each addition. Returns the pattern of the result: in
     ``chunk_acc`` when chunked, else in ``acc``.
+
+    Sixty-four bf16 ones (pattern 0x3f80) summed in e4m3 stop at 16: there the spacing
+    is 2, and 16 + 1 is a tie that rounds to even.
+
+    >>> decode("e4m3", dot([0x3f80] * 64, [0x3f80] * 64, acc="e4m3"))
+    Fraction(16, 1)
+    >>> decode("fp32", dot([0x3f80] * 64, [0x3f80] * 64, acc="e4m3", chunk=8, chunk_acc="fp32"))
+    Fraction(64, 1)
     """
     if len(a_bits) != len(b_bits):
         raise ValueError(f"dot operands differ in length: {len(a_bits)} and {len(b_bits)}")

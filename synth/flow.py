@@ -106,7 +106,16 @@ def _module(stat: dict, top: str) -> dict:
 
 def synthesize(mac, library: Library | None = None, *, top: str = "psum_mac",
                cache: bool = True) -> SynthResult:
-    """Synthesize ``mac`` (a hwgen component) to ``library`` (default: embedded NanGate45)."""
+    """Synthesize ``mac`` (a hwgen component) to ``library`` (default: embedded NanGate45).
+
+    Returns a :class:`SynthResult` (cells by type, area, flip-flops, transistors,
+    logic depth, critical path, the mapped netlist), cached by content.
+
+    >>> from hwgen import IntMAC
+    >>> r = synthesize(IntMAC(4, 4, "int8"))
+    >>> r.library, r.flip_flops, r.area_um2 > 0
+    ('psum_nangate45_subset', 8, True)
+    """
     from amaranth.back import rtlil
 
     from hwgen.mac import HWGEN_VERSION
