@@ -86,7 +86,7 @@ def _activity_streams(args, mac):
     checkpoint.load_model(args.checkpoint, model)
     test = data.load(dataset, "test", args.data_dir)
     batch, _ = next(test.batches(64, shuffle=True, seed=args.seed))
-    layer = args.layer or largest_layer(model, data.DATASETS[dataset].image_size)
+    layer = args.activity_layer or largest_layer(model, data.DATASETS[dataset].image_size)
     torch.manual_seed(args.seed)
     try:
         if args.int is not None:
@@ -100,7 +100,7 @@ def _activity_streams(args, mac):
 
 
 #: Options that choose the real operand streams; they need --activity.
-ACTIVITY_ONLY = ("checkpoint", "layer", "dataset", "data_dir")
+ACTIVITY_ONLY = ("checkpoint", "activity_layer", "dataset", "data_dir")
 
 
 @command("synth")
@@ -201,7 +201,9 @@ def add_parsers(sub) -> None:
     sy.add_argument("--liberty", help="Liberty file (default: embedded NanGate45 subset)")
     sy.add_argument("--activity", metavar="MODEL", help="operand streams from this network")
     sy.add_argument("--checkpoint", help="with --activity: its weights")
-    sy.add_argument("--layer", help="with --activity: its layer (default: the one with the most MACs)")
+    sy.add_argument("--activity-layer", "--layer", dest="activity_layer", metavar="NAME",
+                    help="with --activity: the layer whose operands drive the simulation (default: the one with "
+                         "the most MACs; psum models MODEL lists them). --layer is the old name")
     sy.add_argument("--dataset", help="with --activity: its dataset (default: the model's first)")
     sy.add_argument("--data-dir", help="with --activity: the data directory")
     sy.add_argument("--streams", type=positive_int, default=16384, help="dot products simulated (default 16384)")
