@@ -219,7 +219,8 @@ class EmulatedConv2d(_Emulated):
         all images in one matmul, the results landing in NCHW order: the same integers,
         dequantized and biased by the same float32 operations as :meth:`_dot`."""
         cfg = self.config
-        if x.device.type != "cpu" or self.observing or self.act_scale is None or cfg.chunk is not None:
+        if (x.device.type != "cpu" or self.observing or self.act_scale is None or cfg.chunk is not None
+                or not x.numel()):
             return None
         n = x.shape[0]
         kh, kw = self.kernel_size
