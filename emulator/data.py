@@ -8,7 +8,13 @@ Where the data comes from (the first that exists under the data directory):
   ``.npz`` layout (``train.npz``/``test.npz`` with ``images`` uint8 (N, 32, 32, 3) and
   ``labels``, directly in the data directory or in ``<data_dir>/cifar10``).
 - ImageNet: an ImageFolder layout, ``<data_dir>/imagenet/{train,val}/<class>/<image>``
-  (or ``<data_dir>/{train,val}/...``).
+  (or ``<data_dir>/{train,val}/...``). A class's label is its wnid's position among all
+  1,000 wnids in sorted order, read from ``synset_words.txt``, ``LOC_synset_mapping.txt``
+  or ``wnids.txt`` beside the split folders (never from the folders present, which may
+  be fewer); without such a list, all 1,000 class folders must be there.
+- A dataset of your own (:func:`folder_dataset`): a folder with ``train/`` and ``test/``
+  (or ``val/``) ImageFolder trees, given by its path; its preprocessing (image size,
+  crop, mean, std) is part of its id.
 
 The data directory is ``--data-dir``, else ``$PSUM_DATA_DIR``, else ``./data``.
 Missing or malformed data raises :class:`DataError` with one line saying what was
@@ -21,6 +27,7 @@ horizontal flip), ImageNet training batches use a random resized crop and flip.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -36,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataError", "ArraySource", "ImageFolderSource", "load", "data_dir",
-           "synthetic"]
+__all__ = ["DATASETS", "DataError", "DatasetSpec", "ArraySource", "ImageFolderSource", "load", "data_dir",
+           "synthetic", "folder_dataset", "dataset_spec", "is_folder_dataset", "read_class_list"]
 
 
 class DataError(Exception):
@@ -46,11 +53,20 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A dataset and its evaluation preprocessing: images are decoded to RGB, their
+    shorter side resized (bilinear) to ``image_size / crop``, center-cropped to
+    ``image_size`` square, scaled to 0-1 and normalized per channel by ``mean`` and
+    ``std``. (CIFAR's 32x32 arrays need no resizing.) A folder dataset also names its
+    ``root`` and its ``classes`` in label order."""
+
     name: str
     num_classes: int
     image_size: int
     mean: tuple[float, float, float]  # per channel, on the 0-1 scale
     std: tuple[float, float, float]
+    crop: float = 224 / 256  # the center crop's share of the resized shorter side
+    root: str | None = None
+    classes: tuple[str, ...] | None = None
 
 
 DATASETS = {
@@ -145,7 +161,8 @@ def _checked_indices(indices, size: int) -> torch.Tensor:
 
 
 def _preprocessing(spec: DatasetSpec, steps: str) -> str:
-    return f"{spec.name} {spec.image_size}px mean={spec.mean} std={spec.std}: {steps}"
+    text = f"{spec.name} {spec.image_size}px mean={spec.mean} std={spec.std}: {steps}"
+    return text if spec.crop == DatasetSpec.crop else text + f" crop={spec.crop!r}"
 
 
 def _crop_and_flip(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -162,20 +179,34 @@ def _crop_and_flip(images: torch.Tensor, pad: int, gen: torch.Generator) -> torc
     return out
 
 
+def _class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
 class ImageFolderSource:
     """An ImageFolder layout (``<root>/<class>/<image>``), decoded with Pillow.
 
-    Evaluation: resize the shorter side to 256, center crop 224. Training: random
-    resized crop (scale 0.08-1, ratio 3/4-4/3) to 224 and random horizontal flip.
+    A class's label is its position in ``classes`` (default: the class folders under
+    ``root``, sorted); a folder that ``classes`` does not list is an error, and classes
+    without a folder simply have no images. Evaluation: resize the shorter side to
+    ``image_size / crop`` and center-crop ``image_size`` (ImageNet: 256 and 224).
+    Training: random resized crop (scale 0.08-1, ratio 3/4-4/3) to ``image_size`` and
+    random horizontal flip.
     """
 
     EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp"}
 
-    def __init__(self, root: Path, spec: DatasetSpec):
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        if not classes:
+    def __init__(self, root: Path, spec: DatasetSpec, classes: list[str] | tuple[str, ...] | None = None):
+        present = _class_folders(root)
+        if not present:
             raise DataError(f"expected class folders with images under {root} (ImageFolder layout)")
-        self.samples = [(path, label) for label, name in enumerate(classes)
+        classes = list(classes) if classes is not None else present
+        index = {name: label for label, name in enumerate(classes)}
+        unknown = [name for name in present if name not in index]
+        if unknown:
+            raise DataError(f"class folder {root / unknown[0]} is not in the class list "
+                            f"({len(classes)} classes{', ' + str(len(unknown)) + ' folders unknown' if len(unknown) > 1 else ''})")
+        self.samples = [(path, index[name]) for name in present
                         for path in sorted((root / name).iterdir())
                         if path.suffix.lower() in self.EXTENSIONS]
         if not self.samples:
@@ -193,6 +224,7 @@ class ImageFolderSource:
             digest = hashlib.blake2b(digest_size=16)
             digest.update(_preprocessing(self.spec, "Pillow RGB, resize short side to 256/224 of the size "
                                          "(bilinear), center crop, normalized").encode())
+
             digest.update("\0".join(self.classes).encode())
             for path, label in self.samples:
                 digest.update(f"\0{path.relative_to(self.root)}\0{label}\0".encode())
@@ -216,7 +248,7 @@ class ImageFolderSource:
                     if rng.random() < 0.5:
                         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 else:
-                    short = round(size * 256 / 224)
+                    short = round(size / self.spec.crop)
                     w, h = img.size
                     scale = short / min(w, h)
                     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
@@ -333,11 +365,45 @@ def _load_npz(path: Path, spec: DatasetSpec) -> ArraySource:
     return ArraySource(images, labels, spec, where=str(path))
 
 
+#: Files that list ImageNet's 1,000 wnids in label order, one a line, the wnid first
+#: (``synset_words.txt``: Caffe/torchvision; ``LOC_synset_mapping.txt``: Kaggle).
+IMAGENET_CLASS_LISTS = ("synset_words.txt", "LOC_synset_mapping.txt", "wnids.txt")
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class names in label order: the first word of each non-empty line of ``path``."""
+    try:
+        names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the class list {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"class list {path} must name each class once, one a line")
+    return names
+
+
+def _imagenet_classes(base: Path, split_dir: Path) -> list[str]:
+    for name in IMAGENET_CLASS_LISTS:
+        if (base / name).is_file():
+            classes = read_class_list(base / name)
+            if len(classes) != 1000:
+                raise DataError(f"{base / name} lists {len(classes)} classes, not ImageNet's 1000")
+            return classes
+    present = _class_folders(split_dir)
+    if len(present) != 1000:
+        raise DataError(f"{split_dir} has {len(present)} class folders, not 1000: a label is its wnid's position "
+                        f"among all 1,000, so put the list ({' or '.join(IMAGENET_CLASS_LISTS[:2])}) in {base}")
+    return present
+
+
 def load(dataset: str, split: str, root: str | os.PathLike | None = None, *,
          download: bool = False) -> ArraySource | ImageFolderSource:
-    """The ``split`` ("train" or "test") of ``dataset`` from the data directory."""
+    """The ``split`` ("train" or "test") of ``dataset`` (a name of :data:`DATASETS` or a
+    :func:`folder_dataset` id) from the data directory ``root`` (folder datasets name
+    their own)."""
+    if is_folder_dataset(dataset):
+        return _load_folder(dataset_spec(dataset), split)
     if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or give a folder's path")
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', not {split!r}")
     spec, root = DATASETS[dataset], data_dir(root)
@@ -345,7 +411,7 @@ def load(dataset: str, split: str, root: str | os.PathLike | None = None, *,
         sub = "train" if split == "train" else "val"
         for base in (root / "imagenet", root):
             if (base / sub).is_dir():
-                return ImageFolderSource(base / sub, spec)
+                return ImageFolderSource(base / sub, spec, _imagenet_classes(base, base / sub))
         raise DataError(f"expected ImageNet in ImageFolder layout at {root / 'imagenet' / sub}/<class>/<image>")
     url, _, folder, train_files, test_files, label_key = _CIFAR_ARCHIVES[dataset]
     for base in (root, root / dataset):
@@ -360,6 +426,139 @@ def load(dataset: str, split: str, root: str | os.PathLike | None = None, *,
         return ArraySource(images, labels, spec, where=str(root / folder))
     raise DataError(f"no {dataset} data under {root}: expected {root / folder}/ (torchvision layout; "
                     f"--download fetches it) or {root / dataset / (split + '.npz')}")
+
+
+
+# -- datasets of a user's own ------------------------------------------------------------
+
+FOLDER = "folder:"
+#: The default normalization of folder datasets: torchvision's (ImageNet's) channel statistics.
+FOLDER_MEAN, FOLDER_STD = DATASETS["imagenet"].mean, DATASETS["imagenet"].std
+_SPLITS = {"train": ("train",), "test": ("test", "val")}
+
+
+def is_folder_dataset(dataset) -> bool:
+    return isinstance(dataset, str) and dataset.startswith(FOLDER)
+
+
+def folder_dataset(root: str | os.PathLike, *, image_size: int | None = None, crop: float | None = None,
+                   mean=None, std=None) -> str:
+    """The id of a dataset of one's own: the folder ``root`` with ``train/`` and
+    ``test/`` (or ``val/``) ImageFolder trees, ``<split>/<class>/<image>``, and its
+    evaluation preprocessing (:class:`DatasetSpec`).
+
+    Labels: a class's position in ``root/classes.txt`` (one name a line) where it
+    exists, else in the sorted union of the class folders of both splits. Defaults:
+    ``image_size`` the size of the first test image (which must then be square),
+    ``crop`` 1 (resize the shorter side to ``image_size``, no margin cut),
+    ``mean``/``std`` torchvision's ImageNet statistics. The id is
+    ``folder:<absolute root>?size=..&crop=..&mean=..&std=..``; it is what study keys
+    and reports record, and :func:`dataset_spec` reads it back. An id passed in comes
+    back unchanged unless an option given here differs from it (an error)."""
+    if is_folder_dataset(root):
+        spec = dataset_spec(str(root))
+        given = {"image_size": image_size, "crop": crop, "mean": _triple(mean, "mean"), "std": _triple(std, "std")}
+        for key, value in given.items():
+            if value is not None and value != getattr(spec, key):
+                raise DataError(f"{root}: {key} {value} differs from the id's {getattr(spec, key)}")
+        return str(root)
+    path = Path(root).expanduser().resolve()
+    if not path.is_dir():
+        raise DataError(f"dataset folder {root} does not exist" if not path.exists() else
+                        f"dataset {root} is not a folder")
+    if "?" in str(path):
+        raise DataError(f"dataset folder {path}: a path with '?' cannot name a dataset")
+    if _split_dir(path, "test") is None:
+        raise DataError(f"expected {path}/test/<class>/<image> (or val/) in ImageFolder layout")
+    if image_size is None:
+        image_size = _first_image_size(path)
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or not 1 <= image_size <= 4096:
+        raise DataError(f"image size must be an integer in 1..4096, not {image_size!r}")
+    crop = 1.0 if crop is None else crop
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+        raise DataError(f"crop must be a fraction in (0, 1], not {crop!r}")
+    mean = _triple(mean, "mean") or FOLDER_MEAN
+    std = _triple(std, "std") or FOLDER_STD
+    if min(std) <= 0:
+        raise DataError(f"std must be positive, not {std}")
+    return (f"{FOLDER}{path}?size={image_size}&crop={float(crop)!r}&mean={','.join(map(repr, mean))}"
+            f"&std={','.join(map(repr, std))}")
+
+
+def _triple(values, what: str) -> tuple[float, float, float] | None:
+    import math
+
+    if values is None:
+        return None
+    try:
+        out = tuple(float(v) for v in values if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or len(out) != len(list(values)) or not all(math.isfinite(v) for v in out):
+        raise DataError(f"{what} must be three numbers (R G B, on the 0-1 scale), not {values!r}")
+    return out
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    return next((root / sub for sub in _SPLITS[split] if (root / sub).is_dir()), None)
+
+
+def _first_image_size(root: Path) -> int:
+    from PIL import Image
+
+    test = _split_dir(root, "test")
+    for name in _class_folders(test):
+        for path in sorted((test / name).iterdir()):
+            if path.suffix.lower() in ImageFolderSource.EXTENSIONS:
+                try:
+                    with Image.open(path) as img:
+                        w, h = img.size
+                except OSError as exc:
+                    raise DataError(f"cannot read image {path}: {exc}") from None
+                if w != h:
+                    raise DataError(f"{path} is {w}x{h}, not square: give the image size the network takes "
+                                    "(--image-size, or image_size in a study spec)")
+                return w
+    raise DataError(f"no images ({', '.join(sorted(ImageFolderSource.EXTENSIONS))}) under {test}")
+
+
+@functools.lru_cache(maxsize=16)
+def dataset_spec(dataset: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a name of :data:`DATASETS` or a :func:`folder_dataset` id."""
+    if not is_folder_dataset(dataset):
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or give a folder's path")
+        return DATASETS[dataset]
+    path, _, query = dataset[len(FOLDER):].rpartition("?")
+    try:
+        options = dict(item.split("=", 1) for item in query.split("&"))
+        size, crop = int(options["size"]), float(options["crop"])
+        mean, std = (tuple(float(v) for v in options[k].split(",")) for k in ("mean", "std"))
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"malformed folder dataset id {dataset!r} ({exc}); make ids with folder_dataset()") from None
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist")
+    if (root / "classes.txt").is_file():
+        classes = tuple(read_class_list(root / "classes.txt"))
+    else:
+        found = {name for split in _SPLITS for sub in [_split_dir(root, split)] if sub is not None
+                 for name in _class_folders(sub)}
+        classes = tuple(sorted(found))
+    if not classes:
+        raise DataError(f"expected class folders under {root}/test (ImageFolder layout)")
+    return DatasetSpec(f"folder {root.name}", len(classes), size, _triple(mean, "mean"), _triple(std, "std"),
+                       crop=crop, root=str(root), classes=classes)
+
+
+def _load_folder(spec: DatasetSpec, split: str) -> ImageFolderSource:
+    if split not in _SPLITS:
+        raise DataError(f"split must be 'train' or 'test', not {split!r}")
+    where = _split_dir(Path(spec.root), split)
+    if where is None:
+        raise DataError(f"no {split} split in {spec.root}: expected {spec.root}/{'/ or '.join(_SPLITS[split])}/"
+                        "<class>/<image>" + (" (integer calibration and training read it)" if split == "train" else ""))
+    return ImageFolderSource(where, spec, spec.classes)
 
 
 def synthetic(dataset: str, n: int, seed: int = 0) -> ArraySource:

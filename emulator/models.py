@@ -21,13 +21,16 @@ is a few MB and trains on a CPU.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs", "layer_macs"]
+__all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs", "layer_macs",
+           "is_entry_point", "entry_point", "architecture_digest", "label"]
 
 
 class LeNet5(nn.Module):
@@ -154,16 +157,163 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def build(name: str, dataset: str | None = None) -> tuple[nn.Module, str]:
-    """A fresh model ``name`` for ``dataset`` (default: the model's first dataset)."""
-    from emulator.data import DATASETS
+    """A fresh model and its dataset: ``name`` a registered network (:data:`MODELS`) or
+    an entry point of one's own (:func:`entry_point`); ``dataset`` a name of
+    :data:`emulator.data.DATASETS` or a folder dataset id (default: a registered
+    network's first dataset; a network of one's own needs it). The model is built for
+    the dataset's number of classes; one of one's own must give that many outputs for
+    one image of the dataset's size."""
+    from emulator.data import dataset_spec, is_folder_dataset
 
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    spec = MODELS[name]
-    dataset = dataset or spec.datasets[0]
-    if dataset not in spec.datasets:
-        raise ValueError(f"model {name} is for {', '.join(spec.datasets)}, not {dataset!r}")
-    return spec.make(DATASETS[dataset].num_classes), dataset
+    if name in MODELS:
+        spec = MODELS[name]
+        dataset = dataset or spec.datasets[0]
+        if dataset not in spec.datasets and not is_folder_dataset(dataset):
+            raise ValueError(f"model {name} is for {', '.join(spec.datasets)}, not {dataset!r} (or for a folder "
+                             "dataset of your own)")
+        return spec.make(dataset_spec(dataset).num_classes), dataset
+    if not is_entry_point(name):
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}, or name a network of your own "
+                         "as FILE.py:NAME or package.module:NAME")
+    if dataset is None:
+        raise ValueError(f"{name} is a network of your own: give its dataset (a folder with train/ and test/, "
+                         "or cifar10, cifar100, imagenet)")
+    data = dataset_spec(dataset)
+    model = _call_factory(name, entry_point(name), data.num_classes)
+    _check_outputs(name, model, data.image_size, data.num_classes)
+    return model, dataset
+
+
+# -- networks of one's own ------------------------------------------------------------------
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def is_entry_point(ref) -> bool:
+    """``FILE.py:NAME`` or ``package.module:NAME`` (NAME possibly dotted)."""
+    import re
+
+    if not isinstance(ref, str):
+        return False
+    where, sep, attr = ref.rpartition(":")
+    if not sep or not re.fullmatch(rf"{_IDENT}(\.{_IDENT})*", attr):
+        return False
+    return where.endswith(".py") or re.fullmatch(rf"{_IDENT}(\.{_IDENT})*", where) is not None
+
+
+def _source_path(ref: str) -> Path | None:
+    """The Python file an entry point's module comes from (None: not found)."""
+    import importlib.util
+
+    where = ref.rpartition(":")[0]
+    if where.endswith(".py"):
+        return Path(where).expanduser().resolve()
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    return Path(found.origin) if found is not None and found.origin and found.origin.endswith(".py") else None
+
+
+def entry_point(ref: str):
+    """The object an entry point names, importing its module: ``FILE.py:NAME`` runs the
+    file as a module (as ``python FILE.py`` would run it, its folder on ``sys.path``),
+    ``package.module:NAME`` imports the module. Only code the user names is run;
+    nothing is evaluated from a string. Errors are one-line :class:`ValueError`."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if not is_entry_point(ref):
+        raise ValueError(f"{ref!r} is not an entry point: FILE.py:NAME or package.module:NAME")
+    where, _, attr = ref.rpartition(":")
+    if where.endswith(".py"):
+        path = _source_path(ref)
+        if not path.is_file():
+            raise ValueError(f"{ref}: {where} does not exist" if not path.exists() else f"{ref}: {where} is not a file")
+        module_name = "psum_user_" + hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
+        module = sys.modules.get(module_name)
+        if module is None:
+            if str(path.parent) not in sys.path:
+                sys.path.append(str(path.parent))
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 (any failure of the user's file is one line)
+                del sys.modules[module_name]
+                raise ValueError(f"{ref}: running {where} failed: {_one_line(exc)}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:  # noqa: BLE001 (any failure of the user's module is one line)
+            raise ValueError(f"{ref}: cannot import {where}: {_one_line(exc)}") from None
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{ref}: {where} has no {attr}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{ref}: {attr} is not callable (a model class or a function returning an nn.Module)")
+    return target
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _call_factory(ref: str, factory, num_classes: int) -> nn.Module:
+    """``factory(num_classes=N)`` where it takes that keyword, else ``factory()``."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+        takes = any(p.name == "num_classes" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                    or p.kind is p.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):  # no signature (a builtin): call it bare
+        takes = False
+    try:
+        model = factory(num_classes=num_classes) if takes else factory()
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{ref}: building the network failed: {_one_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{ref} gave a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_outputs(ref: str, model: nn.Module, image_size: int, num_classes: int) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, image_size, image_size))
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{ref} cannot run on one 3x{image_size}x{image_size} image: {_one_line(exc)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{ref} gives outputs of shape {shape} for one image; the dataset has {num_classes} "
+                         f"classes, so (1, {num_classes}) is needed")
+
+
+def architecture_digest(ref: str) -> str | None:
+    """Digest of the source file an entry point's module comes from (part of study keys,
+    so that editing the network invalidates its points); None for registered networks."""
+    if ref in MODELS:
+        return None
+    path = _source_path(ref)
+    if path is None or not path.is_file():
+        raise ValueError(f"{ref}: cannot find the source file of its module")
+    return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
+
+
+def label(ref: str) -> str:
+    """A short name for a network in tables and file names: the registered name, or an
+    entry point's NAME (its last part)."""
+    return ref if ref in MODELS else ref.rpartition(":")[2].rpartition(".")[2]
 
 
 def layer_macs(model: nn.Module, image_size: int) -> dict[str, int]:

@@ -138,9 +138,9 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     from synth.power import estimate_energy, finite_patterns, uniform_streams
 
     spec = runner.spec
-    model, dataset = _model(run.name, run.dataset, run.checkpoint, spec.fold_bn)
+    model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
     batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
-    layer = largest_layer(model, data.DATASETS[dataset].image_size)
+    layer = largest_layer(model, data.dataset_spec(dataset).image_size)
     rows = []
     for unit in units(spec, found):
         mac = build(spec, unit)
@@ -149,6 +149,8 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
                   "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
         if spec.fold_bn:  # the operand streams come from the folded weights
             fields["fold_bn"] = True
+        if runner.data[run.name].architecture is not None:  # a network of one's own: its source
+            fields["architecture"] = runner.data[run.name].architecture
         key = point_key(fields)
         row = runner.store.get(key)
         if row is None:

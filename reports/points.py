@@ -38,14 +38,15 @@ CALIBRATION = {"images": 1000, "batch_size": 250, "on": "int32 reference"}
 
 
 @functools.lru_cache(maxsize=4)
-def _model(name: str, dataset: str | None, checkpoint: str, fold_bn: bool = False):
-    """The trained network in eval mode, its batch norms folded into the convolutions
-    before them with ``fold_bn`` (:mod:`emulator.fold`), and its dataset."""
+def _model(ref: str, dataset: str | None, checkpoint: str, fold_bn: bool = False):
+    """The trained network (``ref``: :attr:`ModelRun.ref`) in eval mode, its batch norms
+    folded into the convolutions before them with ``fold_bn`` (:mod:`emulator.fold`),
+    and its dataset."""
     from emulator import checkpoint as ckpt
     from emulator.fold import fold_batchnorm
     from emulator.models import build
 
-    model, dataset = build(name, dataset)
+    model, dataset = build(ref, dataset)
     ckpt.load_model(checkpoint, model)
     if fold_bn:
         model = fold_batchnorm(model)[0]
@@ -150,13 +151,15 @@ def _digest_of(path: str, mtime_ns: int, size: int) -> str:
 class RunData:
     """What a model run is evaluated on, as digests (part of every point's key): the
     checkpoint's bytes, the resolved dataset, the fingerprints of the test split and of
-    the training split the integer points calibrate on, and the test split's size."""
+    the training split the integer points calibrate on, the test split's size, and for
+    a network of one's own the digest of its source file."""
 
     dataset: str
     checkpoint: str
     test: str
     train: str
     test_images: int
+    architecture: str | None = None
 
 
 def run_data(run: ModelRun, spec: StudySpec) -> RunData:
@@ -164,10 +167,22 @@ def run_data(run: ModelRun, spec: StudySpec) -> RunData:
     or malformed checkpoint or data set raises here, before anything is evaluated."""
     if not Path(run.checkpoint).is_file():
         raise SpecError(f"checkpoint {run.checkpoint} of model {run.name} does not exist")
-    _, dataset = _model(run.name, run.dataset, run.checkpoint)
+    from emulator.models import architecture_digest
+
+    _, dataset = _model(run.ref, run.dataset, run.checkpoint)
     test = _source(dataset, "test", spec.data_dir, spec.download)
     train = _source(dataset, "train", spec.data_dir, spec.download)
-    return RunData(dataset, _digest(run.checkpoint), test.fingerprint(), train.fingerprint(), len(test))
+    return RunData(dataset, _digest(run.checkpoint), test.fingerprint(), train.fingerprint(), len(test),
+                   architecture_digest(run.ref))
+
+
+def _dataset_key(dataset: str) -> str:
+    """A dataset as point keys name it: a folder dataset by its preprocessing, not its
+    path (the splits' fingerprints pin down its content), so that a copy elsewhere
+    reuses the points."""
+    from emulator.data import is_folder_dataset
+
+    return "folder?" + dataset.rpartition("?")[2] if is_folder_dataset(dataset) else dataset
 
 
 def _indices_digest(indices: np.ndarray) -> str:
@@ -240,7 +255,7 @@ class Runner:
         """Everything that determines a point's result (docs/study.md, "What a point's key covers")."""
         data = self.data[run.name]
         indices = self._indices(run, stage)
-        fields = {"model": run.name, "dataset": data.dataset, "checkpoint": data.checkpoint,
+        fields = {"model": run.name, "dataset": _dataset_key(data.dataset), "checkpoint": data.checkpoint,
                   "data": {"test": data.test, "preprocessing": "eval"}, "policy": policy,
                   "images": {"count": len(indices), "digest": _indices_digest(indices)},
                   "seed": self.spec.seed, "psum": self.version}
@@ -248,6 +263,8 @@ class Runner:
             fields["data"]["calibration"] = {"train": data.train, **CALIBRATION}
         if self.spec.fold_bn:  # absent when off: stores made before the option stay valid
             fields["fold_bn"] = True
+        if data.architecture is not None:  # a network of one's own: its source file
+            fields["architecture"] = data.architecture
         return fields
 
     def point(self, run: ModelRun, policy: dict, stage: str = "decision") -> dict:
@@ -261,7 +278,7 @@ class Runner:
             self.reused += 1
             self.touched[key] = (fields, found)
             return found
-        task = {"model": run.name, "dataset": run.dataset, "checkpoint": str(run.checkpoint), "policy": policy,
+        task = {"model": run.ref, "dataset": run.dataset, "checkpoint": str(run.checkpoint), "policy": policy,
                 "indices": self._indices(run, stage).tolist(), "seed": self.spec.seed,
                 "data_dir": self.spec.data_dir, "download": self.spec.download, "batch_size": self.spec.batch_size,
                 "threads": self.threads, "device": self.spec.device, "expect": fields["data"],

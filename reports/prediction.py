@@ -131,7 +131,7 @@ def predict(runner: Runner, run: ModelRun, found: dict) -> dict:
     if best is None:
         return {}
     e = exponent(best)
-    model, dataset = _model(run.name, run.dataset, run.checkpoint, spec.fold_bn)
+    model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
     test = _source(dataset, "test", spec.data_dir, spec.download)
     x, _ = next(test.batches(IMAGES, indices=runner.images[run.name].decision[:IMAGES]))
     inputs = _layer_inputs(model, x)

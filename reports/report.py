@@ -129,6 +129,22 @@ def _summary(results: dict, spec) -> list[str]:
 # -- one network --------------------------------------------------------------------------
 
 
+def _what_ran(model: str, results: dict, spec) -> str:
+    """The network, checkpoint and dataset (with its preprocessing) behind a model's section."""
+    from emulator.data import dataset_spec
+
+    run = next(r for r in spec.models if r.name == model)
+    data = results["data"][model]
+    where = f"registered network `{run.name}`" if run.factory is None else \
+        f"network of your own `{run.factory}` (source digest {data['architecture']})"
+    d = dataset_spec(data["dataset"])
+    dataset = f"`{data['dataset']}`" if d.root is None else \
+        f"folder `{d.root}` ({d.num_classes} classes; images resized to {d.image_size}/{d.crop:g} on the shorter side, " \
+        f"center-cropped to {d.image_size}x{d.image_size}, normalized by mean {list(d.mean)} and std {list(d.std)})"
+    return (f"Network: {where}, weights `{run.checkpoint}` (digest {data['checkpoint']}); dataset {dataset}, "
+            f"{data['test_images']:,} test images.")
+
+
 def _baselines(found: dict) -> list[str]:
     lines = ["| baseline | top-1 % | 95% Wilson interval | images |", "|---|---|---|---|"]
     for name, r in found["baselines"].items():
@@ -482,7 +498,7 @@ def write_report(results: dict, spec, out: Path) -> None:
              f"{stats['computed']}, reused from the store {stats['reused']}; wall time {stats['seconds']} s.", ""]
     lines += _summary(results, spec)
     for model, found in results["models"].items():
-        lines += [f"## {model}", ""] + _baselines(found) + _central(found, spec) + _breakdown(found, spec) + \
+        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _breakdown(found, spec) + \
             _per_e(found, spec) + _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
         rows = _costed(found, spec)
         if rows:

@@ -75,21 +75,21 @@ def _batchnorm(run: ModelRun, fold: bool) -> dict:
     from emulator.fold import count_batchnorms
     from reports.points import _model
 
-    present = count_batchnorms(_model(run.name, run.dataset, run.checkpoint, False)[0])
-    kept = count_batchnorms(_model(run.name, run.dataset, run.checkpoint, fold)[0])  # both cached
+    present = count_batchnorms(_model(run.ref, run.dataset, run.checkpoint, False)[0])
+    kept = count_batchnorms(_model(run.ref, run.dataset, run.checkpoint, fold)[0])  # both cached
     return {"folded": present - kept, "kept": kept, "fold_bn": fold}
 
 
 def search_model(runner: Runner, run: ModelRun, log) -> dict:
     """All searches of one network; the model's section of ``results.json``."""
-    from emulator.data import DATASETS
+    from emulator.data import dataset_spec
     from emulator.models import layer_macs
     from reports.points import _model
 
     spec = runner.spec
     order = spec.orders[0]
-    model, dataset = _model(run.name, run.dataset, run.checkpoint, spec.fold_bn)
-    macs = layer_macs(model, DATASETS[dataset].image_size)
+    model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
+    macs = layer_macs(model, dataset_spec(dataset).image_size)
     fp_ref = {"kind": "float", "acc": "fp32", "inputs": spec.inputs, "chunk": None, "order": order}
     seeds = spec.calibration_seeds
     int_ref = {s: {"kind": "int", "acc": "int32", "bits": spec.int_bits, "calibration_seed": s} for s in seeds}

@@ -17,16 +17,31 @@ DEFAULT_CHUNK_SIZES = [16, 64]
 
 @dataclass
 class ModelRun:
-    """One network of the study: a registered model name, its checkpoint, its dataset
-    (``None``: the model's first)."""
+    """One network of the study: a registered model ``name``, or with ``factory`` a
+    network of one's own (``FILE.py:NAME`` or ``package.module:NAME``, see
+    :func:`emulator.models.entry_point`) that ``name`` labels in tables and file names;
+    its checkpoint; its dataset (``None``: a registered model's first; a name of
+    :data:`emulator.data.DATASETS`, or a folder's path, whose preprocessing
+    ``image_size``, ``crop``, ``mean``, ``std`` may set; checking the spec turns it into
+    the folder's :func:`emulator.data.folder_dataset` id)."""
 
     name: str
     checkpoint: str
     dataset: str | None = None
+    factory: str | None = None
+    image_size: int | None = None
+    crop: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def ref(self) -> str:
+        """What :func:`emulator.models.build` takes: the entry point, or the registered name."""
+        return self.factory or self.name
 
 
 #: The keys a ``[[models]]`` table of a TOML spec may hold (name and checkpoint required).
-MODEL_KEYS = ("name", "checkpoint", "dataset")
+MODEL_KEYS = ("name", "checkpoint", "dataset", "factory", "image_size", "crop", "mean", "std")
 
 
 class SpecError(ValueError):
@@ -152,13 +167,49 @@ def _int_in(name: str, value, low: int, high: int | None = None) -> None:
         _fail(f"{name} must be an integer {bounds}, not {value!r}")
 
 
+def _validate_run(run: ModelRun) -> None:
+    """One model of the spec; its folder dataset's path becomes the dataset's id."""
+    import re
+
+    from emulator.data import DATASETS, DataError, folder_dataset
+    from emulator.models import MODELS, is_entry_point
+
+    if run.factory is None:
+        if not isinstance(run.name, str) or run.name not in MODELS:
+            _fail(f"unknown model {run.name!r}; choose from {', '.join(MODELS)}, or name a network of your own "
+                  "with factory = \"FILE.py:NAME\"")
+    else:
+        if not is_entry_point(run.factory):
+            _fail(f"factory of model {run.name!r} must be FILE.py:NAME or package.module:NAME, not {run.factory!r}")
+        if not isinstance(run.name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", run.name) \
+                or run.name in MODELS:
+            _fail(f"the name of a network of your own labels it in tables and file names: letters, digits, "
+                  f"'_', '.', '-', and not a registered model's name; not {run.name!r}")
+        if run.dataset is None:
+            _fail(f"model {run.name} is a network of your own: give its dataset")
+    if not isinstance(run.checkpoint, str) or not run.checkpoint:
+        _fail(f"the checkpoint of model {run.name} must be a path, not {run.checkpoint!r}")
+    options = {k: getattr(run, k) for k in ("image_size", "crop", "mean", "std") if getattr(run, k) is not None}
+    if run.dataset is None or run.dataset in DATASETS:
+        if options:
+            _fail(f"model {run.name}: {', '.join(options)} set a folder dataset's preprocessing; "
+                  f"{run.dataset or 'its default dataset'} has its own")
+        if run.factory is None and run.dataset is not None and run.dataset not in MODELS[run.name].datasets:
+            _fail(f"model {run.name} is trained on {', '.join(MODELS[run.name].datasets)}, not {run.dataset!r}")
+        return
+    if not isinstance(run.dataset, str):
+        _fail(f"the dataset of model {run.name} must be a name or a folder's path, not {run.dataset!r}")
+    try:
+        run.dataset = folder_dataset(run.dataset, **options)
+    except DataError as exc:
+        _fail(f"model {run.name}: {exc}")
+
+
 def _validate(spec: StudySpec) -> None:
     import math
 
     from emulator import AccumConfig
-    from emulator.data import DATASETS
     from emulator.matmul import check_config
-    from emulator.models import MODELS
     from psum.formats import FloatFormat, parse
 
     if not isinstance(spec.models, list) or not spec.models:
@@ -167,13 +218,7 @@ def _validate(spec: StudySpec) -> None:
     for run in spec.models:
         if not isinstance(run, ModelRun):
             _fail(f"models must hold ModelRun entries, not {run!r}")
-        if not isinstance(run.name, str) or run.name not in MODELS:
-            _fail(f"unknown model {run.name!r}; choose from {', '.join(MODELS)}")
-        if not isinstance(run.checkpoint, str) or not run.checkpoint:
-            _fail(f"the checkpoint of model {run.name} must be a path, not {run.checkpoint!r}")
-        if run.dataset is not None and (not isinstance(run.dataset, str) or run.dataset not in DATASETS
-                                        or run.dataset not in MODELS[run.name].datasets):
-            _fail(f"model {run.name} is trained on {', '.join(MODELS[run.name].datasets)}, not {run.dataset!r}")
+        _validate_run(run)
         names.append(run.name)
     if len(set(names)) != len(names):
         _fail(f"each model may be listed once (results are reported by model name): {', '.join(names)}")

@@ -131,10 +131,15 @@ def test_imagefolder_layout(tmp_path):
             folder.mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(rng.integers(0, 256, (40 + 10 * i, 60, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    with pytest.raises(data.DataError, match="has 2 class folders, not 1000: a label is its wnid's position"):
+        data.load("imagenet", "test", tmp_path)
+    # the labels are positions in the full list of 1,000 wnids, not among the folders present
+    wnids = [f"n{i:08d}" for i in range(998)] + ["n02", "n01"]
+    (tmp_path / "imagenet" / "synset_words.txt").write_text("".join(f"{w} some words, more\n" for w in wnids))
     val = data.load("imagenet", "test", tmp_path)
-    assert len(val) == 4 and val.classes == ["n01", "n02"]
+    assert len(val) == 4 and len(val.classes) == 1000
     x, y = next(val.batches(4))
-    assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 1, 1]
+    assert x.shape == (4, 3, 224, 224) and y.tolist() == [999, 999, 998, 998]
     x2, _ = next(data.load("imagenet", "train", tmp_path).batches(4, shuffle=True, augment=True, seed=1))
     assert x2.shape == (4, 3, 224, 224)
 

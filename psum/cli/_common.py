@@ -171,3 +171,42 @@ def given(args: argparse.Namespace, *names: str) -> list[str]:
 
 def option(dest: str) -> str:
     return "--" + dest.replace("_", "-")
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+#: The options that set a folder dataset's preprocessing (emulator.data.folder_dataset).
+PREPROCESSING = ("image_size", "crop", "mean", "std")
+
+
+def preprocessing_options(p: argparse.ArgumentParser, what: str = "--dataset") -> None:
+    """``--image-size``, ``--crop``, ``--mean``, ``--std``: how a folder dataset's images
+    become the network's input."""
+    p.add_argument("--image-size", type=positive_int,
+                   help=f"a folder {what}: the network's input size (default: the first test image's, if square)")
+    p.add_argument("--crop", type=positive_float, help=f"a folder {what}: center crop as a share of the "
+                   "shorter side after resizing it to image-size/crop (default 1: no margin cut; 0.875 as torchvision)")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                   help=f"a folder {what}: channel means on the 0-1 scale (default ImageNet's 0.485 0.456 0.406)")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                   help=f"a folder {what}: channel standard deviations (default ImageNet's 0.229 0.224 0.225)")
+
+
+def dataset_arg(args: argparse.Namespace, dataset: str | None, flag: str = "--dataset") -> str | None:
+    """The dataset the options name: a registered name as it is, a folder's path as its
+    :func:`emulator.data.folder_dataset` id (with the preprocessing options), or None.
+    A preprocessing option without a folder dataset is refused."""
+    from emulator.data import DATASETS, folder_dataset
+
+    options = given(args, *PREPROCESSING)
+    if dataset is None or dataset in DATASETS:
+        for name in options:
+            raise UsageError(f"{option(name)} sets a folder dataset's preprocessing: give {flag} PATH "
+                             f"(registered datasets have their own)")
+        return dataset
+    from pathlib import Path
+
+    if not Path(dataset).expanduser().exists() and not dataset.startswith("folder:"):
+        raise UsageError(f"{flag} {dataset}: no such dataset; choose from {', '.join(DATASETS)}, or give the path "
+                         "of a folder with train/ and test/ (or val/) ImageFolder trees")
+    return folder_dataset(dataset, image_size=args.image_size, crop=args.crop, mean=args.mean, std=args.std)

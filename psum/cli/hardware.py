@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from psum.cli._common import UsageError, command, given, option, positive_float, positive_int, seed
+from psum.cli._common import (PREPROCESSING, UsageError, command, dataset_arg, given, option, positive_float,
+                              positive_int, preprocessing_options, seed)
 
 #: Options of a floating-point MAC that an integer one (--int) does not have.
 FLOAT_MAC_ONLY = ("inputs", "weights", "product", "chunk", "chunk_acc")
@@ -76,17 +77,17 @@ def _activity_streams(args, mac):
     import torch
 
     from emulator import checkpoint, data
-    from emulator.models import build
+    from emulator.models import build, label
     from emulator.streams import largest_layer, operand_streams
 
     try:
-        model, dataset = build(args.activity, args.dataset)
+        model, dataset = build(args.activity, dataset_arg(args, args.dataset))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     checkpoint.load_model(args.checkpoint, model)
     test = data.load(dataset, "test", args.data_dir)
     batch, _ = next(test.batches(64, shuffle=True, seed=args.seed))
-    layer = args.activity_layer or largest_layer(model, data.DATASETS[dataset].image_size)
+    layer = args.activity_layer or largest_layer(model, data.dataset_spec(dataset).image_size)
     torch.manual_seed(args.seed)
     try:
         if args.int is not None:
@@ -96,11 +97,11 @@ def _activity_streams(args, mac):
                                    weights=mac.weights)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return a, b, f"{args.activity}/{dataset} layer {layer}, {len(batch)} test images"
+    return a, b, f"{label(args.activity)}/{data.dataset_spec(dataset).name} layer {layer}, {len(batch)} test images"
 
 
 #: Options that choose the real operand streams; they need --activity.
-ACTIVITY_ONLY = ("checkpoint", "activity_layer", "dataset", "data_dir")
+ACTIVITY_ONLY = ("checkpoint", "activity_layer", "dataset", "data_dir", *PREPROCESSING)
 
 
 @command("synth")
@@ -199,12 +200,15 @@ def add_parsers(sub) -> None:
                         "uniform random ones, and with --activity a real network's.")
     mac_options(sy)
     sy.add_argument("--liberty", help="Liberty file (default: embedded NanGate45 subset)")
-    sy.add_argument("--activity", metavar="MODEL", help="operand streams from this network")
+    sy.add_argument("--activity", metavar="MODEL", help="operand streams from this network (registered, or "
+                    "FILE.py:NAME / package.module:NAME of your own)")
     sy.add_argument("--checkpoint", help="with --activity: its weights")
     sy.add_argument("--activity-layer", "--layer", dest="activity_layer", metavar="NAME",
                     help="with --activity: the layer whose operands drive the simulation (default: the one with "
                          "the most MACs; psum models MODEL lists them). --layer is the old name")
-    sy.add_argument("--dataset", help="with --activity: its dataset (default: the model's first)")
+    sy.add_argument("--dataset", help="with --activity: its dataset (default: the model's first), or a folder "
+                    "with train/ and test/ ImageFolder trees")
+    preprocessing_options(sy)
     sy.add_argument("--data-dir", help="with --activity: the data directory")
     sy.add_argument("--streams", type=positive_int, default=16384, help="dot products simulated (default 16384)")
     sy.add_argument("--k", type=positive_int, default=64, help="terms per random stream (default 64)")

@@ -7,24 +7,25 @@ import argparse
 import json
 import sys
 
-from psum.cli._common import (UsageError, command, given, image_limit, option, parse_spec,
-                              positive_float, positive_int, seed)
+from psum.cli._common import (UsageError, command, dataset_arg, given, image_limit, option, parse_spec,
+                              positive_float, positive_int, preprocessing_options, seed)
 from psum.formats import FloatFormat, IntFormat
 
 
 def _layers(args: argparse.Namespace) -> int:
     """``psum models NAME --layers``: the MAC layers' names, kinds, K and MACs."""
-    from emulator.data import DATASETS
-    from emulator.models import layer_table
+    from emulator.data import dataset_spec
+    from emulator.models import label, layer_table
 
-    model, dataset = _build(args.name, args.dataset)
-    rows = layer_table(model, DATASETS[dataset].image_size)
+    model, dataset = _build(args.name, dataset_arg(args, args.dataset))
+    spec = dataset_spec(dataset)
+    rows = layer_table(model, spec.image_size)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     total = sum(r["macs"] for r in rows)
-    print(f"{args.name} on {dataset}: {len(rows)} MAC layers, {total:,} MACs per image "
-          "(names for --layer NAME=SPEC and policies)")
+    print(f"{label(args.name)} on {spec.name} ({spec.image_size}x{spec.image_size}, {spec.num_classes} classes): "
+          f"{len(rows)} MAC layers, {total:,} MACs per image (names for --layer NAME=SPEC and policies)")
     print("| layer | kind | K | output (per image) | MACs / image | share |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -40,7 +41,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.name is not None:
         return _layers(args)
-    for name in given(args, "layers", "dataset"):
+    for name in given(args, "layers", "dataset", "image_size", "crop", "mean", "std"):
         raise UsageError(f"{option(name)} applies to one network: psum models NAME {option(name)}")
 
     rows = []
@@ -79,15 +80,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a missing GPU is an error before any data is read
     try:
-        cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
+        cfg = TrainConfig(model=args.model, dataset=dataset_arg(args, args.dataset), epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                           bf16=not args.no_bf16, checkpoint_every=args.checkpoint_every)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _, dataset = _build(args.model, args.dataset)
+    _, dataset = _build(args.model, dataset_arg(args, args.dataset))
     train_source = data.load(dataset, "train", args.data_dir, download=args.download)
     test_source = data.load(dataset, "test", args.data_dir, download=args.download)
-    out = args.out or f"checkpoints/{args.model}-{dataset}.pt"
+    from emulator.data import dataset_spec
+    from emulator.models import label
+
+    out = args.out or f"checkpoints/{label(args.model)}-{dataset_spec(dataset).name.replace(' ', '-')}.pt"
     command_line = "psum " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
     meta = train(cfg, train_source, out, test_source=test_source, progress=not args.quiet,
                  command=command_line, device=args.device)
@@ -218,15 +222,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from emulator import AccumConfig, IntAccumConfig, Policy, calibrate, convert
     from emulator import checkpoint, data
+    from emulator.data import dataset_spec
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
+    from emulator.models import MODELS
+    from emulator.models import label as model_label
 
     torch.manual_seed(0)
     policies = build_policies(args)
     device = resolve_device(args.device)
-    model, dataset = _build(args.model, args.dataset)
+    model, dataset = _build(args.model, dataset_arg(args, args.dataset))
     meta = checkpoint.load_model(args.checkpoint, model)
-    if meta.get("model") not in (None, args.model):
+    if meta.get("model") not in (None, args.model) and args.model in MODELS:
         raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
     folded = kept = 0
     if args.fold_bn:
@@ -237,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     model.to(device)
-    _check_layer_names(model, args.model, _layer_overrides(args.layer))
+    _check_layer_names(model, model_label(args.model), _layer_overrides(args.layer))
     runs = [] if args.no_baselines else [("fp32", None), ("bf16 inputs, fp32 acc", Policy(AccumConfig(acc="fp32")))]
     converted = []
     for label, policy in runs + policies:  # every conversion (layer names, formats) is checked before any data
@@ -263,9 +270,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.model, "dataset": dataset, "checkpoint": str(args.checkpoint),
                           "device": str(device), "fold_bn": args.fold_bn, "results": rows}, indent=2))
         return 0
-    top5 = dataset == "imagenet"
+    top5 = dataset_spec(dataset).num_classes > 10
     bn = f"; batch norm folded into {folded} convolutions ({kept} kept)" if args.fold_bn else ""
-    print(f"{args.model} on {dataset} ({rows[0]['total'] if rows else 0} test images, {device}{bn})")
+    print(f"{model_label(args.model)} on {dataset_spec(dataset).name} ({rows[0]['total'] if rows else 0} test images, "
+          f"{device}{bn})")
     print("| policy | top-1 % | 95% CI |" + (" top-5 % | 95% CI |" if top5 else "") + " seconds |")
     print("|---|---|---|" + ("---|---|" if top5 else "") + "---|")
     for r in rows:
@@ -279,9 +287,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- parsers --------------------------------------------------------------------------------
 
 
+#: What MODEL may be, in every command's help.
+MODEL_HELP = ("a registered network (psum models) or one of your own: FILE.py:NAME or package.module:NAME, "
+              "NAME a model class or a function returning the nn.Module (called with num_classes= where it takes it)")
+DATASET_HELP = ("cifar10, cifar100, imagenet, or the path of a folder of your own with train/ and test/ (or val/) "
+                "ImageFolder trees (default: a registered model's first dataset)")
+
+
 def data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="dataset (default: the model's first)")
-    p.add_argument("--data-dir", help="data directory (default: $PSUM_DATA_DIR or ./data)")
+    p.add_argument("--dataset", help=DATASET_HELP)
+    preprocessing_options(p)
+    p.add_argument("--data-dir", help="data directory of the registered datasets (default: $PSUM_DATA_DIR or ./data)")
     p.add_argument("--download", action="store_true", help="download CIFAR if missing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -291,15 +307,16 @@ def add_parsers(sub) -> None:
                             description="List the study's networks (datasets, parameters, MACs per image), "
                             "or with NAME one network's MAC layers: the names --layer and policies "
                             "take, their kind, K (each output's dot-product length), output shape and MACs.")
-    models.add_argument("name", nargs="?", help="a network: list its layers")
+    models.add_argument("name", nargs="?", help="a network: list its layers; " + MODEL_HELP)
     models.add_argument("--layers", action="store_true", help="list NAME's Conv2d/Linear layers (what NAME does)")
-    models.add_argument("--dataset", help="with NAME: the dataset (default: the model's first)")
+    models.add_argument("--dataset", help="with NAME: " + DATASET_HELP)
+    preprocessing_options(models)
     models.add_argument("--json", action="store_true")
 
     tr = sub.add_parser("train", help="train a network in BF16",
                         description="Train MODEL with BF16 autocast, SGD+Nesterov, cosine schedule; "
                         "checkpoints periodically to OUT.partial and resumes from it.")
-    tr.add_argument("model")
+    tr.add_argument("model", help=MODEL_HELP)
     data_options(tr)
     tr.add_argument("--epochs", type=positive_int, default=30, help="(default 30)")
     tr.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
@@ -315,8 +332,8 @@ def add_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="accuracy under emulated accumulation",
                         description="Top-1 (top-5 on ImageNet) with 95% Wilson intervals: fp32, "
                         "bf16 inputs with fp32 accumulation, and each policy asked for.")
-    ev.add_argument("model")
-    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("model", help=MODEL_HELP)
+    ev.add_argument("--checkpoint", required=True, help="the weights: a psum checkpoint or a plain state_dict file")
     data_options(ev)
     ev.add_argument("--limit", type=image_limit, help="evaluate N test images (default all)")
     ev.add_argument("--batch-size", type=positive_int, default=250, help="(default 250)")

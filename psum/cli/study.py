@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from psum.cli._common import (UsageError, command, given, image_limit, nonnegative_float, nonnegative_int, positive_int,
-                              seed)
+from psum.cli._common import (PREPROCESSING, UsageError, command, given, image_limit, nonnegative_float,
+                              nonnegative_int, positive_int, preprocessing_options, seed)
 
 
 @command("study")
 def cmd_study(args: argparse.Namespace) -> int:
     from reports.study import ModelRun, StudySpec, run_study
 
-    for name in given(args, "checkpoint", "dataset"):
+    for name in given(args, "checkpoint", "dataset", *PREPROCESSING):
         if not args.model:
-            raise UsageError(f"--{name} applies to --model: give --model too")
+            raise UsageError(f"--{name.replace('_', '-')} applies to --model: give --model too")
     if args.model and not args.checkpoint:
         raise UsageError("--model needs --checkpoint")
     if args.scheduler and given(args, "workers"):
@@ -33,7 +33,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                  "fold_bn": True if args.fold_bn else None,
                  "tolerances": args.tolerance, "exp_bits": args.exp_bits, "screen": args.screen,
                  "screen_seed": args.screen_seed,
-                 "models": [ModelRun(args.model, args.checkpoint, args.dataset)] if args.model else None}
+                 "models": [_model_run(args)] if args.model else None}
     overrides = {k: v for k, v in overrides.items() if v is not None} | limit | sweep
     try:
         spec = StudySpec.from_toml(args.config, **overrides) if args.config else StudySpec(**overrides)
@@ -46,11 +46,24 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_run(args: argparse.Namespace):
+    """The --model network: registered by name, or of one's own (FILE.py:NAME,
+    labelled by NAME), with its checkpoint, dataset and a folder dataset's preprocessing."""
+    from emulator.models import MODELS, is_entry_point, label
+    from reports.study import ModelRun
+
+    prep = {"image_size": args.image_size, "crop": args.crop, "mean": args.mean, "std": args.std}
+    if args.model not in MODELS and is_entry_point(args.model):
+        return ModelRun(label(args.model), args.checkpoint, args.dataset, factory=args.model, **prep)
+    return ModelRun(args.model, args.checkpoint, args.dataset, **prep)
+
+
 #: The spec's TOML keys with their defaults (reports.spec.StudySpec; a test keeps this
 #: list whole and its defaults true).
 TOML_KEYS = """\
-TOML keys of --config (default): models ([[models]] tables: name, checkpoint, dataset;
-lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), exp_bits ([4, 5, 6]),
+TOML keys of --config (default): models ([[models]] tables: name, checkpoint, dataset,
+and for a network of one's own factory ("FILE.py:NAME"; name then labels it) and a folder
+dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), exp_bits ([4, 5, 6]),
 max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
 tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
 window (2), calibration_seeds ([0, 1, 2]), chunk_sizes ([16, 64]), orders (["im2col",
@@ -68,9 +81,12 @@ def add_parser(sub) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--config", help="study spec (TOML); flags below override it")
     st.add_argument("--out", default="study", help="report folder (default ./study)")
-    st.add_argument("--model", help="one model instead of the spec's (needs --checkpoint)")
-    st.add_argument("--checkpoint", help="with --model: its checkpoint")
-    st.add_argument("--dataset", help="with --model: its dataset (default: the model's first)")
+    st.add_argument("--model", help="one model instead of the spec's (needs --checkpoint): a registered network "
+                    "or one of your own, FILE.py:NAME or package.module:NAME")
+    st.add_argument("--checkpoint", help="with --model: its checkpoint (psum checkpoint or plain state_dict)")
+    st.add_argument("--dataset", help="with --model: its dataset (default: a registered model's first): cifar10, "
+                    "cifar100, imagenet, or a folder of your own with train/ and test/ (or val/) ImageFolder trees")
+    preprocessing_options(st)
     st.add_argument("--data-dir", help="data directory (default: $PSUM_DATA_DIR or ./data)")
     st.add_argument("--download", action="store_true", help="download CIFAR if missing")
     st.add_argument("--limit", type=image_limit, help="decision images per point, or 'all' (default: all)")
