@@ -447,8 +447,9 @@ def folder_dataset(root: str | os.PathLike, *, image_size: int | None = None, cr
     ``test/`` (or ``val/``) ImageFolder trees, ``<split>/<class>/<image>``, and its
     evaluation preprocessing (:class:`DatasetSpec`).
 
-    Labels: a class's position in ``root/classes.txt`` (one name a line) where it
-    exists, else in the sorted union of the class folders of both splits. Defaults:
+    Labels: a class's position in ``root/classes.txt`` (one name a line, its first
+    word; or ImageNet's ``synset_words.txt``, ``LOC_synset_mapping.txt``, ``wnids.txt``)
+    where it exists, else in the sorted union of the class folders of both splits. Defaults:
     ``image_size`` the size of the first test image (which must then be square),
     ``crop`` 1 (resize the shorter side to ``image_size``, no margin cut),
     ``mean``/``std`` torchvision's ImageNet statistics. The id is
@@ -539,8 +540,9 @@ def dataset_spec(dataset: str) -> DatasetSpec:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist")
-    if (root / "classes.txt").is_file():
-        classes = tuple(read_class_list(root / "classes.txt"))
+    listed = next((root / name for name in ("classes.txt", *IMAGENET_CLASS_LISTS) if (root / name).is_file()), None)
+    if listed is not None:
+        classes = tuple(read_class_list(listed))
     else:
         found = {name for split in _SPLITS for sub in [_split_dir(root, split)] if sub is not None
                  for name in _class_folders(sub)}

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 __all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs", "layer_macs",
-           "is_entry_point", "entry_point", "architecture_digest", "label"]
+           "is_entry_point", "entry_point", "architecture_digest", "label", "is_model_file", "preprocessing",
+           "MODEL_FILES"]
 
 
 class LeNet5(nn.Module):
@@ -172,19 +173,44 @@ def build(name: str, dataset: str | None = None) -> tuple[nn.Module, str]:
             raise ValueError(f"model {name} is for {', '.join(spec.datasets)}, not {dataset!r} (or for a folder "
                              "dataset of your own)")
         return spec.make(dataset_spec(dataset).num_classes), dataset
-    if not is_entry_point(name):
+    if not is_entry_point(name) and not is_model_file(name):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}, or name a network of your own "
-                         "as FILE.py:NAME or package.module:NAME")
+                         "as FILE.py:NAME, package.module:NAME or a FILE.tflite")
     if dataset is None:
         raise ValueError(f"{name} is a network of your own: give its dataset (a folder with train/ and test/, "
                          "or cifar10, cifar100, imagenet)")
     data = dataset_spec(dataset)
-    model = _call_factory(name, entry_point(name), data.num_classes)
+    model = _import_file(name) if is_model_file(name) else _call_factory(name, entry_point(name), data.num_classes)
     _check_outputs(name, model, data.image_size, data.num_classes)
     return model, dataset
 
 
 # -- networks of one's own ------------------------------------------------------------------
+
+#: Model files psum imports, by suffix: they carry their weights (no checkpoint) and
+#: the input preprocessing their network expects.
+MODEL_FILES = (".tflite",)
+
+
+def is_model_file(ref) -> bool:
+    """A path to a model file psum imports (:data:`MODEL_FILES`: TensorFlow Lite)."""
+    return isinstance(ref, str) and ref.lower().endswith(MODEL_FILES)
+
+
+def _import_file(ref: str) -> nn.Module:
+    from emulator.tflite_import import TFLiteNet
+
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model file {ref} does not exist" if not path.exists() else f"model file {ref} is not a file")
+    return TFLiteNet.from_file(path).eval()
+
+
+def preprocessing(ref: str) -> dict | None:
+    """The input preprocessing an imported model file records (image size, crop, mean,
+    std; :class:`emulator.data.DatasetSpec`), or None for networks defined in Python."""
+    return _import_file(ref).preprocessing if is_model_file(ref) else None
+
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
@@ -304,6 +330,8 @@ def architecture_digest(ref: str) -> str | None:
     so that editing the network invalidates its points); None for registered networks."""
     if ref in MODELS:
         return None
+    if is_model_file(ref):  # the file is the whole network, weights included
+        return hashlib.blake2b(Path(ref).expanduser().read_bytes(), digest_size=12).hexdigest()
     path = _source_path(ref)
     if path is None or not path.is_file():
         raise ValueError(f"{ref}: cannot find the source file of its module")
@@ -313,6 +341,8 @@ def architecture_digest(ref: str) -> str | None:
 def label(ref: str) -> str:
     """A short name for a network in tables and file names: the registered name, or an
     entry point's NAME (its last part)."""
+    if is_model_file(ref):
+        return Path(ref).stem
     return ref if ref in MODELS else ref.rpartition(":")[2].rpartition(".")[2]
 
 
@@ -346,7 +376,11 @@ def layer_table(model: nn.Module, image_size: int) -> list[dict]:
             if mod.stride != (1, 1):
                 kind += f" stride {'x'.join(map(str, mod.stride))}"
             if mod.groups > 1:
-                kind += " depthwise" if mod.groups == mod.in_channels == mod.out_channels else f" groups {mod.groups}"
+                if mod.groups == mod.in_channels:  # one filter group per input channel
+                    multiplier = mod.out_channels // mod.in_channels
+                    kind += " depthwise" + (f" x{multiplier}" if multiplier > 1 else "")
+                else:
+                    kind += f" groups {mod.groups}"
         k = mod.weight[0].numel()
         rows.append({"name": name, "kind": kind, "k": k, "output": list(out.shape[1:]),
                      "outputs": out[0].numel(), "macs": out[0].numel() * k})

@@ -44,10 +44,11 @@ def _model(ref: str, dataset: str | None, checkpoint: str, fold_bn: bool = False
     and its dataset."""
     from emulator import checkpoint as ckpt
     from emulator.fold import fold_batchnorm
-    from emulator.models import build
+    from emulator.models import build, is_model_file
 
     model, dataset = build(ref, dataset)
-    ckpt.load_model(checkpoint, model)
+    if not is_model_file(ref):  # an imported file carries its weights
+        ckpt.load_model(checkpoint, model)
     if fold_bn:
         model = fold_batchnorm(model)[0]
     return model.eval(), dataset

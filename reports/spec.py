@@ -135,6 +135,8 @@ class StudySpec:
 
 
 def _model_runs(tables, path) -> list[ModelRun]:
+    from emulator.models import is_model_file
+
     if not isinstance(tables, list) or not tables:
         raise SpecError(f"study spec {path}: models must be one or more [[models]] tables")
     runs = []
@@ -146,6 +148,8 @@ def _model_runs(tables, path) -> list[ModelRun]:
         if unknown:
             raise SpecError(f"study spec {path}: [[models]] entry {i} has unknown keys {', '.join(unknown)} "
                             f"(known: {', '.join(MODEL_KEYS)})")
+        if "checkpoint" not in table and is_model_file(table.get("factory")):
+            table = {**table, "checkpoint": table["factory"]}  # an imported file carries its weights
         missing = [k for k in ("name", "checkpoint") if k not in table]
         if missing:
             raise SpecError(f"study spec {path}: [[models]] entry {i} lacks {' and '.join(missing)}")
@@ -172,15 +176,16 @@ def _validate_run(run: ModelRun) -> None:
     import re
 
     from emulator.data import DATASETS, DataError, folder_dataset
-    from emulator.models import MODELS, is_entry_point
+    from emulator.models import MODELS, is_entry_point, is_model_file, preprocessing
 
     if run.factory is None:
         if not isinstance(run.name, str) or run.name not in MODELS:
             _fail(f"unknown model {run.name!r}; choose from {', '.join(MODELS)}, or name a network of your own "
                   "with factory = \"FILE.py:NAME\"")
     else:
-        if not is_entry_point(run.factory):
-            _fail(f"factory of model {run.name!r} must be FILE.py:NAME or package.module:NAME, not {run.factory!r}")
+        if not is_entry_point(run.factory) and not is_model_file(run.factory):
+            _fail(f"factory of model {run.name!r} must be FILE.py:NAME, package.module:NAME or FILE.tflite, "
+                  f"not {run.factory!r}")
         if not isinstance(run.name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", run.name) \
                 or run.name in MODELS:
             _fail(f"the name of a network of your own labels it in tables and file names: letters, digits, "
@@ -199,6 +204,12 @@ def _validate_run(run: ModelRun) -> None:
         return
     if not isinstance(run.dataset, str):
         _fail(f"the dataset of model {run.name} must be a name or a folder's path, not {run.dataset!r}")
+    if is_model_file(run.factory):  # what the file records, where the spec does not say
+        try:
+            recorded = preprocessing(run.factory)
+        except ValueError as exc:
+            _fail(f"model {run.name}: {exc}")
+        options = {k: options.get(k, recorded[k]) for k in recorded}
     try:
         run.dataset = folder_dataset(run.dataset, **options)
     except DataError as exc:

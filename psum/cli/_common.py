@@ -20,7 +20,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 # set, checkpoint, library or cache, a missing tool); the CLI reports them in one line.
 # Matched by name so that this module imports none of those packages.
 USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError", "LibraryError", "SynthToolError",
-               "YosysError", "NetlistError", "DeviceError", "CacheError", "StudyLocked", "StoreMismatch"}
+               "YosysError", "NetlistError", "DeviceError", "CacheError", "StudyLocked", "StoreMismatch",
+               "ModelImportError"}
 
 #: Seeds psum accepts: what both torch and numpy generators take.
 SEED_RANGE = (0, 2**63 - 1)
@@ -192,10 +193,12 @@ def preprocessing_options(p: argparse.ArgumentParser, what: str = "--dataset") -
                    help=f"a folder {what}: channel standard deviations (default ImageNet's 0.229 0.224 0.225)")
 
 
-def dataset_arg(args: argparse.Namespace, dataset: str | None, flag: str = "--dataset") -> str | None:
+def dataset_arg(args: argparse.Namespace, dataset: str | None, flag: str = "--dataset",
+                model: str | None = None) -> str | None:
     """The dataset the options name: a registered name as it is, a folder's path as its
-    :func:`emulator.data.folder_dataset` id (with the preprocessing options), or None.
-    A preprocessing option without a folder dataset is refused."""
+    :func:`emulator.data.folder_dataset` id (with the preprocessing options, else what an
+    imported ``model`` file records), or None. A preprocessing option without a folder
+    dataset is refused."""
     from emulator.data import DATASETS, folder_dataset
 
     options = given(args, *PREPROCESSING)
@@ -209,4 +212,13 @@ def dataset_arg(args: argparse.Namespace, dataset: str | None, flag: str = "--da
     if not Path(dataset).expanduser().exists() and not dataset.startswith("folder:"):
         raise UsageError(f"{flag} {dataset}: no such dataset; choose from {', '.join(DATASETS)}, or give the path "
                          "of a folder with train/ and test/ (or val/) ImageFolder trees")
-    return folder_dataset(dataset, image_size=args.image_size, crop=args.crop, mean=args.mean, std=args.std)
+    prep = {name: getattr(args, name) for name in PREPROCESSING}
+    if model is not None:
+        from emulator.models import preprocessing
+
+        try:
+            recorded = preprocessing(model) or {}
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        prep = {name: recorded.get(name) if value is None else value for name, value in prep.items()}
+    return folder_dataset(dataset, **prep)

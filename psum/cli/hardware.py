@@ -77,14 +77,15 @@ def _activity_streams(args, mac):
     import torch
 
     from emulator import checkpoint, data
-    from emulator.models import build, label
+    from emulator.models import build, is_model_file, label
     from emulator.streams import largest_layer, operand_streams
 
     try:
-        model, dataset = build(args.activity, dataset_arg(args, args.dataset))
+        model, dataset = build(args.activity, dataset_arg(args, args.dataset, model=args.activity))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    checkpoint.load_model(args.checkpoint, model)
+    if not is_model_file(args.activity):  # an imported file carries its weights
+        checkpoint.load_model(args.checkpoint, model)
     test = data.load(dataset, "test", args.data_dir)
     batch, _ = next(test.batches(64, shuffle=True, seed=args.seed))
     layer = args.activity_layer or largest_layer(model, data.dataset_spec(dataset).image_size)
@@ -104,6 +105,12 @@ def _activity_streams(args, mac):
 ACTIVITY_ONLY = ("checkpoint", "activity_layer", "dataset", "data_dir", *PREPROCESSING)
 
 
+def _is_model_file(ref: str) -> bool:
+    from emulator.models import is_model_file
+
+    return is_model_file(ref)
+
+
 @command("synth")
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import clock_check, synthesize
@@ -116,8 +123,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.activity is None:
         for name in given(args, *ACTIVITY_ONLY):
             raise UsageError(f"{option(name)} chooses real operand streams: give --activity MODEL too")
-    elif not args.checkpoint:
+    elif not args.checkpoint and not _is_model_file(args.activity):
         raise UsageError("--activity needs --checkpoint")
+    elif args.checkpoint and _is_model_file(args.activity):
+        raise UsageError(f"--checkpoint: {args.activity} carries its weights; give no checkpoint")
     library = from_liberty(args.liberty) if args.liberty else embedded()
     result = synthesize(mac, library, cache=not args.no_cache)
     finite = finite_patterns(getattr(mac, "inputs", None))

@@ -17,7 +17,7 @@ def _layers(args: argparse.Namespace) -> int:
     from emulator.data import dataset_spec
     from emulator.models import label, layer_table
 
-    model, dataset = _build(args.name, dataset_arg(args, args.dataset))
+    model, dataset = _build(args.name, dataset_arg(args, args.dataset, model=args.name))
     spec = dataset_spec(dataset)
     rows = layer_table(model, spec.image_size)
     if args.json:
@@ -225,14 +225,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from emulator.data import dataset_spec
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
-    from emulator.models import MODELS
+    from emulator.models import MODELS, is_model_file
     from emulator.models import label as model_label
 
     torch.manual_seed(0)
+    if is_model_file(args.model) and args.checkpoint:
+        raise UsageError(f"--checkpoint: {args.model} carries its weights; give no checkpoint")
+    if not is_model_file(args.model) and not args.checkpoint:
+        raise UsageError("--checkpoint is needed: the weights of the network (a psum checkpoint or a state_dict)")
     policies = build_policies(args)
     device = resolve_device(args.device)
-    model, dataset = _build(args.model, dataset_arg(args, args.dataset))
-    meta = checkpoint.load_model(args.checkpoint, model)
+    model, dataset = _build(args.model, dataset_arg(args, args.dataset, model=args.model))
+    meta = {} if is_model_file(args.model) else checkpoint.load_model(args.checkpoint, model)
     if meta.get("model") not in (None, args.model) and args.model in MODELS:
         raise UsageError(f"{args.checkpoint} holds a {meta['model']} model, not {args.model}")
     folded = kept = 0
@@ -289,7 +293,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 #: What MODEL may be, in every command's help.
 MODEL_HELP = ("a registered network (psum models) or one of your own: FILE.py:NAME or package.module:NAME, "
-              "NAME a model class or a function returning the nn.Module (called with num_classes= where it takes it)")
+              "NAME a model class or a function returning the nn.Module (called with num_classes= where it takes it), "
+              "or a TensorFlow Lite file FILE.tflite (its float reading: dequantized weights)")
 DATASET_HELP = ("cifar10, cifar100, imagenet, or the path of a folder of your own with train/ and test/ (or val/) "
                 "ImageFolder trees (default: a registered model's first dataset)")
 
@@ -333,7 +338,8 @@ def add_parsers(sub) -> None:
                         description="Top-1 (top-5 on ImageNet) with 95% Wilson intervals: fp32, "
                         "bf16 inputs with fp32 accumulation, and each policy asked for.")
     ev.add_argument("model", help=MODEL_HELP)
-    ev.add_argument("--checkpoint", required=True, help="the weights: a psum checkpoint or a plain state_dict file")
+    ev.add_argument("--checkpoint", help="the weights: a psum checkpoint or a plain state_dict file (none for a "
+                    ".tflite file, which carries its own)")
     data_options(ev)
     ev.add_argument("--limit", type=image_limit, help="evaluate N test images (default all)")
     ev.add_argument("--batch-size", type=positive_int, default=250, help="(default 250)")

@@ -15,8 +15,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     for name in given(args, "checkpoint", "dataset", *PREPROCESSING):
         if not args.model:
             raise UsageError(f"--{name.replace('_', '-')} applies to --model: give --model too")
-    if args.model and not args.checkpoint:
+    from emulator.models import is_model_file
+
+    if args.model and not args.checkpoint and not is_model_file(args.model):
         raise UsageError("--model needs --checkpoint")
+    if args.model and args.checkpoint and is_model_file(args.model):
+        raise UsageError(f"--checkpoint: {args.model} carries its weights; give no checkpoint")
     if args.scheduler and given(args, "workers"):
         raise UsageError("--workers sets local worker processes; with --scheduler the Dask cluster's workers "
                          "run the points")
@@ -49,12 +53,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 def _model_run(args: argparse.Namespace):
     """The --model network: registered by name, or of one's own (FILE.py:NAME,
     labelled by NAME), with its checkpoint, dataset and a folder dataset's preprocessing."""
-    from emulator.models import MODELS, is_entry_point, label
+    from emulator.models import MODELS, is_entry_point, is_model_file, label
     from reports.study import ModelRun
 
     prep = {"image_size": args.image_size, "crop": args.crop, "mean": args.mean, "std": args.std}
-    if args.model not in MODELS and is_entry_point(args.model):
-        return ModelRun(label(args.model), args.checkpoint, args.dataset, factory=args.model, **prep)
+    if args.model not in MODELS and (is_entry_point(args.model) or is_model_file(args.model)):
+        return ModelRun(label(args.model), args.checkpoint or args.model, args.dataset, factory=args.model, **prep)
     return ModelRun(args.model, args.checkpoint, args.dataset, **prep)
 
 
