@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ModelImportError", "TFLiteNet", "read_tflite", "TFLiteGraph", "TensorInfo", "OPERATORS"]
+__all__ = ["ModelImportError", "TFLiteNet", "TFLiteIntNet", "read_tflite", "TFLiteGraph", "TensorInfo", "OPERATORS"]
 
 
 class ModelImportError(ValueError):
@@ -325,11 +325,359 @@ class TFLiteNet(nn.Module):
         return total / count  # the mean over the positions inside the image, as TFLite averages
 
     def _reshape(self, x: torch.Tensor, output: int) -> torch.Tensor:
-        shape = list(self.shapes[output])
+        return self._reshape_to(x, self.shapes[output])
+
+    @staticmethod
+    def _reshape_to(x: torch.Tensor, shape) -> torch.Tensor:
+        """TFLite's reshape to ``shape`` (batch axis taken from ``x``), in NHWC order."""
         nhwc = x.permute(0, 2, 3, 1) if x.dim() == 4 else x
-        y = nhwc.reshape([x.shape[0], *shape[1:]])
+        y = nhwc.reshape([x.shape[0], *list(shape)[1:]])
         return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs) -> TFLiteNet:
         return cls(read_tflite(path), where=str(path), **kwargs)
+
+
+# -- the integer reading -------------------------------------------------------------------------
+
+_INT_RANGES = {np.uint8: (0, 255), np.int8: (-128, 127), np.int16: (-32768, 32767)}
+_ACTIVATION_NAMES = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6"}
+#: TFLite's quantized ADD shifts both inputs left by this many bits before rescaling them.
+ADD_LEFT_SHIFT = 20
+
+
+@dataclass
+class _IntLayer:
+    """One convolution or fully connected layer of the integer reading: its operands
+    with zero points removed, bias, and the output stage's fixed-point parameters."""
+
+    kind: str
+    weight: torch.Tensor  # (O, K) int64 (q_w - z_w), K in im2col order (c, kh, kw); depthwise: (O, kh*kw)
+    bias: torch.Tensor  # (O,) int64
+    multiplier: torch.Tensor  # (O,)
+    shift: torch.Tensor  # (O,)
+    input_zero: int
+    output_zero: int
+    range: tuple[int, int]
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    same: bool = False
+    groups: int = 1
+    single_rounding: bool = False  # LiteRT's int8 FULLY_CONNECTED rounds once (semantics §10)
+
+
+class TFLiteIntNet(nn.Module):
+    """The **integer reading** of a quantized TFLite network (docs/semantics.md §10):
+    the published integer arithmetic, with psum's integer accumulator in place of
+    TFLite's int32.
+
+    Activations are the stored integers (uint8 or int8) between layers. A convolution or
+    fully connected output is the dot product of ``q_x - z_x`` and ``q_w - z_w`` (both
+    operands with their zero points removed: at most 9-bit signed values), accumulated
+    in ``acc`` from the bias as its first term (``acc = fit(bias)``, then ``fit(acc +
+    a * w)`` for every term in the ``order`` given: ``"im2col"`` input channel, kernel
+    row, kernel column; ``"nhwc"`` TFLite's own, kernel row, kernel column, input
+    channel), then requantized as TFLite does (:func:`psum.golden.tflite_rescale` with
+    the multiplier of ``s_x * s_w / s_y`` computed in double), offset by the output zero
+    point and clamped to the fused activation's range. SAME padding pads with the
+    input's zero point (a real 0). With ``acc = int32`` the result is TFLite's, bit for
+    bit (tested against LiteRT). The float input is quantized with the input tensor's
+    scale and zero point, ``round(x / s + z)``; the network's output, the input of a
+    final softmax where there is one (a monotonic map: top-k unchanged), is returned
+    dequantized, ``s * (q - z)``.
+
+    ``layers`` maps layer names (``conv<i>``, ``dw<i>``, ``fc<i>``) to the accumulator
+    configs that differ from ``acc``.
+    """
+
+    def __init__(self, graph: TFLiteGraph, *, acc="int32", chunk: int | None = None, chunk_acc="int32",
+                 order: str = "im2col", layers: dict | None = None, drop_background: bool | None = None,
+                 where: str = "the model"):
+        super().__init__()
+        from emulator.config import IntAccumConfig
+
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            raise ModelImportError(f"{where} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
+                                   "psum takes one image input and one output")
+        self.where, self.graph = where, graph
+        self.default = IntAccumConfig(acc=acc, chunk=chunk, chunk_acc=chunk_acc, order=order)
+        self.int_layers: dict[str, _IntLayer] = {}
+        self.steps: list[tuple[OperatorInfo, str | None]] = []
+        t = graph.tensors
+        source = t[graph.inputs[0]]
+        if source.dtype not in _INT_RANGES or source.scale.size != 1:
+            raise ModelImportError(f"{where}: the input is {np.dtype(source.dtype).name} without one scale; the "
+                                   "integer reading takes a quantized network (uint8 or int8 activations)")
+        ops = graph.operators
+        self.output = graph.outputs[0]
+        if ops and ops[-1].name == "SOFTMAX" and ops[-1].outputs[0] == self.output:
+            self.output = ops[-1].inputs[0]  # the logits: softmax is monotonic
+            ops = ops[:-1]
+        for op in ops:
+            if op.name not in _INT_OPERATORS:
+                out = t[op.outputs[0]].name if op.outputs else "?"
+                raise ModelImportError(f"{where}: operator {op.name} (layer {op.index}, output {out}) is not supported "
+                                       f"by the integer reading; it takes {', '.join(_INT_OPERATORS)}"
+                                       + (" (SOFTMAX as the last operator)" if op.name == "SOFTMAX" else ""))
+            for i in op.inputs[:1] + op.outputs:
+                if t[i].dtype not in _INT_RANGES or t[i].scale.size != 1:
+                    raise ModelImportError(f"{where}: tensor {t[i].name} of layer {op.index} ({op.name}) is not a "
+                                           "quantized activation with one scale and zero point")
+            self.steps.append((op, self._int_layer(op) if op.name in _MAC_OPERATORS else None))
+        classes = t[graph.outputs[0]].shape[-1]
+        self.drop_background = classes == 1001 if drop_background is None else drop_background
+        self.layers = {}
+        for name, cfg in (layers or {}).items():
+            if name not in self.int_layers:
+                raise ModelImportError(f"{where} has no layer {name}; its MAC layers are {', '.join(self.int_layers)}")
+            self.layers[name] = cfg if isinstance(cfg, IntAccumConfig) else \
+                IntAccumConfig(acc=cfg, chunk=chunk, chunk_acc=chunk_acc, order=order)
+        self.input_scale, self.input_zero = float(source.scale[0]), int(source.zero_point[0])
+        self.input_range = _INT_RANGES[source.dtype]
+
+    def _activation_range(self, op: OperatorInfo) -> tuple[int, int]:
+        from psum.golden import tflite_activation_range
+
+        out = self.graph.tensors[op.outputs[0]]
+        low, high = _INT_RANGES[out.dtype]
+        act = op.options.get("activation", 0)
+        if act not in _ACTIVATION_NAMES:
+            raise ModelImportError(f"{self.where}: layer {op.index} ({op.name}) has fused activation {act}, which the "
+                                   "integer reading does not take")
+        return tflite_activation_range(_ACTIVATION_NAMES[act], float(out.scale[0]), int(out.zero_point[0]), low, high)
+
+    def _int_layer(self, op: OperatorInfo) -> str:
+        from psum.golden import tflite_multiplier
+
+        t = self.graph.tensors
+        x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
+        if w.data is None or w.dtype not in _INT_RANGES or w.scale.size == 0:
+            raise ModelImportError(f"{self.where}: layer {op.index} ({op.name}) has no quantized constant weights")
+        q = torch.from_numpy(w.data.astype(np.int64))
+        zero = torch.from_numpy(w.zero_point.astype(np.int64))
+        axis = w.quantized_dimension if w.scale.size > 1 else None
+        if axis is not None:
+            shape = [1] * q.dim()
+            shape[axis] = -1
+            q = q - zero.reshape(shape)
+        else:
+            q = q - int(zero[0])
+        has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
+        kind = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dw", "FULLY_CONNECTED": "fc"}[op.name]
+        if kind == "conv":  # OHWI -> O, (I, H, W): the im2col order of the unfolded input
+            weight = q.permute(0, 3, 1, 2).reshape(q.shape[0], -1)
+        elif kind == "dw":  # 1HW(C*M) -> (C*M), (H, W)
+            weight = q[0].permute(2, 0, 1).reshape(q.shape[3], -1)
+        else:
+            weight = q
+        out_channels = weight.shape[0]
+        bias = torch.from_numpy(t[op.inputs[2]].data.astype(np.int64)) if has_bias else \
+            torch.zeros(out_channels, dtype=torch.int64)
+        scales = np.broadcast_to(w.scale, (out_channels,)) if w.scale.size > 1 else [w.scale[0]] * out_channels
+        params = [tflite_multiplier(conv_scale(x, float(s), y)) for s in scales]
+        name = f"{kind}{op.index}"
+        layer = _IntLayer(kind, weight, bias, torch.tensor([m for m, _ in params]),
+                          torch.tensor([s for _, s in params]), int(x.zero_point[0]), int(y.zero_point[0]),
+                          self._activation_range(op))
+        if kind in ("conv", "dw"):
+            kh, kw = (q.shape[1], q.shape[2])
+            layer.kernel, layer.stride = (kh, kw), op.options["stride"]
+            layer.dilation, layer.same = op.options["dilation"], op.options["padding"] == _SAME
+            layer.groups = x.shape[3] if kind == "dw" else 1
+        layer.single_rounding = kind == "fc" and x.dtype is np.int8
+        self.int_layers[name] = layer
+        return name
+
+    def config(self, name: str):
+        """The accumulator config of layer ``name``."""
+        return self.layers.get(name, self.default)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.graph.tensors
+        low, high = self.input_range
+        q = torch.round(x.double() / self.input_scale + self.input_zero).clamp(low, high).to(torch.int64)
+        values = {self.graph.inputs[0]: q}
+        for op, name in self.steps:
+            a = values[op.inputs[0]]
+            if name is not None:
+                y = self._mac_layer(a, self.int_layers[name], self.config(name))
+            elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
+                y = self._pool(op, a)
+            elif op.name == "ADD":
+                y = self._add(op, a, values[op.inputs[1]])
+            else:  # RESHAPE, SQUEEZE: the stored integers rearranged
+                y = TFLiteNet._reshape_to(a, t[op.outputs[0]].shape)
+            values[op.outputs[0]] = y
+        out = t[self.output]
+        logits = (values[self.output].double() - int(out.zero_point[0])) * float(out.scale[0])
+        logits = logits.float()
+        return logits[:, 1:] if self.drop_background else logits
+
+    def _mac_layer(self, q: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
+        from emulator.fixed_point import rescale
+
+        a = q - layer.input_zero  # a real 0 is 0: SAME padding with zeros pads with the zero point
+        n = a.shape[0]
+        if layer.kind == "fc":
+            a = a.permute(0, 2, 3, 1).reshape(n, -1) if a.dim() == 4 else a.reshape(n, -1)
+        elif layer.same:
+            a = _pad_same(a, layer.kernel, layer.stride, layer.dilation)
+        acc = _exact_accumulator(a, layer, cfg)
+        if acc is None:  # partial sums may saturate, or chunks: every step as the accumulator takes it
+            acc = _stepwise_accumulator(a, layer, cfg)
+        channels = (1, -1) if acc.dim() == 2 else (1, -1, 1, 1)
+        y = rescale(acc, layer.multiplier.reshape(channels), layer.shift.reshape(channels),
+                    single=layer.single_rounding) + layer.output_zero
+        return y.clamp(*layer.range)
+
+    def _pool(self, op: OperatorInfo, q: torch.Tensor) -> torch.Tensor:
+        from emulator.fixed_point import average
+
+        t = self.graph.tensors
+        x, y = t[op.inputs[0]], t[op.outputs[0]]
+        if float(x.scale[0]) != float(y.scale[0]) or int(x.zero_point[0]) != int(y.zero_point[0]):
+            raise ModelImportError(f"{self.where}: layer {op.index} ({op.name}) changes the quantization; TFLite's "
+                                   "quantized pooling keeps it")
+        kernel, stride = op.options["filter"], op.options["stride"]
+        same = op.options["padding"] == _SAME
+        ones = torch.ones_like(q[:1, :1], dtype=torch.float64)
+        if op.name == "MAX_POOL_2D":
+            padded = _pad_same(q.double(), kernel, stride) if same else q.double()
+            inside = _pad_same(ones, kernel, stride) if same else ones
+            out = F.max_pool2d(padded.masked_fill(inside == 0, -math.inf), kernel, stride).to(torch.int64)
+        else:
+            total = F.avg_pool2d(_pad_same(q.double(), kernel, stride) if same else q.double(), kernel, stride,
+                                 divisor_override=1)
+            count = F.avg_pool2d(_pad_same(ones, kernel, stride) if same else ones, kernel, stride,
+                                 divisor_override=1)
+            out = average(total.round().to(torch.int64), count.round().to(torch.int64))
+        return out.clamp(*self._activation_range(op))
+
+    def _add(self, op: OperatorInfo, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+        from emulator.fixed_point import rescale
+        from psum.golden import tflite_multiplier
+
+        t = self.graph.tensors
+        s1, s2, so = (float(t[i].scale[0]) for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+        z1, z2, zo = (int(t[i].zero_point[0]) for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+        twice_max = 2 * max(s1, s2)
+        m1, m2 = tflite_multiplier(s1 / twice_max), tflite_multiplier(s2 / twice_max)
+        mo = tflite_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * so))
+        left = 1 << ADD_LEFT_SHIFT
+        total = rescale((q1 - z1) * left, *m1) + rescale((q2 - z2) * left, *m2)
+        return (rescale(total, *mo) + zo).clamp(*self._activation_range(op))
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs) -> TFLiteIntNet:
+        return cls(read_tflite(path), where=str(path), **kwargs)
+
+    @classmethod
+    def from_policy(cls, path: str | Path, policy) -> TFLiteIntNet:
+        """The integer reading with the accumulators a :class:`emulator.Policy` gives each
+        layer (names, patterns and type selectors as :func:`emulator.convert` reads
+        them); every layer's config must be an :class:`~emulator.IntAccumConfig` (its
+        operand widths do not apply: the operands are the file's)."""
+        from emulator.config import IntAccumConfig
+
+        graph = read_tflite(path)
+        layers = {}
+        for name, module in TFLiteNet(graph, where=str(path)).named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                cfg = policy.config_for(name, module)
+                if not isinstance(cfg, IntAccumConfig):
+                    raise ModelImportError(f"{path}: layer {name} would get {cfg or 'float'}; the integer reading takes "
+                                           "an integer accumulator in every layer")
+                layers[name] = cfg
+        d = policy.default
+        return cls(graph, acc=d.acc, chunk=d.chunk, chunk_acc=d.chunk_acc, order=d.order, layers=layers,
+                   where=str(path))
+
+
+_MAC_OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+#: The operators of the integer reading (a SOFTMAX may end the graph: its input is the output).
+_INT_OPERATORS = _MAC_OPERATORS + ("AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "RESHAPE", "SQUEEZE")
+
+
+def conv_scale(x: TensorInfo, filter_scale: float, y: TensorInfo) -> float:
+    """The real multiplier of a convolution or fully connected layer's output stage,
+    ``s_x * s_w / s_y``, as TFLite computes it: for uint8 layers (the legacy per-tensor
+    path, ``GetQuantizedConvolutionMultipler``) ``s_x * s_w`` is a float32 product, for
+    int8 ones a double product; the division is in double."""
+    if x.dtype is np.uint8:
+        product = float(np.float32(x.scale[0]) * np.float32(filter_scale))
+    else:
+        product = float(x.scale[0]) * filter_scale
+    return product / float(y.scale[0])
+
+
+def _absmax(t: torch.Tensor) -> int:
+    return int(t.abs().max()) if t.numel() else 0
+
+
+def _exact_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor | None:
+    """The accumulator values of a layer by one exact sum (float64 convolution or
+    matmul: every partial sum is an integer below 2^53), where docs/semantics.md §6
+    allows it: a wrapping accumulator (the exact sum reduced once), or one no partial sum
+    can leave. None otherwise (saturation possible, chunks)."""
+    bits = cfg.acc.bits
+    k = layer.weight.shape[1]
+    bound = k * _absmax(a) * _absmax(layer.weight) + _absmax(layer.bias)
+    if cfg.chunk is not None or bound > 2**53 or (cfg.acc.overflow != "wrap" and bound >= 2 ** (bits - 1)):
+        return None
+    if layer.kind == "fc":
+        exact = torch.addmm(layer.bias.double(), a.double(), layer.weight.T.double())
+    else:
+        out_channels = layer.weight.shape[0]
+        weight = layer.weight.double().reshape(out_channels, -1, *layer.kernel)
+        exact = F.conv2d(a.double(), weight, layer.bias.double(), layer.stride, 0, layer.dilation, layer.groups)
+    exact = exact.to(torch.int64)
+    if bound < 2 ** (bits - 1):
+        return exact
+    shift = 64 - bits  # wrap: the low bits, sign-extended
+    return (exact << shift) >> shift
+
+
+def _stepwise_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
+    """The accumulator values of a layer step by step (:func:`emulator.int_matmul`):
+    every output's terms in ``cfg.order``, the bias first."""
+    from emulator.matmul import int_matmul
+
+    n = a.shape[0]
+    if layer.kind == "fc":
+        return _biased_matmul(a, layer.weight, layer.bias, cfg, int_matmul)
+    h = (a.shape[2] - layer.dilation[0] * (layer.kernel[0] - 1) - 1) // layer.stride[0] + 1
+    w = (a.shape[3] - layer.dilation[1] * (layer.kernel[1] - 1) - 1) // layer.stride[1] + 1
+    cols = F.unfold(a.double(), layer.kernel, layer.dilation, 0, layer.stride)  # exact: small integers
+    k = layer.kernel[0] * layer.kernel[1]
+    per_group = cols.shape[1] // layer.groups  # input channels per group times kernel positions
+    outputs = layer.weight.shape[0] // layer.groups
+    parts = []
+    for g in range(layer.groups):
+        rows = cols[:, g * per_group:(g + 1) * per_group].transpose(1, 2).reshape(-1, per_group)
+        weight = layer.weight[g * outputs:(g + 1) * outputs]
+        channels = per_group // k
+        parts.append(_biased_matmul(_ordered(rows, channels, k, cfg.order), _ordered(weight, channels, k, cfg.order),
+                                    layer.bias[g * outputs:(g + 1) * outputs], cfg, int_matmul))
+    acc = torch.cat(parts, dim=1)  # (n * h * w, out channels)
+    return acc.reshape(n, h * w, -1).transpose(1, 2).reshape(n, -1, h, w)
+
+
+def _ordered(rows: torch.Tensor, channels: int, k: int, order: str) -> torch.Tensor:
+    """Rows whose last axis is im2col-ordered (channel, kernel position) reordered to
+    ``order``: ``"nhwc"`` puts the channel innermost."""
+    if order == "im2col":
+        return rows
+    return rows.reshape(rows.shape[0], channels, k).transpose(1, 2).reshape(rows.shape[0], -1)
+
+
+def _biased_matmul(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cfg, int_matmul) -> torch.Tensor:
+    """Each row's dot product with each weight row, accumulated in ``cfg`` from the bias:
+    the bias enters as the first term (times 1)."""
+    ones = torch.ones(rows.shape[0], 1, dtype=torch.int32)
+    a = torch.cat([ones, rows.to(torch.int32)], dim=1)
+    b = torch.cat([bias[None, :], weight.T], dim=0).to(torch.int32)
+    return int_matmul(a, b, cfg.acc, chunk=cfg.chunk, chunk_acc=cfg.chunk_acc)

@@ -38,6 +38,12 @@ __all__ = [
     "nan_pattern",
     "requantize",
     "convert",
+    "tflite_multiplier",
+    "tflite_rescale",
+    "tflite_round",
+    "tflite_activation_range",
+    "tflite_average",
+    "tflite_add",
 ]
 
 _FINITE, _INF, _NAN = "finite", "inf", "nan"
@@ -359,3 +365,115 @@ def convert(src: FloatFormat | str, dst: FloatFormat | str, bits: int) -> int:
     """A float network's output stage: the ``src`` pattern ``bits`` rounded into ``dst``
     (docs/semantics.md §2 and §9); NaN stays NaN, Inf becomes Inf or ``dst``'s max."""
     return round_to(dst, decode(src, bits))
+
+
+# -- TensorFlow Lite's integer arithmetic (docs/semantics.md §10) ------------------------------
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _trunc_div(n: int, d: int) -> int:
+    """C++ integer division: the quotient rounded toward zero."""
+    q = abs(n) // abs(d)
+    return q if (n >= 0) == (d > 0) else -q
+
+
+def tflite_round(x: float) -> int:
+    """``std::round``: to nearest, ties away from zero, of a finite float."""
+    f = Fraction(x)
+    return int(math.floor(f + Fraction(1, 2))) if f >= 0 else -int(math.floor(-f + Fraction(1, 2)))
+
+
+def tflite_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: a real scale ``> 0`` as ``(m0, shift)`` with
+    ``real ~ m0 * 2^(shift - 31)``, ``m0`` in ``[2^30, 2^31)``: ``real = f * 2^shift``
+    with ``f`` in ``[0.5, 1)`` (``frexp``), ``m0 = round(f * 2^31)`` (ties away from
+    zero); ``m0 = 2^31`` becomes ``2^30`` with ``shift + 1``; a shift below -31 gives
+    ``(0, 0)``, one above 30 gives ``(2^31 - 1, 30)``. ``real = 0`` gives ``(0, 0)``."""
+    if isinstance(real, bool) or not isinstance(real, (int, float)) or not math.isfinite(real) or real < 0:
+        raise ValueError(f"tflite_multiplier: a finite scale >= 0, not {real!r}")
+    if real == 0:
+        return 0, 0
+    frac, shift = math.frexp(real)
+    m0 = tflite_round(frac * 2.0**31)
+    if m0 == 2**31:
+        m0, shift = m0 // 2, shift + 1
+    if shift < -31:
+        return 0, 0
+    if shift > 30:
+        return _INT32_MAX, 30
+    return m0, shift
+
+
+def tflite_rescale(x: int, multiplier: int, shift: int, *, single: bool = False) -> int:
+    """TFLite's ``MultiplyByQuantizedMultiplier(x, m0, shift)``: the int32 ``x`` times
+    ``m0 * 2^(shift - 31)`` with its two roundings. ``x`` is first shifted left by
+    ``max(shift, 0)`` (it must stay in int32); ``SaturatingRoundingDoublingHighMul``
+    then takes ``(x * m0 + nudge) / 2^31`` truncated toward zero, ``nudge = 2^30`` for a
+    non-negative product and ``1 - 2^30`` otherwise: ``floor(x * m0 / 2^31 + 1/2)``, to
+    nearest with ties toward +Inf; ``RoundingDivideByPOT`` divides by
+    ``2^max(-shift, 0)``, to nearest with ties away from zero.
+
+    ``single=True`` is the one-rounding form (``TFLITE_SINGLE_ROUNDING``), which
+    LiteRT's int8 ``FULLY_CONNECTED`` kernel uses: ``floor(x * m0 * 2^(shift - 31) +
+    1/2)``, to nearest with ties toward +Inf."""
+    for name, v in (("x", x), ("multiplier", multiplier), ("shift", shift)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"tflite_rescale: {name} must be an integer, not {v!r}")
+    if not 0 <= multiplier <= _INT32_MAX or not -31 <= shift <= 30:
+        raise ValueError(f"tflite_rescale: multiplier in [0, 2^31) and shift in [-31, 30], not {multiplier}, {shift}")
+    if single:
+        total = 31 - shift
+        return (x * multiplier + (1 << (total - 1))) >> total
+    left, right = max(shift, 0), max(-shift, 0)
+    a = x * (1 << left)
+    if not _INT32_MIN <= a <= _INT32_MAX:
+        raise ValueError(f"tflite_rescale: {x} << {left} leaves int32")
+    if a == multiplier == _INT32_MIN:
+        high = _INT32_MAX
+    else:
+        product = a * multiplier
+        high = _trunc_div(product + ((1 << 30) if product >= 0 else 1 - (1 << 30)), 1 << 31)
+    mask = (1 << right) - 1
+    remainder, threshold = high & mask, (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> right) + (1 if remainder > threshold else 0)
+
+
+def tflite_activation_range(activation: str | None, scale: float, zero_point: int, qmin: int,
+                            qmax: int) -> tuple[int, int]:
+    """TFLite's ``CalculateActivationRangeQuantized``: the integer range a fused
+    activation (None, ``"relu"``, ``"relu6"``, ``"relu_n1_to_1"``) clamps to, each bound
+    ``zero_point + round(bound / scale)`` with the division in float32, within
+    ``[qmin, qmax]``."""
+    import numpy as np
+
+    def q(real: float) -> int:
+        return zero_point + tflite_round(float(np.float32(real) / np.float32(scale)))
+
+    low, high = {None: (qmin, qmax), "relu": (q(0.0), qmax), "relu6": (q(0.0), q(6.0)),
+                 "relu_n1_to_1": (q(-1.0), q(1.0))}[activation]
+    return max(qmin, low), min(qmax, high)
+
+
+def tflite_average(total: int, count: int) -> int:
+    """A quantized average pool's mean: ``total / count`` to nearest, ties away from
+    zero, as C++'s truncating division of ``total +- count / 2`` gives it."""
+    if count < 1:
+        raise ValueError(f"tflite_average: count must be positive, not {count}")
+    half = count // 2
+    return _trunc_div(total + half, count) if total > 0 else _trunc_div(total - half, count)
+
+
+def tflite_add(q1: int, q2: int, params: dict) -> int:
+    """TFLite's quantized ADD of two stored integers: each input's offset removed
+    (``q - zero_point``), shifted left by ``left_shift`` (20) and rescaled by its own
+    multiplier, the two summed, rescaled by the output multiplier, the output zero
+    point added and the result clamped to the activation range. ``params`` holds
+    ``zero_points`` (in1, in2, out), ``multipliers`` and ``shifts`` (in1, in2, out),
+    ``left_shift`` and ``range`` (low, high)."""
+    z1, z2, zo = params["zero_points"]
+    (m1, m2, mo), (s1, s2, so) = params["multipliers"], params["shifts"]
+    left = 1 << params["left_shift"]
+    total = tflite_rescale((q1 - z1) * left, m1, s1) + tflite_rescale((q2 - z2) * left, m2, s2)
+    low, high = params["range"]
+    return max(low, min(high, tflite_rescale(total, mo, so) + zo))

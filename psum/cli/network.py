@@ -234,6 +234,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not is_model_file(args.model) and not args.checkpoint:
         raise UsageError("--checkpoint is needed: the weights of the network (a psum checkpoint or a state_dict)")
     policies = build_policies(args)
+    if is_model_file(args.model):
+        for name in given(args, *INT_ONLY):
+            raise UsageError(f"{option(name)} does not apply to {args.model}: its integer reading takes the file's own "
+                             "operands and scales (uint8/int8, no calibration)")
     device = resolve_device(args.device)
     model, dataset = _build(args.model, dataset_arg(args, args.dataset, model=args.model))
     meta = {} if is_model_file(args.model) else checkpoint.load_model(args.checkpoint, model)
@@ -251,19 +255,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_layer_names(model, model_label(args.model), _layer_overrides(args.layer))
     runs = [] if args.no_baselines else [("fp32", None), ("bf16 inputs, fp32 acc", Policy(AccumConfig(acc="fp32")))]
     converted = []
+    imported = is_model_file(args.model)
     for label, policy in runs + policies:  # every conversion (layer names, formats) is checked before any data
         try:
-            converted.append((label, policy, model if policy is None else convert(model, policy)))
+            if imported and policy is not None and isinstance(policy.default, IntAccumConfig):
+                from emulator.tflite_import import TFLiteIntNet
+
+                label = label.replace(f"int{args.act_bits}xint{args.weight_bits}", "integer reading")
+                converted.append((label, policy, TFLiteIntNet.from_policy(args.model, policy).to(device)))
+            else:
+                converted.append((label, policy, model if policy is None else convert(model, policy)))
         except ValueError as exc:
             raise UsageError(f"{label}: {exc}") from None
     test = data.load(dataset, "test", args.data_dir, download=args.download)
-    needs_calibration = any(isinstance(c, IntAccumConfig) for _, p, _ in converted if p is not None
-                            for c in [p.default, *dict(p.layers).values()])
+    needs_calibration = not imported and any(isinstance(c, IntAccumConfig) for _, p, _ in converted if p is not None
+                                             for c in [p.default, *dict(p.layers).values()])
     train_source = data.load(dataset, "train", args.data_dir, download=args.download) if needs_calibration else None
     rows = []
     for label, policy, emulated in converted:
         configs = [] if policy is None else [policy.default, *dict(policy.layers).values()]
-        if any(isinstance(c, IntAccumConfig) for c in configs):
+        if not imported and any(isinstance(c, IntAccumConfig) for c in configs):
             batches = [x for x, _ in train_source.batches(args.batch_size, shuffle=True, seed=args.seed,
                                                            limit=args.calib_batches * args.batch_size)]
             calibrate(emulated, batches)
