@@ -496,7 +496,12 @@ class TFLiteIntNet(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------
 
+    #: Images per pass: the integer tensors of a large batch (int64) no longer fit the caches.
+    MICRO_BATCH = 8
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.MICRO_BATCH:
+            return torch.cat([self.forward(part) for part in x.split(self.MICRO_BATCH)])
         t = self.graph.tensors
         low, high = self.input_range
         q = torch.round(x.double() / self.input_scale + self.input_zero).clamp(low, high).to(torch.int64)
@@ -629,16 +634,42 @@ def _exact_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor |
     if cfg.chunk is not None or bound > 2**53 or (cfg.acc.overflow != "wrap" and bound >= 2 ** (bits - 1)):
         return None
     if layer.kind == "fc":
-        exact = torch.addmm(layer.bias.double(), a.double(), layer.weight.T.double())
-    else:
+        exact = _exact_products(a, layer.weight) + layer.bias
+    elif layer.kernel == (1, 1) and layer.groups == 1:  # pointwise: one matrix product over the channels
+        x = a[:, :, ::layer.stride[0], ::layer.stride[1]]
+        rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        exact = (_exact_products(rows, layer.weight) + layer.bias).reshape(x.shape[0], x.shape[2], x.shape[3], -1)
+        exact = exact.permute(0, 3, 1, 2)
+    else:  # float32 for a depthwise layer whose sums stay below 2^24 (a direct convolution), else float64
+        dtype = torch.float32 if layer.groups == a.shape[1] and bound <= 2**24 else torch.float64
         out_channels = layer.weight.shape[0]
-        weight = layer.weight.double().reshape(out_channels, -1, *layer.kernel)
-        exact = F.conv2d(a.double(), weight, layer.bias.double(), layer.stride, 0, layer.dilation, layer.groups)
-    exact = exact.to(torch.int64)
+        weight = layer.weight.to(dtype).reshape(out_channels, -1, *layer.kernel)
+        exact = F.conv2d(a.to(dtype), weight, layer.bias.to(dtype), layer.stride, 0, layer.dilation, layer.groups)
+        exact = exact.to(torch.int64)
     if bound < 2 ** (bits - 1):
         return exact
     shift = 64 - bits  # wrap: the low bits, sign-extended
     return (exact << shift) >> shift
+
+
+def _exact_products(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``a @ weight.T`` of integer tensors, exactly, by float32 matrix products: the
+    weights split into base-``2^p`` digits small enough that every partial sum of each
+    product is an integer below 2^24 (float32 holds it exactly, in any order of
+    summation); float64 where even one-bit digits would not keep it (the caller bounds
+    the whole sum below 2^53). Returns int64."""
+    k = a.shape[1]
+    limit = 2**24 // max(1, k * max(1, _absmax(a)))  # the largest digit magnitude allowed
+    if limit < 1:
+        return (a.double() @ weight.T.double()).to(torch.int64)
+    p = (limit + 1).bit_length() - 1  # digits 0 .. 2^p - 1 <= limit
+    a32, rest, shift = a.float(), weight, 0
+    total = torch.zeros(a.shape[0], weight.shape[0], dtype=torch.int64)
+    while _absmax(rest) > limit:
+        digit = rest & ((1 << p) - 1)
+        total += (a32 @ digit.T.float()).to(torch.int64) << shift
+        rest, shift = rest >> p, shift + p
+    return total + ((a32 @ rest.T.float()).to(torch.int64) << shift)
 
 
 def _stepwise_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
