@@ -33,6 +33,7 @@ Google's ImageNet classifiers have 1001 outputs, index 0 "background"; with
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,10 +140,21 @@ def _options(op, name: str) -> dict:
 
 
 def read_tflite(path: str | Path) -> TFLiteGraph:
-    """Decode the tensors and operators of a TFLite flatbuffer (its first subgraph)."""
+    """Decode the tensors and operators of a TFLite flatbuffer (its first subgraph).
+    The result is shared between calls for the same unchanged file: treat it as read-only."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ModelImportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _read_tflite(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_tflite(where: str, mtime_ns: int, size: int) -> TFLiteGraph:
     import tflite
 
-    path = Path(path)
+    path = Path(where)
     try:
         buf = path.read_bytes()
     except OSError as exc:
@@ -580,6 +592,53 @@ class TFLiteIntNet(nn.Module):
     def from_file(cls, path: str | Path, **kwargs) -> TFLiteIntNet:
         return cls(read_tflite(path), where=str(path), **kwargs)
 
+    #: The MAC operand width of the integer reading: a stored uint8 or int8 value minus
+    #: its zero point lies in [-255, 255], a 9-bit signed integer.
+    OPERAND_BITS = 9
+
+    def operand_streams(self, layer: str, x: torch.Tensor, count: int, *, seed: int = 0):
+        """``count`` streams of ``layer`` on the float images ``x``: (count, K) uint64
+        arrays of :data:`OPERAND_BITS`-bit two's-complement patterns of the MAC's operands
+        ``q_x - z_x`` and ``q_w - z_w`` (im2col order, SAME padding's zero terms included;
+        the bias, the accumulator's starting value, is not a term), for output elements
+        (image, position, channel) drawn with ``seed`` as :func:`emulator.streams.operand_streams`
+        draws them."""
+        if layer not in self.int_layers:
+            raise ValueError(f"layer {layer!r} is not a MAC layer of {self.where}; choose from "
+                             f"{', '.join(self.int_layers)}")
+        seen = []
+        target = self.int_layers[layer]
+        original = self._mac_layer
+
+        def capture(q, mac, cfg):
+            if mac is target:
+                seen.append(q)
+            return original(q, mac, cfg)
+
+        self._mac_layer = capture
+        try:
+            with torch.no_grad():
+                self.forward(x)
+        finally:
+            del self._mac_layer
+        a = torch.cat(seen) - target.input_zero
+        n = a.shape[0]
+        if target.kind == "fc":
+            rows = (a.permute(0, 2, 3, 1) if a.dim() == 4 else a).reshape(n, 1, -1)
+        else:
+            if target.same:
+                a = _pad_same(a, target.kernel, target.stride, target.dilation)
+            if target.groups != 1:
+                raise ValueError(f"operand streams of grouped or depthwise layers ({layer}) are not supported")
+            rows = F.unfold(a.double(), target.kernel, target.dilation, 0, target.stride).transpose(1, 2)
+        rng = np.random.default_rng(seed)
+        img, pos = rng.integers(0, n, count), rng.integers(0, rows.shape[1], count)
+        out = rng.integers(0, target.weight.shape[0], count)
+        acts = rows[torch.from_numpy(img), torch.from_numpy(pos)].to(torch.int64).numpy()
+        weights = target.weight[torch.from_numpy(out)].numpy()
+        mask = (1 << self.OPERAND_BITS) - 1
+        return (acts & mask).astype(np.uint64), (weights & mask).astype(np.uint64)
+
     @classmethod
     def from_policy(cls, path: str | Path, policy) -> TFLiteIntNet:
         """The integer reading with the accumulators a :class:`emulator.Policy` gives each
@@ -672,6 +731,35 @@ def _exact_products(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return total + ((a32 @ rest.T.float()).to(torch.int64) << shift)
 
 
+def _fit(values: torch.Tensor, fmt) -> torch.Tensor:
+    """``fmt.fit`` elementwise: wrap modulo ``2^bits`` or saturate (docs/semantics.md §1)."""
+    if fmt.overflow == "saturate":
+        return values.clamp(fmt.min_value, fmt.max_value)
+    return torch.remainder(values - fmt.min_value, 1 << fmt.bits) + fmt.min_value
+
+
+def _depthwise_steps(cols: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
+    """A depthwise layer's accumulators step by step, as :func:`psum.golden.int_dot` with
+    the bias as the first term: ``cols`` (N, C, k, L) the input's terms (one channel per
+    group), the weights (C * M, k); every output's k + 1 terms taken in order, each add
+    fitted to ``cfg.acc``, chunks of ``cfg.chunk`` terms added into ``cfg.chunk_acc``.
+    Returns (N, C * M, L) int64."""
+    n, channels, k, positions = cols.shape
+    per = layer.weight.shape[0] // channels
+    a = cols.repeat_interleave(per, dim=1)  # (N, C * M, k, L): output channel o reads input channel o // M
+    terms = [(None, layer.bias.view(1, -1, 1))] + [(a[:, :, j], layer.weight[:, j].view(1, -1, 1)) for j in range(k)]
+    step = cfg.chunk or len(terms)
+    outer = None
+    for start in range(0, len(terms), step):
+        acc = torch.zeros(n, channels * per, positions, dtype=torch.int64)
+        for x, w in terms[start:start + step]:
+            acc = _fit(acc + (w if x is None else x * w), cfg.acc)
+        if cfg.chunk is None:
+            return acc
+        outer = _fit(acc if outer is None else outer + acc, cfg.chunk_acc)  # the outer accumulator starts at 0
+    return outer
+
+
 def _stepwise_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
     """The accumulator values of a layer step by step (:func:`emulator.int_matmul`):
     every output's terms in ``cfg.order``, the bias first."""
@@ -684,6 +772,9 @@ def _stepwise_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tenso
     w = (a.shape[3] - layer.dilation[1] * (layer.kernel[1] - 1) - 1) // layer.stride[1] + 1
     cols = F.unfold(a.double(), layer.kernel, layer.dilation, 0, layer.stride)  # exact: small integers
     k = layer.kernel[0] * layer.kernel[1]
+    if layer.groups == a.shape[1]:  # depthwise: a few terms per output, stepped over all outputs at once
+        acc = _depthwise_steps(cols.reshape(n, layer.groups, k, -1).to(torch.int64), layer, cfg)
+        return acc.reshape(n, -1, h, w)
     per_group = cols.shape[1] // layer.groups  # input channels per group times kernel positions
     outputs = layer.weight.shape[0] // layer.groups
     parts = []

@@ -93,7 +93,7 @@ def output_cost(spec: StudySpec, unit: dict, mac, lib, a, b, operands: str) -> d
     stage = output_stage(spec, unit, mac)
     k = a.shape[1]
     if unit["family"] == "int":
-        results = stream_results(a, b, acc=unit["acc"], int_bits=spec.int_bits)
+        results = stream_results(a, b, acc=unit["acc"], int_bits=unit.get("operand_bits", spec.int_bits))
         bits = stage.acc_format.bits
         signed = results.astype(np.int64) - ((results >= 1 << (bits - 1)).astype(np.int64) << bits)
         top = (1 << (spec.int_bits - 1)) - 1
@@ -123,7 +123,8 @@ def build(spec: StudySpec, unit: dict):
     from hwgen import FloatMAC, IntMAC
 
     if unit["family"] == "int":
-        return IntMAC(spec.int_bits, spec.int_bits, unit["acc"])
+        bits = unit.get("operand_bits", spec.int_bits)
+        return IntMAC(bits, bits, unit["acc"])
     if unit["chunk"]:
         return FloatMAC(spec.inputs, unit["acc"], chunk=unit["chunk"], chunk_acc=unit["chunk_acc"])
     return FloatMAC(spec.inputs, unit["acc"])
@@ -132,7 +133,9 @@ def build(spec: StudySpec, unit: dict):
 def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]:
     """Synthesis and energy of every MAC :func:`units` names for ``run``, on ``lib``."""
     from emulator import data
+    from emulator.models import is_model_file
     from emulator.streams import largest_layer, operand_streams
+    from emulator.tflite_import import TFLiteIntNet
     from synth.components import costs_by_part
     from synth.flow import synthesize
     from synth.power import estimate_energy, finite_patterns, uniform_streams
@@ -142,7 +145,10 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
     layer = largest_layer(model, data.dataset_spec(dataset).image_size)
     rows = []
+    imported = is_model_file(run.ref)
     for unit in units(spec, found):
+        if imported and unit["family"] == "int":  # the file's operands: stored values minus zero points
+            unit = {**unit, "operand_bits": TFLiteIntNet.OPERAND_BITS}
         mac = build(spec, unit)
         fields = {"unit": mac.describe(), "costing": COSTING, "library": lib.digest, "model": run.name,
                   "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
@@ -156,7 +162,9 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
         if row is None:
             start = time.monotonic()
             r = synthesize(mac, lib)
-            if unit["family"] == "int":
+            if unit["family"] == "int" and imported:
+                a, b = TFLiteIntNet.from_file(run.ref).operand_streams(layer, batch, spec.streams, seed=spec.seed)
+            elif unit["family"] == "int":
                 a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, int_bits=spec.int_bits)
             else:
                 a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, inputs=spec.inputs)

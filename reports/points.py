@@ -108,6 +108,7 @@ def evaluate_task(task: dict) -> dict:
     from emulator.convert import emulated_layers
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
+    from emulator.models import is_model_file
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
@@ -115,13 +116,19 @@ def evaluate_task(task: dict) -> dict:
     device = resolve_device(task.get("device", "cpu"))
     model, dataset = _model(task["model"], task["dataset"], task["checkpoint"], task.get("fold_bn", False))
     policy = _policy(task["policy"])
-    emulated = model if policy is None else convert(model, policy)
+    integer_reading = task["policy"]["kind"] == "int" and is_model_file(task["model"])
+    if integer_reading:  # the file's integer network: its own scales, no calibration
+        from emulator.tflite_import import TFLiteIntNet
+
+        emulated = TFLiteIntNet.from_policy(task["model"], policy)
+    else:
+        emulated = model if policy is None else convert(model, policy)
     test = _source(dataset, "test", task["data_dir"], task.get("download", False))
     expect = task.get("expect")
     if expect and test.fingerprint() != expect["test"]:  # a worker that sees other data than the key says
         raise SpecError(f"worker's {dataset} test split differs from the one the study keyed its points by "
                         f"(fingerprint {test.fingerprint()[:12]}, expected {expect['test'][:12]})")
-    if task["policy"]["kind"] == "int":
+    if task["policy"]["kind"] == "int" and not integer_reading:
         train = _source(dataset, "train", task["data_dir"], task.get("download", False))
         if expect and train.fingerprint() != expect["calibration"]["train"]:
             raise SpecError(f"worker's {dataset} training split differs from the one the study keyed its points by")
@@ -168,13 +175,20 @@ def run_data(run: ModelRun, spec: StudySpec) -> RunData:
     or malformed checkpoint or data set raises here, before anything is evaluated."""
     if not Path(run.checkpoint).is_file():
         raise SpecError(f"checkpoint {run.checkpoint} of model {run.name} does not exist")
-    from emulator.models import architecture_digest
+    from emulator.models import architecture_digest, is_model_file
 
     _, dataset = _model(run.ref, run.dataset, run.checkpoint)
     test = _source(dataset, "test", spec.data_dir, spec.download)
-    train = _source(dataset, "train", spec.data_dir, spec.download)
-    return RunData(dataset, _digest(run.checkpoint), test.fingerprint(), train.fingerprint(), len(test),
+    if is_model_file(run.ref):  # integer points read the file's scales: no training split is read
+        train = NO_CALIBRATION
+    else:
+        train = _source(dataset, "train", spec.data_dir, spec.download).fingerprint()
+    return RunData(dataset, _digest(run.checkpoint), test.fingerprint(), train, len(test),
                    architecture_digest(run.ref))
+
+
+#: What an imported model file's integer points calibrate on: nothing (the file's scales).
+NO_CALIBRATION = "none: the model file's own scales"
 
 
 def _dataset_key(dataset: str) -> str:
@@ -261,7 +275,8 @@ class Runner:
                   "images": {"count": len(indices), "digest": _indices_digest(indices)},
                   "seed": self.spec.seed, "psum": self.version}
         if policy["kind"] == "int":
-            fields["data"]["calibration"] = {"train": data.train, **CALIBRATION}
+            fields["data"]["calibration"] = {"train": data.train, **CALIBRATION} if data.train != NO_CALIBRATION \
+                else {"train": NO_CALIBRATION}
         if self.spec.fold_bn:  # absent when off: stores made before the option stay valid
             fields["fold_bn"] = True
         if data.architecture is not None:  # a network of one's own: its source file

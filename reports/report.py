@@ -132,6 +132,7 @@ def _summary(results: dict, spec) -> list[str]:
 def _what_ran(model: str, results: dict, spec) -> str:
     """The network, checkpoint and dataset (with its preprocessing) behind a model's section."""
     from emulator.data import dataset_spec
+    from emulator.models import is_model_file
 
     run = next(r for r in spec.models if r.name == model)
     data = results["data"][model]
@@ -141,8 +142,13 @@ def _what_ran(model: str, results: dict, spec) -> str:
     dataset = f"`{data['dataset']}`" if d.root is None else \
         f"folder `{d.root}` ({d.num_classes} classes; images resized to {d.image_size}/{d.crop:g} on the shorter side, " \
         f"center-cropped to {d.image_size}x{d.image_size}, normalized by mean {list(d.mean)} and std {list(d.std)})"
-    return (f"Network: {where}, weights `{run.checkpoint}` (digest {data['checkpoint']}); dataset {dataset}, "
+    text = (f"Network: {where}, weights `{run.checkpoint}` (digest {data['checkpoint']}); dataset {dataset}, "
             f"{data['test_images']:,} test images.")
+    if is_model_file(run.ref):
+        text += (" FP points run the file's float reading (dequantized weights); INT points its integer reading "
+                 "(docs/semantics.md §10): the file's own operands and scales, no calibration (one reference, "
+                 "`int8_int32acc_seed*` names it), MAC operands the stored values minus their zero points (int9).")
+    return text
 
 
 def _baselines(found: dict) -> list[str]:

@@ -220,6 +220,24 @@ def test_narrow_accumulators_are_the_golden_integer_mac(tmp_path):
             assert int(got[n, o, i, j]) == expect, (acc, order, n, o, i, j)
 
 
+@pytest.mark.parametrize("acc, chunk", [("int11:sat", None), ("int10", 4), ("int12:sat", 3), ("int9:sat", 20)])
+def test_depthwise_steps_are_the_golden_integer_mac(tmp_path, acc, chunk):
+    from emulator.tflite_import import _pad_same
+
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(quantized_network("int8"))
+    net = TFLiteIntNet.from_file(path, acc=acc, chunk=chunk, chunk_acc="int13:sat")
+    layer, cfg = net.int_layers["dw1"], net.config("dw1")  # 4 channels x2, 3x3
+    a = _pad_same(torch.from_numpy(np.random.default_rng(6).integers(-128, 128, (2, 4, 5, 5))), (3, 3), (1, 1))
+    got = _stepwise_accumulator(a, layer, cfg)
+    w = layer.weight.reshape(8, 3, 3)
+    for n, o, i, j in [(0, 0, 0, 0), (1, 7, 4, 4), (0, 5, 2, 3), (1, 2, 1, 0)]:
+        terms = a[n, o // 2, i:i + 3, j:j + 3].reshape(-1).tolist()
+        expect = golden.int_dot([1, *terms], [int(layer.bias[o]), *w[o].reshape(-1).tolist()], acc=acc,
+                                chunk=chunk, chunk_acc="int13:sat")
+        assert int(got[n, o, i, j]) == expect, (n, o, i, j)
+
+
 def test_wrapping_narrow_accumulators_take_one_exact_sum_and_agree_with_the_steps(tmp_path):
     path = tmp_path / "int8.tflite"
     path.write_bytes(quantized_network("int8"))
@@ -271,3 +289,60 @@ def test_published_mobilenets_at_int32_are_tflite_bit_for_bit(stem):
     theirs = reference(path, pixels, net.output)
     assert net.drop_background and theirs.shape == (6, 1001)
     assert np.array_equal(psum_integers(net, x), theirs[:, 1:])
+
+
+def test_operand_streams_are_the_integer_networks_own_operands(tmp_path):
+    path = tmp_path / "uint8.tflite"
+    path.write_bytes(quantized_network("uint8"))
+    net = TFLiteIntNet.from_file(path)
+    pixels = np.random.default_rng(4).integers(0, 256, (12, 10, 10, 3)).astype(np.uint8)
+    x = float_inputs(net, pixels)
+    for name in ("conv0", "conv2", "fc6"):
+        a, b = net.operand_streams(name, x, 64, seed=1)
+        layer = net.int_layers[name]
+        assert a.dtype == np.uint64 and a.shape == b.shape == (64, layer.weight.shape[1])
+        signed = lambda v: np.where(v >= 256, v.astype(np.int64) - 512, v.astype(np.int64))  # noqa: E731
+        sa, sb = signed(a), signed(b)
+        assert sa.min() >= -255 and sa.max() <= 255 and sb.min() >= -255 and sb.max() <= 255
+        # every stream's weights are one output channel's, in the layer's im2col order
+        rows = {tuple(r) for r in layer.weight.tolist()}
+        assert all(tuple(r) in rows for r in sb.tolist())
+    with pytest.raises(ValueError, match="grouped or depthwise"):
+        net.operand_streams("dw1", x, 8)
+
+
+def test_a_study_of_a_tflite_network_reads_it_both_ways(tmp_path):
+    """FP points on the float reading, INT points on the integer reading (no calibration,
+    no training split needed), MACs costed with the file's 9-bit operands."""
+    from PIL import Image
+
+    from reports.spec import ModelRun, StudySpec
+    from reports.study import run_study
+
+    path = tmp_path / "uint8.tflite"
+    path.write_bytes(quantized_network("uint8"))
+    rng = np.random.default_rng(5)
+    for c in range(6):
+        (tmp_path / "d" / "val" / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(tmp_path / "d" / "val" / f"c{c}"
+                                                                                   / f"{i}.png")
+    spec = StudySpec(models=[ModelRun("small", str(path), str(tmp_path / "d"), factory=str(path))],
+                     exp_bits=[4], max_width=10, int_width_range=(12, 16), chunk_sizes=[], orders=["im2col"],
+                     prediction=False, per_layer=True, screen=0, streams=64, calibration_seeds=[0, 1])
+    results = run_study(spec, tmp_path / "out", log=lambda *_: None)
+    found = results["models"]["small"]
+    assert set(found["int"]) == {"wrap seed 0", "sat seed 0"}  # one reference: the file's scales
+    assert results["data"]["small"]["train"].startswith("none")
+    int32 = found["baselines"]["int8_int32acc_seed0"]
+    net = TFLiteIntNet.from_file(path)
+    from emulator import data
+    from emulator.evaluate import evaluate
+
+    source = data.load(data.folder_dataset(tmp_path / "d", image_size=10, mean=[128 / 255] * 3,
+                                           std=[128 / 255] * 3), "test")
+    assert int32["top1"] == evaluate(net, source, batch_size=16).top1  # the integer reading, as eval gives it
+    macs = {h["unit"] for h in found["hardware"]}
+    assert "IntMAC a=int9 b=int9 acc=int32" in macs and any(u.startswith("FloatMAC") for u in macs)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "INT points its integer reading" in report
