@@ -68,10 +68,22 @@ class Accuracy:
         return f"{100 * self.top1:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] (n={self.total})"
 
 
+#: How classes with equal logits are ranked (part of study point keys): integer networks
+#: and narrow accumulators produce ties, which ``topk`` would break arbitrarily.
+TIES = "equal logits rank by lower class index"
+
+
+def ranked(logits: torch.Tensor) -> torch.Tensor:
+    """Class indices by decreasing logit, equal logits in increasing class order (so the
+    first is ``argmax``'s choice, as TFLite and numpy take it); NaN ranks first."""
+    return logits.sort(dim=1, descending=True, stable=True).indices
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, source, *, limit: int | None = None, batch_size: int = 256,
              progress: bool = False, label: str = "eval", stop=None, indices=None) -> Accuracy:
-    """Top-1/top-5 of ``model`` on ``source``, on the device of the model's parameters.
+    """Top-1/top-5 of ``model`` on ``source``, on the device of the model's parameters;
+    classes ranked by :func:`ranked` (ties to the lower class index).
 
     ``indices``, when given, are the images evaluated, in that order (instead of the
     whole split or its first ``limit`` of the seed-0 permutation); the result's
@@ -98,7 +110,7 @@ def evaluate(model: nn.Module, source, *, limit: int | None = None, batch_size: 
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = model(x)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        top = ranked(logits)[:, :5]  # (B, 5)
         hits.append((top[:, 0] == y).cpu())
         correct += int(hits[-1].sum())
         correct5 += int((top == y[:, None]).any(dim=1).sum())

@@ -31,6 +31,7 @@ from torch import nn
 
 __all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs", "layer_macs",
            "is_entry_point", "entry_point", "architecture_digest", "label", "is_model_file", "preprocessing",
+           "has_integer_reading",
            "MODEL_FILES"]
 
 
@@ -189,27 +190,38 @@ def build(name: str, dataset: str | None = None) -> tuple[nn.Module, str]:
 
 #: Model files psum imports, by suffix: they carry their weights (no checkpoint) and
 #: the input preprocessing their network expects.
-MODEL_FILES = (".tflite",)
+MODEL_FILES = (".tflite", ".onnx")
 
 
 def is_model_file(ref) -> bool:
-    """A path to a model file psum imports (:data:`MODEL_FILES`: TensorFlow Lite)."""
+    """A path to a model file psum imports (:data:`MODEL_FILES`: TensorFlow Lite, ONNX)."""
     return isinstance(ref, str) and ref.lower().endswith(MODEL_FILES)
 
 
-def _import_file(ref: str) -> nn.Module:
-    from emulator.tflite_import import TFLiteNet
+def has_integer_reading(ref) -> bool:
+    """A model file that holds a quantized integer network psum reads as published
+    (TensorFlow Lite: :class:`emulator.tflite_import.TFLiteIntNet`); its INT points
+    take the file's scales instead of calibrating."""
+    return isinstance(ref, str) and ref.lower().endswith(".tflite")
 
+
+def _import_file(ref: str) -> nn.Module:
     path = Path(ref).expanduser()
     if not path.is_file():
         raise ValueError(f"model file {ref} does not exist" if not path.exists() else f"model file {ref} is not a file")
+    if path.suffix.lower() == ".onnx":
+        from emulator.onnx_import import OnnxNet
+
+        return OnnxNet.from_file(path).eval()
+    from emulator.tflite_import import TFLiteNet
+
     return TFLiteNet.from_file(path).eval()
 
 
 def preprocessing(ref: str) -> dict | None:
     """The input preprocessing an imported model file records (image size, crop, mean,
     std; :class:`emulator.data.DatasetSpec`), or None for networks defined in Python."""
-    return _import_file(ref).preprocessing if is_model_file(ref) else None
+    return getattr(_import_file(ref), "preprocessing", None) if is_model_file(ref) else None
 
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

@@ -133,7 +133,7 @@ def build(spec: StudySpec, unit: dict):
 def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]:
     """Synthesis and energy of every MAC :func:`units` names for ``run``, on ``lib``."""
     from emulator import data
-    from emulator.models import is_model_file
+    from emulator.models import has_integer_reading
     from emulator.streams import largest_layer, operand_streams
     from emulator.tflite_import import TFLiteIntNet
     from synth.components import costs_by_part
@@ -145,7 +145,7 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
     layer = largest_layer(model, data.dataset_spec(dataset).image_size)
     rows = []
-    imported = is_model_file(run.ref)
+    imported = has_integer_reading(run.ref)
     for unit in units(spec, found):
         if imported and unit["family"] == "int":  # the file's operands: stored values minus zero points
             unit = {**unit, "operand_bits": TFLiteIntNet.OPERAND_BITS}

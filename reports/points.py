@@ -108,7 +108,7 @@ def evaluate_task(task: dict) -> dict:
     from emulator.convert import emulated_layers
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
-    from emulator.models import is_model_file
+    from emulator.models import has_integer_reading
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
@@ -116,7 +116,7 @@ def evaluate_task(task: dict) -> dict:
     device = resolve_device(task.get("device", "cpu"))
     model, dataset = _model(task["model"], task["dataset"], task["checkpoint"], task.get("fold_bn", False))
     policy = _policy(task["policy"])
-    integer_reading = task["policy"]["kind"] == "int" and is_model_file(task["model"])
+    integer_reading = task["policy"]["kind"] == "int" and has_integer_reading(task["model"])
     if integer_reading:  # the file's integer network: its own scales, no calibration
         from emulator.tflite_import import TFLiteIntNet
 
@@ -175,11 +175,11 @@ def run_data(run: ModelRun, spec: StudySpec) -> RunData:
     or malformed checkpoint or data set raises here, before anything is evaluated."""
     if not Path(run.checkpoint).is_file():
         raise SpecError(f"checkpoint {run.checkpoint} of model {run.name} does not exist")
-    from emulator.models import architecture_digest, is_model_file
+    from emulator.models import architecture_digest, has_integer_reading
 
     _, dataset = _model(run.ref, run.dataset, run.checkpoint)
     test = _source(dataset, "test", spec.data_dir, spec.download)
-    if is_model_file(run.ref):  # integer points read the file's scales: no training split is read
+    if has_integer_reading(run.ref):  # integer points read the file's scales: no training split is read
         train = NO_CALIBRATION
     else:
         train = _source(dataset, "train", spec.data_dir, spec.download).fingerprint()
@@ -270,7 +270,10 @@ class Runner:
         """Everything that determines a point's result (docs/study.md, "What a point's key covers")."""
         data = self.data[run.name]
         indices = self._indices(run, stage)
+        from emulator.evaluate import TIES
+
         fields = {"model": run.name, "dataset": _dataset_key(data.dataset), "checkpoint": data.checkpoint,
+                  "ties": TIES,
                   "data": {"test": data.test, "preprocessing": "eval"}, "policy": policy,
                   "images": {"count": len(indices), "digest": _indices_digest(indices)},
                   "seed": self.spec.seed, "psum": self.version}

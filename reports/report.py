@@ -132,7 +132,7 @@ def _summary(results: dict, spec) -> list[str]:
 def _what_ran(model: str, results: dict, spec) -> str:
     """The network, checkpoint and dataset (with its preprocessing) behind a model's section."""
     from emulator.data import dataset_spec
-    from emulator.models import is_model_file
+    from emulator.models import has_integer_reading
 
     run = next(r for r in spec.models if r.name == model)
     data = results["data"][model]
@@ -144,7 +144,7 @@ def _what_ran(model: str, results: dict, spec) -> str:
         f"center-cropped to {d.image_size}x{d.image_size}, normalized by mean {list(d.mean)} and std {list(d.std)})"
     text = (f"Network: {where}, weights `{run.checkpoint}` (digest {data['checkpoint']}); dataset {dataset}, "
             f"{data['test_images']:,} test images.")
-    if is_model_file(run.ref):
+    if has_integer_reading(run.ref):
         text += (" FP points run the file's float reading (dequantized weights); INT points its integer reading "
                  "(docs/semantics.md §10): the file's own operands and scales, no calibration (one reference, "
                  "`int8_int32acc_seed*` names it), MAC operands the stored values minus their zero points (int9).")

@@ -83,7 +83,7 @@ def _batchnorm(run: ModelRun, fold: bool) -> dict:
 def search_model(runner: Runner, run: ModelRun, log) -> dict:
     """All searches of one network; the model's section of ``results.json``."""
     from emulator.data import dataset_spec
-    from emulator.models import is_model_file, layer_macs
+    from emulator.models import has_integer_reading, layer_macs
     from reports.points import _model
 
     spec = runner.spec
@@ -91,7 +91,7 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
     model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
     macs = layer_macs(model, dataset_spec(dataset).image_size)
     fp_ref = {"kind": "float", "acc": "fp32", "inputs": spec.inputs, "chunk": None, "order": order}
-    seeds = spec.calibration_seeds if not is_model_file(run.ref) else spec.calibration_seeds[:1]  # file's scales
+    seeds = spec.calibration_seeds if not has_integer_reading(run.ref) else spec.calibration_seeds[:1]  # file's scales
     int_ref = {s: {"kind": "int", "acc": "int32", "bits": spec.int_bits, "calibration_seed": s} for s in seeds}
     out = {"baselines": {"fp32": runner.point(run, {"kind": "fp32"}), "bf16_fp32acc": runner.point(run, fp_ref),
                          **{f"int{spec.int_bits}_int32acc_seed{s}": runner.point(run, int_ref[s]) for s in seeds}},

@@ -206,10 +206,10 @@ def _validate_run(run: ModelRun) -> None:
         _fail(f"the dataset of model {run.name} must be a name or a folder's path, not {run.dataset!r}")
     if is_model_file(run.factory):  # what the file records, where the spec does not say
         try:
-            recorded = preprocessing(run.factory)
+            recorded = preprocessing(run.factory) or {}
         except ValueError as exc:
             _fail(f"model {run.name}: {exc}")
-        options = {k: options.get(k, recorded[k]) for k in recorded}
+        options = {**recorded, **options}
     try:
         run.dataset = folder_dataset(run.dataset, **options)
     except DataError as exc:

@@ -37,3 +37,19 @@ def tiny_lenet5(root, images: int, seed: int):
     ckpt = root / "lenet5.pt"
     train(TrainConfig(model="lenet5", epochs=1, batch_size=32), src, ckpt, progress=False, log=lambda *_: None)
     return root, ckpt
+
+
+def image_folder(root, splits, classes: int, per_class: int, size: int, seed: int = 0):
+    """Random RGB PNGs in the ImageFolder layout, ``root/<split>/c<class>/<i>.png``, for
+    each split named; returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c in range(classes):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -299,3 +299,13 @@ def test_eval_progress_in_a_log_file_is_one_line_per_report(tmp_path):
     assert "\r" not in proc.stderr
     reports = [line for line in proc.stderr.splitlines() if "64/64" in line]
     assert reports, proc.stderr
+
+
+def test_equal_logits_rank_by_lower_class_index():
+    from emulator.evaluate import ranked
+
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+    assert ranked(logits)[:, :5].tolist() == [[1, 2, 4, 5, 0], [0, 1, 2, 3, 4]]
+    scores = torch.zeros(64, 1000)
+    scores[:, 500:] = 1.0  # 500 tied maxima: the first is argmax's
+    assert (ranked(scores)[:, 0] == 500).all()

@@ -13,7 +13,8 @@ import pytest
 import tflite
 import torch
 
-from emulator import convert, data
+from conftest import image_folder
+from emulator import AccumConfig, convert, data
 from emulator.models import build, label, preprocessing
 from emulator.tflite_import import ModelImportError, TFLiteNet, read_tflite, same_padding
 
@@ -266,7 +267,8 @@ def test_float_reading_matches_an_independent_nhwc_oracle(small):
     with torch.no_grad():
         got = net(x).double().numpy()
     assert np.allclose(got, oracle(pixels, real), rtol=1e-5, atol=1e-6)
-    emulated = convert(net, "fp32")  # every MAC emulated with an fp32 accumulator: the same to float precision
+    # every MAC emulated with an fp32 accumulator and fp32 operands: the same to float precision
+    emulated = convert(net, AccumConfig(acc="fp32", inputs="fp32"))
     with torch.no_grad():
         assert np.allclose(emulated(x).double().numpy(), got, rtol=1e-4, atol=1e-5)
 
@@ -294,16 +296,8 @@ def test_unsupported_operators_and_bad_files_are_one_line_errors(tmp_path):
 
 
 def test_a_tflite_file_through_the_command_line(small, tmp_path):
-    from PIL import Image
-
     path, _ = small
-    rng = np.random.default_rng(3)
-    for split in ("train", "test"):
-        for c in range(5):
-            (tmp_path / "d" / split / f"class{c}").mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(tmp_path / "d" / split
-                                                                                      / f"class{c}" / f"{i}.png")
+    image_folder(tmp_path / "d", ("train", "test"), classes=5, per_class=2, size=9, seed=3)
     ident = data.folder_dataset(tmp_path / "d", **preprocessing(str(path)))
     model, _ = build(str(path), ident)
     assert label(str(path)) == "small" and model.fc6.out_features == 5

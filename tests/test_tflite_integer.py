@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from emulator.fixed_point import average, rescale
 from emulator.tflite_import import ModelImportError, TFLiteIntNet, _exact_accumulator, _stepwise_accumulator
 from psum import golden
-from tests.test_tflite_import import IMAGENET, MODELS, RELU, RELU6, SAME, VALID, Writer, UINT8, INT8, INT32
+from test_tflite_import import IMAGENET, MODELS, RELU, RELU6, SAME, VALID, Writer, UINT8, INT8, INT32
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
@@ -269,7 +269,7 @@ def test_per_layer_accumulators_and_errors(tmp_path):
         TFLiteIntNet.from_policy(path, Policy(IntAccumConfig(acc="int32"), {"fc6": AccumConfig(acc="e5m10")}))
     with pytest.raises(ModelImportError, match="has no layer conv9"):
         TFLiteIntNet.from_file(path, layers={"conv9": "int16"})
-    from tests.test_tflite_import import small_network
+    from test_tflite_import import small_network
 
     (tmp_path / "mixed.tflite").write_bytes(small_network()[0])  # float-reading test network: its softmax input
     TFLiteIntNet.from_file(tmp_path / "mixed.tflite")  # is quantized too; built without error
@@ -314,19 +314,13 @@ def test_operand_streams_are_the_integer_networks_own_operands(tmp_path):
 def test_a_study_of_a_tflite_network_reads_it_both_ways(tmp_path):
     """FP points on the float reading, INT points on the integer reading (no calibration,
     no training split needed), MACs costed with the file's 9-bit operands."""
-    from PIL import Image
-
+    from conftest import image_folder
     from reports.spec import ModelRun, StudySpec
     from reports.study import run_study
 
     path = tmp_path / "uint8.tflite"
     path.write_bytes(quantized_network("uint8"))
-    rng = np.random.default_rng(5)
-    for c in range(6):
-        (tmp_path / "d" / "val" / f"c{c}").mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(tmp_path / "d" / "val" / f"c{c}"
-                                                                                   / f"{i}.png")
+    image_folder(tmp_path / "d", ("val",), classes=6, per_class=8, size=10, seed=5)
     spec = StudySpec(models=[ModelRun("small", str(path), str(tmp_path / "d"), factory=str(path))],
                      exp_bits=[4], max_width=10, int_width_range=(12, 16), chunk_sizes=[], orders=["im2col"],
                      prediction=False, per_layer=True, screen=0, streams=64, calibration_seeds=[0, 1])

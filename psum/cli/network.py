@@ -225,7 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from emulator.data import dataset_spec
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
-    from emulator.models import MODELS, is_model_file
+    from emulator.models import MODELS, has_integer_reading, is_model_file
     from emulator.models import label as model_label
 
     torch.manual_seed(0)
@@ -234,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not is_model_file(args.model) and not args.checkpoint:
         raise UsageError("--checkpoint is needed: the weights of the network (a psum checkpoint or a state_dict)")
     policies = build_policies(args)
-    if is_model_file(args.model):
+    if has_integer_reading(args.model):
         for name in given(args, *INT_ONLY):
             raise UsageError(f"{option(name)} does not apply to {args.model}: its integer reading takes the file's own "
                              "operands and scales (uint8/int8, no calibration)")
@@ -255,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_layer_names(model, model_label(args.model), _layer_overrides(args.layer))
     runs = [] if args.no_baselines else [("fp32", None), ("bf16 inputs, fp32 acc", Policy(AccumConfig(acc="fp32")))]
     converted = []
-    imported = is_model_file(args.model)
+    imported = has_integer_reading(args.model)
     for label, policy in runs + policies:  # every conversion (layer names, formats) is checked before any data
         try:
             if imported and policy is not None and isinstance(policy.default, IntAccumConfig):
@@ -305,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 #: What MODEL may be, in every command's help.
 MODEL_HELP = ("a registered network (psum models) or one of your own: FILE.py:NAME or package.module:NAME, "
               "NAME a model class or a function returning the nn.Module (called with num_classes= where it takes it), "
-              "or a TensorFlow Lite file FILE.tflite (its float reading: dequantized weights)")
+              "or a model file: FILE.tflite (float reading, dequantized; --int-acc: its integer network) or FILE.onnx")
 DATASET_HELP = ("cifar10, cifar100, imagenet, or the path of a folder of your own with train/ and test/ (or val/) "
                 "ImageFolder trees (default: a registered model's first dataset)")
 
