@@ -378,6 +378,7 @@ class _IntLayer:
     same: bool = False
     groups: int = 1
     single_rounding: bool = False  # LiteRT's int8 FULLY_CONNECTED rounds once (semantics §10)
+    input_bound: int = 255  # the largest |q_x - z_x| the input's type allows
 
 
 class TFLiteIntNet(nn.Module):
@@ -499,6 +500,8 @@ class TFLiteIntNet(nn.Module):
             layer.dilation, layer.same = op.options["dilation"], op.options["padding"] == _SAME
             layer.groups = x.shape[3] if kind == "dw" else 1
         layer.single_rounding = kind == "fc" and x.dtype is np.int8
+        low, high = _INT_RANGES[x.dtype]
+        layer.input_bound = max(abs(low - layer.input_zero), abs(high - layer.input_zero))
         self.int_layers[name] = layer
         return name
 
@@ -508,12 +511,15 @@ class TFLiteIntNet(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------
 
-    #: Images per pass: the integer tensors of a large batch (int64) no longer fit the caches.
-    MICRO_BATCH = 8
+    #: Elements of the largest integer tensor of one pass: a large batch's int64 tensors no
+    #: longer fit the caches, and a small one pays Python's overhead per layer.
+    PASS_ELEMENTS = 2**23
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > self.MICRO_BATCH:
-            return torch.cat([self.forward(part) for part in x.split(self.MICRO_BATCH)])
+        per_image = max(math.prod(t.shape[1:]) for t in self.graph.tensors if t.data is None and t.shape)
+        step = max(1, self.PASS_ELEMENTS // per_image)
+        if x.shape[0] > step:
+            return torch.cat([self.forward(part) for part in x.split(step)])
         t = self.graph.tensors
         low, high = self.input_range
         q = torch.round(x.double() / self.input_scale + self.input_zero).clamp(low, high).to(torch.int64)
@@ -689,15 +695,16 @@ def _exact_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor |
     can leave. None otherwise (saturation possible, chunks)."""
     bits = cfg.acc.bits
     k = layer.weight.shape[1]
-    bound = k * _absmax(a) * _absmax(layer.weight) + _absmax(layer.bias)
+    bound = k * layer.input_bound * _absmax(layer.weight) + _absmax(layer.bias)  # from the types: no pass over a
     if cfg.chunk is not None or bound > 2**53 or (cfg.acc.overflow != "wrap" and bound >= 2 ** (bits - 1)):
         return None
     if layer.kind == "fc":
-        exact = _exact_products(a, layer.weight) + layer.bias
+        exact = _exact_products(a, layer.weight, layer.input_bound) + layer.bias
     elif layer.kernel == (1, 1) and layer.groups == 1:  # pointwise: one matrix product over the channels
         x = a[:, :, ::layer.stride[0], ::layer.stride[1]]
         rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-        exact = (_exact_products(rows, layer.weight) + layer.bias).reshape(x.shape[0], x.shape[2], x.shape[3], -1)
+        exact = (_exact_products(rows, layer.weight, layer.input_bound) + layer.bias).reshape(
+            x.shape[0], x.shape[2], x.shape[3], -1)
         exact = exact.permute(0, 3, 1, 2)
     else:  # float32 for a depthwise layer whose sums stay below 2^24 (a direct convolution), else float64
         dtype = torch.float32 if layer.groups == a.shape[1] and bound <= 2**24 else torch.float64
@@ -711,14 +718,14 @@ def _exact_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor |
     return (exact << shift) >> shift
 
 
-def _exact_products(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _exact_products(a: torch.Tensor, weight: torch.Tensor, bound: int) -> torch.Tensor:
     """``a @ weight.T`` of integer tensors, exactly, by float32 matrix products: the
     weights split into base-``2^p`` digits small enough that every partial sum of each
     product is an integer below 2^24 (float32 holds it exactly, in any order of
-    summation); float64 where even one-bit digits would not keep it (the caller bounds
-    the whole sum below 2^53). Returns int64."""
+    summation), ``bound`` at least the largest ``|a|``; float64 where even one-bit digits
+    would not keep it (the caller bounds the whole sum below 2^53). Returns int64."""
     k = a.shape[1]
-    limit = 2**24 // max(1, k * max(1, _absmax(a)))  # the largest digit magnitude allowed
+    limit = 2**24 // max(1, k * max(1, bound))  # the largest digit magnitude allowed
     if limit < 1:
         return (a.double() @ weight.T.double()).to(torch.int64)
     p = (limit + 1).bit_length() - 1  # digits 0 .. 2^p - 1 <= limit
