@@ -66,7 +66,8 @@ def _model_run(args: argparse.Namespace):
 #: list whole and its defaults true).
 TOML_KEYS = """\
 TOML keys of --config (default): models ([[models]] tables: name, checkpoint, dataset,
-and for a network of one's own factory ("FILE.py:NAME"; name then labels it) and a folder
+and for a network of one's own factory ("FILE.py:NAME" or a .tflite/.onnx file; name then
+labels it; a file needs no checkpoint) and a folder
 dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), exp_bits ([4, 5, 6]),
 max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
 tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
@@ -85,8 +86,9 @@ def add_parser(sub) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--config", help="study spec (TOML); flags below override it")
     st.add_argument("--out", default="study", help="report folder (default ./study)")
-    st.add_argument("--model", help="one model instead of the spec's (needs --checkpoint): a registered network "
-                    "or one of your own, FILE.py:NAME or package.module:NAME")
+    st.add_argument("--model", help="one model instead of the spec's: a registered network or one of your own, "
+                    "FILE.py:NAME or package.module:NAME (both need --checkpoint), or a model file FILE.tflite or "
+                    "FILE.onnx (its weights inside)")
     st.add_argument("--checkpoint", help="with --model: its checkpoint (psum checkpoint or plain state_dict)")
     st.add_argument("--dataset", help="with --model: its dataset (default: a registered model's first): cifar10, "
                     "cifar100, imagenet, or a folder of your own with train/ and test/ (or val/) ImageFolder trees")
