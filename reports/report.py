@@ -132,12 +132,16 @@ def _summary(results: dict, spec) -> list[str]:
 def _what_ran(model: str, results: dict, spec) -> str:
     """The network, checkpoint and dataset (with its preprocessing) behind a model's section."""
     from emulator.data import dataset_spec
-    from emulator.models import has_integer_reading
+    from emulator.models import has_integer_reading, is_model_file
 
     run = next(r for r in spec.models if r.name == model)
     data = results["data"][model]
-    where = f"registered network `{run.name}`" if run.factory is None else \
-        f"network of your own `{run.factory}` (source digest {data['architecture']})"
+    if run.factory is None:
+        where = f"registered network `{run.name}`"
+    elif is_model_file(run.factory):
+        where = f"model file `{run.factory}` (digest {data['architecture']})"
+    else:
+        where = f"network of your own `{run.factory}` (source digest {data['architecture']})"
     d = dataset_spec(data["dataset"])
     dataset = f"`{data['dataset']}`" if d.root is None else \
         f"folder `{d.root}` ({d.num_classes} classes; images resized to {d.image_size}/{d.crop:g} on the shorter side, " \
