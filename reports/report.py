@@ -73,8 +73,9 @@ def _configuration(found: dict, spec) -> str:
     else:
         norm = "no batch norm"
     return (f"Configuration of every accuracy and MAC in this section: FP MACs take {spec.inputs} activations and "
-            f"weights, exact products (not rounded before the add), {chunk}; INT MACs take int{spec.int_bits} "
-            f"operands, exact products, one wrapping or saturating accumulator; accumulation order "
+            f"weights, exact products (not rounded before the add), {chunk}; INT MACs take "
+            f"int{found.get('int_operand_bits', spec.int_bits)} operands{_int_operands(found)}, exact products, one "
+            f"wrapping or saturating accumulator; accumulation order "
             f"{spec.orders[0]} (the order of the terms, not a property of the MAC); {norm}.")
 
 
@@ -127,6 +128,11 @@ def _summary(results: dict, spec) -> list[str]:
 
 
 # -- one network --------------------------------------------------------------------------
+
+
+def _int_operands(found: dict) -> str:
+    """What an imported integer network's INT MAC operands are, where they are not calibrated."""
+    return " (the file's stored values minus their zero points)" if "int_operand_bits" in found else ""
 
 
 def _what_ran(model: str, results: dict, spec) -> str:

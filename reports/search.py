@@ -97,6 +97,10 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
                          **{f"int{spec.int_bits}_int32acc_seed{s}": runner.point(run, int_ref[s]) for s in seeds}},
            "reference": {"fp": "bf16_fp32acc", "int": f"int{spec.int_bits}_int32acc_seed{seeds[0]}"},
            "macs": macs, "batchnorm": _batchnorm(run, spec.fold_bn)}
+    if has_integer_reading(run.ref):  # INT points run the file's integer network: its operands, not calibrated ones
+        from emulator.tflite_import import TFLiteIntNet
+
+        out["int_operand_bits"] = TFLiteIntNet.OPERAND_BITS
 
     def fp(acc: str, **extra) -> dict:
         return {**fp_ref, "acc": acc, "chunk": spec.chunk, **extra}

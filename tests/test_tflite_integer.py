@@ -340,3 +340,4 @@ def test_a_study_of_a_tflite_network_reads_it_both_ways(tmp_path):
     assert "IntMAC a=int9 b=int9 acc=int32" in macs and any(u.startswith("FloatMAC") for u in macs)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "INT points its integer reading" in report
+    assert "INT MACs take int9 operands (the file's stored values minus their zero points)" in report
