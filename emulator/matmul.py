@@ -301,8 +301,18 @@ def exact_int_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig, bound: 
     exact = torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
     if bound < 2 ** (cfg.acc.bits - 1):  # no sum can leave the accumulator's range
         return exact
-    shift = 64 - cfg.acc.bits  # keep the low bits, sign-extended
-    return (exact << shift) >> shift
+    return fit_int(exact, cfg.acc)
+
+
+def fit_int(values: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """``fmt.fit`` elementwise on int64 values (docs/semantics.md §1): saturate clamps to
+    the format's range, wrap keeps the low ``bits`` (sign-extended where signed)."""
+    if fmt.overflow == "saturate":
+        return values.clamp(fmt.min_value, fmt.max_value)
+    if not fmt.signed:
+        return values & ((1 << fmt.bits) - 1)
+    shift = 64 - fmt.bits
+    return (values << shift) >> shift
 
 
 def _one_exact_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) -> torch.Tensor | None:
@@ -378,19 +388,13 @@ def int_matmul_reference(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig) 
     a, b = a.to(torch.int64), b.to(torch.int64)
     (m, k), n = a.shape, b.shape[1]
 
-    def fit(v: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
-        if fmt.overflow == "saturate":
-            return v.clamp(fmt.min_value, fmt.max_value)
-        shift = 64 - fmt.bits  # keep the low bits, sign-extended
-        return (v << shift) >> shift
-
     step = cfg.chunk or max(k, 1)
     outer = torch.zeros(m, n, dtype=torch.int64)
     acc = outer
     for k0 in range(0, k, step):
         acc = torch.zeros(m, n, dtype=torch.int64)
         for kk in range(k0, min(k0 + step, k)):
-            acc = fit(acc + a[:, kk, None] * b[None, kk, :], cfg.acc)
+            acc = fit_int(acc + a[:, kk, None] * b[None, kk, :], cfg.acc)
         if cfg.chunk:
-            outer = fit(outer + acc, cfg.chunk_acc)
+            outer = fit_int(outer + acc, cfg.chunk_acc)
     return outer if cfg.chunk else acc

@@ -221,7 +221,14 @@ def _import_file(ref: str) -> nn.Module:
 def preprocessing(ref: str) -> dict | None:
     """The input preprocessing an imported model file records (image size, crop, mean,
     std; :class:`emulator.data.DatasetSpec`), or None for networks defined in Python."""
-    return getattr(_import_file(ref), "preprocessing", None) if is_model_file(ref) else None
+    if not has_integer_reading(ref):  # ONNX files do not record it; Python networks neither
+        return None
+    from emulator.tflite_import import input_preprocessing, read_tflite
+
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model file {ref} does not exist" if not path.exists() else f"model file {ref} is not a file")
+    return input_preprocessing(read_tflite(path))  # the graph alone: no weights dequantized
 
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

@@ -217,6 +217,16 @@ def _activate(x: torch.Tensor, kind: str | None) -> torch.Tensor:
     return x
 
 
+def input_preprocessing(graph: TFLiteGraph) -> dict:
+    """The input a graph expects, as a folder dataset's preprocessing: its size (crop 1:
+    resized to it), and the mean and std that map a pixel ``p`` to ``scale * (p -
+    zero_point)``, the input tensor's quantization (a float input: ``p / 255``)."""
+    source = graph.tensors[graph.inputs[0]]
+    scale = float(source.scale[0]) if source.scale.size else 1 / 255
+    mean = float(source.zero_point[0]) / 255 if source.scale.size else 0.0
+    return {"image_size": source.shape[1], "crop": 1.0, "mean": [mean] * 3, "std": [1 / (255 * scale)] * 3}
+
+
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow's SAME padding of one axis: (before, after)."""
     total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
@@ -256,11 +266,7 @@ class TFLiteNet(nn.Module):
             raise ModelImportError(f"{where}: the input is {source.shape}; psum takes square RGB images (1, N, N, 3)")
         classes = graph.tensors[self.graph_output].shape[-1]
         self.drop_background = classes == 1001 if drop_background is None else drop_background
-        scale = float(source.scale[0]) if source.scale.size else 1 / 255
-        zero = float(source.zero_point[0]) if source.zero_point.size else 0.0
-        mean = zero / 255 if source.scale.size else 0.0
-        self.preprocessing = {"image_size": source.shape[1], "crop": 1.0, "mean": [mean] * 3,
-                              "std": [1 / (255 * scale)] * 3}
+        self.preprocessing = input_preprocessing(graph)
 
     def _layer(self, op: OperatorInfo, graph: TFLiteGraph, where: str) -> str | None:
         t = graph.tensors
@@ -448,6 +454,7 @@ class TFLiteIntNet(nn.Module):
             self.layers[name] = cfg if isinstance(cfg, IntAccumConfig) else \
                 IntAccumConfig(acc=cfg, chunk=chunk, chunk_acc=chunk_acc, order=order)
         self.input_scale, self.input_zero = float(source.scale[0]), int(source.zero_point[0])
+        self.largest_activation = max(math.prod(x.shape[1:]) for x in t if x.data is None and x.shape)
         self.input_range = _INT_RANGES[source.dtype]
 
     def _activation_range(self, op: OperatorInfo) -> tuple[int, int]:
@@ -516,8 +523,7 @@ class TFLiteIntNet(nn.Module):
     PASS_ELEMENTS = 2**23
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_image = max(math.prod(t.shape[1:]) for t in self.graph.tensors if t.data is None and t.shape)
-        step = max(1, self.PASS_ELEMENTS // per_image)
+        step = max(1, self.PASS_ELEMENTS // self.largest_activation)
         if x.shape[0] > step:
             return torch.cat([self.forward(part) for part in x.split(step)])
         t = self.graph.tensors
@@ -693,6 +699,8 @@ def _exact_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor |
     matmul: every partial sum is an integer below 2^53), where docs/semantics.md §6
     allows it: a wrapping accumulator (the exact sum reduced once), or one no partial sum
     can leave. None otherwise (saturation possible, chunks)."""
+    from emulator.matmul import fit_int
+
     bits = cfg.acc.bits
     k = layer.weight.shape[1]
     bound = k * layer.input_bound * _absmax(layer.weight) + _absmax(layer.bias)  # from the types: no pass over a
@@ -712,10 +720,7 @@ def _exact_accumulator(a: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor |
         weight = layer.weight.to(dtype).reshape(out_channels, -1, *layer.kernel)
         exact = F.conv2d(a.to(dtype), weight, layer.bias.to(dtype), layer.stride, 0, layer.dilation, layer.groups)
         exact = exact.to(torch.int64)
-    if bound < 2 ** (bits - 1):
-        return exact
-    shift = 64 - bits  # wrap: the low bits, sign-extended
-    return (exact << shift) >> shift
+    return exact if bound < 2 ** (bits - 1) else fit_int(exact, cfg.acc)
 
 
 def _exact_products(a: torch.Tensor, weight: torch.Tensor, bound: int) -> torch.Tensor:
@@ -738,14 +743,9 @@ def _exact_products(a: torch.Tensor, weight: torch.Tensor, bound: int) -> torch.
     return total + ((a32 @ rest.T.float()).to(torch.int64) << shift)
 
 
-def _fit(values: torch.Tensor, fmt) -> torch.Tensor:
-    """``fmt.fit`` elementwise: wrap modulo ``2^bits`` or saturate (docs/semantics.md §1)."""
-    if fmt.overflow == "saturate":
-        return values.clamp(fmt.min_value, fmt.max_value)
-    return torch.remainder(values - fmt.min_value, 1 << fmt.bits) + fmt.min_value
-
-
 def _depthwise_steps(cols: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
+    from emulator.matmul import fit_int
+
     """A depthwise layer's accumulators step by step, as :func:`psum.golden.int_dot` with
     the bias as the first term: ``cols`` (N, C, k, L) the input's terms (one channel per
     group), the weights (C * M, k); every output's k + 1 terms taken in order, each add
@@ -760,10 +760,10 @@ def _depthwise_steps(cols: torch.Tensor, layer: _IntLayer, cfg) -> torch.Tensor:
     for start in range(0, len(terms), step):
         acc = torch.zeros(n, channels * per, positions, dtype=torch.int64)
         for x, w in terms[start:start + step]:
-            acc = _fit(acc + (w if x is None else x * w), cfg.acc)
+            acc = fit_int(acc + (w if x is None else x * w), cfg.acc)
         if cfg.chunk is None:
             return acc
-        outer = _fit(acc if outer is None else outer + acc, cfg.chunk_acc)  # the outer accumulator starts at 0
+        outer = fit_int(acc if outer is None else outer + acc, cfg.chunk_acc)  # the outer accumulator starts at 0
     return outer
 
 

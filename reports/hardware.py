@@ -145,9 +145,9 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
     batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
     layer = largest_layer(model, data.dataset_spec(dataset).image_size)
     rows = []
-    imported = has_integer_reading(run.ref)
+    integer_net = TFLiteIntNet.from_file(run.ref) if has_integer_reading(run.ref) else None
     for unit in units(spec, found):
-        if imported and unit["family"] == "int":  # the file's operands: stored values minus zero points
+        if integer_net is not None and unit["family"] == "int":  # the file's operands: stored values minus zero points
             unit = {**unit, "operand_bits": TFLiteIntNet.OPERAND_BITS}
         mac = build(spec, unit)
         fields = {"unit": mac.describe(), "costing": COSTING, "library": lib.digest, "model": run.name,
@@ -162,8 +162,8 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
         if row is None:
             start = time.monotonic()
             r = synthesize(mac, lib)
-            if unit["family"] == "int" and imported:
-                a, b = TFLiteIntNet.from_file(run.ref).operand_streams(layer, batch, spec.streams, seed=spec.seed)
+            if unit["family"] == "int" and integer_net is not None:
+                a, b = integer_net.operand_streams(layer, batch, spec.streams, seed=spec.seed)
             elif unit["family"] == "int":
                 a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, int_bits=spec.int_bits)
             else:
