@@ -565,20 +565,20 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
 
 /* One MAC step of a vector in lanes of V (VI: its integer view, MASK: a lane mask;
  * PS, EPI, EPU: the intrinsics' element-type suffixes): acc + x * w, the product exact
- * inside the fused multiply-adds. The lane's neighbour of the exact sum toward zero is
- * the one of rd, ru with the smaller magnitude, which for patterns of one sign is the
- * smaller unsigned pattern (an exact zero sum: +0 from ru; two -0 terms: -0 from
- * both); when inexact, rd and ru are adjacent patterns, so they differ in the last bit
- * and (rd ^ ru) & 1 is the sticky bit that rounds the neighbour to odd. */
+ * inside the fused multiply-adds. The sum rounded to odd is rd if rd's pattern is odd,
+ * else ru: when the sum is exact, rd == ru is the sum (an exact zero sum: -0 from rd,
+ * even, so +0 from ru, as IEEE RN gives it; two -0 terms: -0 from both); when inexact,
+ * rd and ru are adjacent patterns of one sign, so exactly one of them is odd, and that
+ * one is the round-to-odd result. `ok` keeps the lanes whose result is at most the
+ * format's maximum; a lane it clears is rare. */
 #define PSUM_TILE_STEP(NAME, V, VI, MASK, PS, EPI, EPU)                                    \
     static inline __attribute__((always_inline)) V NAME(V acc, V x, V w, const VI expmask, \
         const VI k, const VI low, const VI one, const VI sign, const VI max_abs,          \
-        const VI min_normal, const int sub, MASK *rare)                                    \
+        const VI min_normal, const int sub, MASK *ok)                                      \
     {                                                                                      \
         V rd = _mm512_fmadd_round_##PS(x, w, acc, PSUM_RD), ru = _mm512_fmadd_round_##PS(x, w, acc, PSUM_RU); \
         VI rdi = _mm512_cast##PS##_si512(rd), rui = _mm512_cast##PS##_si512(ru);            \
-        VI v = _mm512_min_##EPU(rdi, rui);                       /* toward zero */         \
-        v = _mm512_ternarylogic_##EPI(v, _mm512_xor_si512(rdi, rui), one, 0xF8); /* v | ((rd ^ ru) & 1): odd */ \
+        VI v = _mm512_mask_blend_##EPI(_mm512_test_##EPI##_mask(rdi, one), rui, rdi); /* odd */ \
         VI magic = _mm512_add_##EPI(_mm512_and_si512(v, expmask), k);                      \
         if (sub)                                                                           \
             magic = _mm512_max_##EPU(magic, low);                                          \
@@ -588,7 +588,7 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
         VI mag = _mm512_andnot_si512(sign, ri);                                            \
         if (!sub) /* flush to zero after rounding, keeping the sign */                     \
             ri = _mm512_mask_and_##EPI(ri, _mm512_cmplt_##EPU##_mask(mag, min_normal), ri, sign); \
-        *rare |= _mm512_cmpgt_##EPU##_mask(mag, max_abs);                                  \
+        *ok = _mm512_mask_cmple_##EPU##_mask(*ok, mag, max_abs);                           \
         return _mm512_castsi512_##PS(ri);                                                  \
     }
 
@@ -681,18 +681,18 @@ static __attribute__((noinline)) void general_64(double *acc, const float *brow,
                 for (int64_t ii = 0; ii < PSUM_TR; ii++) {                                             \
                     const float av = arow[ii][kk];                                                     \
                     const V avv = set1_##S(av);                                                        \
-                    MASK rare = 0;                                                                     \
+                    MASK ok = (MASK)-1;                                                                \
                     V n0, n1;                                                                          \
                     if (sub == PSUM_IEEE) { /* the format is the lane's: one fused multiply-add */    \
                         n0 = fma_##S(avv, w0, acc[ii][0]);                                             \
                         n1 = fma_##S(avv, w1, acc[ii][1]);                                             \
                     } else {                                                                           \
                         n0 = tile_step##S(acc[ii][0], avv, w0, expmask, k, low, one, sign, max_abs,    \
-                                          min_normal, sub, &rare);                                     \
+                                          min_normal, sub, &ok);                                       \
                         n1 = tile_step##S(acc[ii][1], avv, w1, expmask, k, low, one, sign, max_abs,    \
-                                          min_normal, sub, &rare);                                     \
+                                          min_normal, sub, &ok);                                       \
                     }                                                                                  \
-                    if (__builtin_expect(rare != 0, 0)) {                                              \
+                    if (__builtin_expect(ok != (MASK)-1, 0)) {                                         \
                         spill_##S(spill, acc[ii][0]);                                                  \
                         spill_##S(spill + LANES, acc[ii][1]);                                          \
                         general_##S(spill, brow, av, jb, m);                                           \
