@@ -26,7 +26,7 @@ from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_sh
 __all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode"]
 
 #: Bumped whenever generated hardware changes; part of synthesis cache keys.
-HWGEN_VERSION = "2"
+HWGEN_VERSION = "3"
 
 # The formats hwgen supports: the range every part of psum supports.
 _EXP_RANGE, _MAN_RANGE = (2, 8), (0, 23)
@@ -84,7 +84,11 @@ def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) 
     big_w = Cat(Const(0, 3), big_sig)
     total = Signal(window + 1, name=f"{name}_sum")
     subtract = x["sign"] ^ y["sign"]
-    a.d.comb += total.eq(Mux(subtract, big_w - align.result - align.sticky, big_w + align.result))
+    # one adder: big - small - sticky is big + ~small + (1 - sticky) - 2^window, and its
+    # carry into bit `window` is always 1 (big >= small + sticky)
+    raw = Signal(window + 1, name=f"{name}_raw")
+    a.d.comb += [raw.eq(big_w + (align.result ^ subtract.replicate(window)) + (subtract & ~align.sticky)),
+                 total.eq(Cat(raw[:window], raw[window] ^ subtract))]
 
     norm = Normalizer(window + 1)
     rnd = Rounder(fmt, window + 1, es)

@@ -87,9 +87,11 @@ class Aligner(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         capped = Mux(self.shift >= self.width, self.width, self.shift)
-        shifted = (self.value >> capped)[:self.width]
-        back = (shifted << capped)[:self.width]
-        m.d.comb += [self.result.eq(shifted), self.sticky.eq(back != self.value)]
+        # a 1 falls off iff the lowest 1 sits below the shift: trailing zeros < shift (a
+        # zero value has `width` of them); cheaper than shifting back and comparing
+        m.submodules.tzc = tzc = LeadingZeroCounter(self.width)
+        m.d.comb += [tzc.value.eq(self.value[::-1]), self.result.eq((self.value >> capped)[:self.width]),
+                     self.sticky.eq(tzc.count < capped)]
         return m
 
 
@@ -179,10 +181,16 @@ class Rounder(wiring.Component):
         m = Module()
         fmt = self.fmt
         p = fmt.man_bits + 1
-        width = max(self.in_width, p + 2)
-        sig = Cat(Const(0, width - self.in_width), self.sig)  # left-aligned, width bits
+        # Only the top p + 1 bits can reach the kept bits or the round bit, however far
+        # a subnormal result shifts right: below a guard bit, the rest is one sticky bit.
+        width = p + 2
+        if self.in_width > width:
+            sig = self.sig[self.in_width - width:]
+            sticky = self.sticky | (self.sig[:self.in_width - width] != 0)
+        else:
+            sig = Cat(Const(0, width - self.in_width), self.sig)  # left-aligned, width bits
+            sticky = self.sticky
         e_res = self.exp
-        sticky = self.sticky
         if fmt.subnormals:  # below emin: shift right so the quantum is 2^(emin - M)
             m.submodules.denorm = denorm = Aligner(width, _bits_for(width))
             deficit = fmt.emin - self.exp

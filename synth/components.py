@@ -38,12 +38,15 @@ class ComponentResult:
         return {"unit": self.unit, "library": self.library, "area_um2": self.area_um2, "parts": self.parts}
 
 
-def hierarchical_commands(top: str) -> list[str]:
+def hierarchical_commands(top: str, recipe: str = "plain") -> list[str]:
+    from synth.flow import RECIPES
+
+    options = RECIPES[recipe]
     return [
         "read_liberty -lib cells.lib",
         "read_rtlil unit.il",
         f"hierarchy -check -top {top}",
-        f"synth -top {top}",  # no -flatten: each part is optimized and mapped on its own
+        f"synth {options + ' ' if options else ''}-top {top}",  # no -flatten: each part mapped on its own
         "dfflibmap -liberty cells.lib",
         "abc -liberty cells.lib",
         "opt_clean -purge",
@@ -78,8 +81,9 @@ def component_of(table: dict[str, str]):
 
 
 def synthesize_components(mac, library: Library | None = None, *, top: str = "psum_mac",
-                          cache: bool = True) -> ComponentResult:
-    """Synthesize ``mac`` with its hierarchy and split area and cell counts by part."""
+                          cache: bool = True, recipe: str = "plain") -> ComponentResult:
+    """Synthesize ``mac`` with its hierarchy and split area and cell counts by part;
+    ``recipe`` names the :data:`synth.flow.RECIPES` options (those of the flat unit)."""
     from amaranth.back import rtlil
 
     from hwgen.mac import HWGEN_VERSION
@@ -89,7 +93,7 @@ def synthesize_components(mac, library: Library | None = None, *, top: str = "ps
     library = library or embedded()
     il = rtlil.convert(mac, name=top, emit_src=False)
     key = hashlib.blake2b(digest_size=16)
-    for part in (il, "\n".join(hierarchical_commands(top)), yosys_version(), library.digest, HWGEN_VERSION):
+    for part in (il, "\n".join(hierarchical_commands(top, recipe)), yosys_version(), library.digest, HWGEN_VERSION):
         key.update(part.encode())
         key.update(b"\0")
     folder = cache_folder("synth-parts") / key.hexdigest() if cache else None
@@ -104,7 +108,7 @@ def synthesize_components(mac, library: Library | None = None, *, top: str = "ps
             work = Path(tmp)
             (work / "unit.il").write_text(il)
             (work / "cells.lib").write_text(library.liberty_text)
-            run_yosys(hierarchical_commands(top), work)
+            run_yosys(hierarchical_commands(top, recipe), work)
             netlist = json.loads((work / "parts.json").read_text())["modules"][top]
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -128,9 +132,11 @@ def costs_by_part(mac, library: Library, a, b, *, operands: str, cache: bool = T
     (``energy``: more arguments of :func:`synth.power.estimate_energy`): ``parts`` maps
     each part, and "inputs" (the nets the ports drive, no area), to area, cells and
     pJ/MAC; ``area_um2`` and ``energy_pj`` are the hierarchical unit's totals."""
+    from synth.flow import synthesize
     from synth.power import estimate_energy
 
-    split = synthesize_components(mac, library, cache=cache)
+    recipe = synthesize(mac, library, cache=cache).recipe  # the parts of the unit the tables quote
+    split = synthesize_components(mac, library, cache=cache, recipe=recipe)
     e = estimate_energy(split.netlist, library, a, b, unit=mac.describe(), operands=operands,
                         components=component_of(mac.components()), **energy)
     table = {name: {**part, "energy_pj": e.components_pj.get(name, 0.0)} for name, part in split.parts.items()}
