@@ -45,6 +45,7 @@ class Cell:
     outputs: dict[str, OutputPin]
     ff: dict | None = None  # {"next_state", "clocked_on", "state": [IQ, IQN]}
     clock_energy_fj: float = 0.0
+    timing: tuple = ()  # published timing arcs with NLDM tables (synth.make_embedded_library); may be empty
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,50 @@ class Library:
 def _cells_from_dict(table: dict) -> dict[str, Cell]:
     return {name: Cell(name=name, area=e["area"], leakage_nw=e["leakage_nw"], inputs=dict(e["inputs"]),
                        outputs={p: OutputPin(**o) for p, o in e["outputs"].items()}, ff=e["ff"],
-                       clock_energy_fj=e["clock_energy_fj"])
+                       clock_energy_fj=e["clock_energy_fj"], timing=tuple(e.get("timing", ())))
             for name, e in table.items()}
 
 
-def _liberty_text(name: str, voltage: float, cells: dict[str, Cell]) -> str:
-    """Liberty for ABC and dfflibmap: areas, pins, functions, flip-flops, scalar delays."""
+def _table_lines(name: str, table: dict, indent: str) -> list[str]:
+    """One NLDM table group (``cell_rise (Timing_7_7) { index_1 ...; values ...; }``)."""
+    lines = [f"{indent}{name} ({table['template']}) {{", f'{indent}  index_1 ("{table["index_1"]}");']
+    if table["index_2"]:
+        lines.append(f'{indent}  index_2 ("{table["index_2"]}");')
+    rows = ", ".join(f'"{row}"' for row in table["values"].split(";"))
+    return lines + [f"{indent}  values ({rows});", f"{indent}}}"]
+
+
+def _arc_lines(arc: dict, indent: str) -> list[str]:
+    lines = [f"{indent}timing () {{", f'{indent}  related_pin : "{arc["related_pin"]}";']
+    lines += [f"{indent}  timing_type : {arc['timing_type']};"] if arc["timing_type"] else []
+    lines += [f"{indent}  timing_sense : {arc['timing_sense']};"] if arc["timing_sense"] else []
+    for table_name, table in arc["tables"].items():
+        lines += _table_lines(table_name, table, indent + "  ")
+    return lines + [f"{indent}}}"]
+
+
+def _wire_load_lines(model: dict) -> list[str]:
+    return ([f'  wire_load ("{model["name"]}") {{', f"    capacitance : {model['capacitance']};",
+             f"    resistance : {model['resistance']};", f"    slope : {model['slope']};"]
+            + [f"    fanout_length ({int(n)}, {length});" for n, length in model["fanout_length"]]
+            + ["  }", f'  default_wire_load : "{model["name"]}";'])
+
+
+def _liberty_text(name: str, voltage: float, cells: dict[str, Cell], thresholds: dict | None = None,
+                  templates: dict | None = None, wire_load: dict | None = None) -> str:
+    """Liberty for ABC, dfflibmap and static timing: areas, pins, functions, flip-flops,
+    and each pin's published timing arcs (NLDM tables) where the cell carries them,
+    else one scalar delay per output."""
     out = [f"library ({name}) {{", "  delay_model : table_lookup;", '  time_unit : "1ns";',
            '  voltage_unit : "1V";', '  current_unit : "1mA";', "  capacitive_load_unit (1, ff);",
            '  leakage_power_unit : "1nW";', '  pulling_resistance_unit : "1kohm";',
            f"  nom_voltage : {voltage};", "  nom_temperature : 25;", "  nom_process : 1;"]
+    out += [f"  {key} : {value};" for key, value in (thresholds or {}).items()]
+    out += _wire_load_lines(wire_load) if wire_load else []
+    for template, t in (templates or {}).items():
+        out += [f"  lu_table_template ({template}) {{", f"    variable_1 : {t['variable_1']};",
+                f"    variable_2 : {t['variable_2']};", f'    index_1 ("{t["index_1"]}");',
+                f'    index_2 ("{t["index_2"]}");', "  }"]
     for cell in cells.values():
         out += [f"  cell ({cell.name}) {{", f"    area : {cell.area};", f"    cell_leakage_power : {cell.leakage_nw};"]
         if cell.ff:
@@ -82,10 +117,16 @@ def _liberty_text(name: str, voltage: float, cells: dict[str, Cell]) -> str:
             clock = cell.ff is not None and pin == cell.ff["clocked_on"]
             out += [f"    pin ({pin}) {{", "      direction : input;", f"      capacitance : {cap};"]
             out += ["      clock : true;"] if clock else []
+            for arc in cell.timing:
+                if arc["pin"] == pin:
+                    out += _arc_lines(arc, "      ")
             out += ["    }"]
         for pin, o in cell.outputs.items():
             out += [f"    pin ({pin}) {{", "      direction : output;", f'      function : "{o.function}";']
-            related = [cell.ff["clocked_on"]] if cell.ff else list(cell.inputs)
+            arcs = [arc for arc in cell.timing if arc["pin"] == pin]
+            for arc in arcs:
+                out += _arc_lines(arc, "      ")
+            related = [] if arcs else [cell.ff["clocked_on"]] if cell.ff else list(cell.inputs)
             for rp in related:
                 out += ["      timing () {", f'        related_pin : "{rp}";']
                 out += ["        timing_type : rising_edge;"] if cell.ff else []
@@ -106,7 +147,8 @@ def embedded() -> Library:
 
     cells = _cells_from_dict(nangate45.CELLS)
     return Library("psum_nangate45_subset", nangate45.VOLTAGE, cells,
-                   _liberty_text("psum_nangate45_subset", nangate45.VOLTAGE, cells))
+                   _liberty_text("psum_nangate45_subset", nangate45.VOLTAGE, cells, nangate45.THRESHOLDS,
+                                 nangate45.TEMPLATES, nangate45.WIRE_LOAD))
 
 
 # -- reading real Liberty files ------------------------------------------------------
