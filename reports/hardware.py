@@ -53,8 +53,20 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
 
 
 #: What a hardware row holds; part of its key, so that rows costed otherwise are redone.
-#: 2: the main MACs also split by part, with the output stage an output needs; 3: converters flat.
-COSTING = 3
+#: 2: the main MACs also split by part, with the output stage an output needs; 3: converters flat;
+#: 4: leakage apart (energy at other clocks), OpenSTA's critical path when timed with it.
+COSTING = 4
+
+
+def timing_source(spec: StudySpec) -> str:
+    """How the study times its MACs: "sta" (OpenSTA) or "estimate" (psum's per-cell
+    estimate only). ``sta = true`` without OpenSTA installed is an error."""
+    from synth.sta import require_sta, sta_available
+
+    if spec.sta is True:
+        require_sta()
+        return "sta"
+    return "sta" if spec.sta == "auto" and sta_available() else "estimate"
 
 #: The fixed-point scale's width in an integer network's requantizer.
 REQUANT_MULTIPLIER_BITS = 16
@@ -130,8 +142,10 @@ def build(spec: StudySpec, unit: dict):
     return FloatMAC(spec.inputs, unit["acc"])
 
 
-def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]:
-    """Synthesis and energy of every MAC :func:`units` names for ``run``, on ``lib``."""
+def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str = "estimate") -> list[dict]:
+    """Synthesis, timing (``timing``: :func:`timing_source`) and energy of every MAC
+    :func:`units` names for ``run``, on ``lib``."""
+    from hwgen.mac import HWGEN_VERSION
     from emulator import data
     from emulator.models import has_integer_reading
     from emulator.streams import largest_layer, operand_streams
@@ -150,7 +164,8 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
         if integer_net is not None and unit["family"] == "int":  # the file's operands: stored values minus zero points
             unit = {**unit, "operand_bits": TFLiteIntNet.OPERAND_BITS}
         mac = build(spec, unit)
-        fields = {"unit": mac.describe(), "costing": COSTING, "library": lib.digest, "model": run.name,
+        fields = {"unit": mac.describe(), "costing": COSTING, "hwgen": HWGEN_VERSION, "timing": timing,
+                  "library": lib.digest, "model": run.name,
                   "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
                   "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
         if spec.fold_bn:  # the operand streams come from the folded weights
@@ -176,8 +191,13 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib) -> list[dict]
             row = {**unit, "unit": mac.describe(), "library": lib.name,
                    "area_um2": r.area_um2, "cells": r.num_cells, "transistors": r.transistors, "depth": r.depth,
                    "critical_path_ns": r.critical_path_ns, "clock_mhz": real.clock_mhz,
-                   "energy_pj": real.energy_per_mac_pj,
+                   "energy_pj": real.energy_per_mac_pj, "leakage_pj": real.leakage_pj, "recipe": r.recipe,
                    "energy_random_pj": rand.energy_per_mac_pj, "synth_seconds": r.synth_seconds}
+            if timing == "sta":
+                from synth.sta import static_timing
+
+                t = static_timing(r.netlist_verilog, lib)
+                row |= {"sta_critical_path_ns": t.critical_path_ns, "sta_tool": t.tool}
             if _is_main(spec, unit):
                 split = costs_by_part(mac, lib, a, b, operands=f"{run.name} {layer}")
                 row |= {"parts": split["parts"], "parts_area_um2": split["area_um2"],

@@ -43,12 +43,17 @@ def _main_fp(found: dict, spec, acc: str | None) -> dict | None:
     return _hw_of(found, "fp", acc, *spec.main_chunk())
 
 
+def _critical(h: dict) -> float:
+    """The MAC's critical path: OpenSTA's where the study timed it, else psum's estimate."""
+    return h.get("sta_critical_path_ns") or h["critical_path_ns"]
+
+
 def _timing(h: dict) -> dict:
     from synth.flow import clock_check
     from synth.power import DEFAULT_CLOCK_MHZ
 
     # Rows stored before "clock_mhz" was recorded were simulated at the default clock.
-    return clock_check(h["critical_path_ns"], h.get("clock_mhz", DEFAULT_CLOCK_MHZ))
+    return clock_check(_critical(h), h.get("clock_mhz", DEFAULT_CLOCK_MHZ))
 
 
 def _energy(h: dict | None) -> str:
@@ -57,6 +62,32 @@ def _energy(h: dict | None) -> str:
         return "-"
     t = _timing(h)
     return f"{h['energy_pj']:.3f}" + ("" if t["meets"] else f" (misses {t['clock_mhz']:g} MHz)")
+
+
+def energy_at(h: dict, clock_mhz: float) -> float:
+    """pJ/MAC at another clock: the switching, internal and clock energy per cycle stay,
+    the leakage energy per cycle scales with the period."""
+    leak = h["leakage_pj"]
+    return h["energy_pj"] - leak + leak * h["clock_mhz"] / clock_mhz
+
+
+def iso_frequency(fp: dict, it: dict) -> dict:
+    """The pair at the fastest clock the slower MAC meets: that clock, each one's pJ/MAC
+    there, and their ratio (areas do not change: both are synthesized for area, not timing)."""
+    clock = 1e3 / max(_critical(fp), _critical(it))
+    e_fp, e_int = energy_at(fp, clock), energy_at(it, clock)
+    return {"clock_mhz": clock, "fp_pj": e_fp, "int_pj": e_int, "ratio": e_fp / e_int}
+
+
+def _timing_note(found: dict) -> str:
+    """Where the critical paths come from."""
+    rows = found.get("hardware") or []
+    tools = sorted({h["sta_tool"] for h in rows if h.get("sta_tool")})
+    if tools and all(h.get("sta_critical_path_ns") for h in rows):
+        return (f"Critical paths from static timing with {', '.join(tools)} (the library's NLDM delays and slews at "
+                "each net's load and wire-load model, flip-flop setup included; docs/synthesis.md).")
+    return ("Critical paths are psum's estimate (one typical delay per cell), about 2x shorter than static timing "
+            "finds (docs/synthesis.md); OpenSTA was not used (apt-get install opensta, or sta = false).")
 
 
 def _configuration(found: dict, spec) -> str:
@@ -83,6 +114,13 @@ def _ratio(a: dict | None, b: dict | None, key: str) -> str:
     return f"{a[key] / b[key]:.2f}" if a and b else "-"
 
 
+def _iso_ratio(fp: dict | None, it: dict | None) -> str:
+    """Energy per MAC FP/INT with both at the fastest clock the slower meets."""
+    if not (fp and it and "leakage_pj" in fp and "leakage_pj" in it):
+        return "-"
+    return f"{iso_frequency(fp, it)['ratio']:.2f}"
+
+
 def _with_outputs(fp: dict | None, it: dict | None) -> str:
     """Energy per MAC FP/INT, each side with its output stage's energy over K."""
     if not (fp and it and fp.get("output") and it.get("output")):
@@ -100,8 +138,9 @@ def _summary(results: dict, spec) -> list[str]:
              "interval, on the decision images); area and energy ratios of the FP MAC (bf16 operands) to the INT MAC "
              "(int8 operands); chunked minima (inner accumulator, fp32 outer) at C = 16 and 64.", "",
              "| network | MACs/image | K range | tolerance | FP acc (bits) | FP drop | INT acc | INT drop | INT width "
-             "over seeds | area FP/INT | energy FP/INT | energy FP/INT with output stages | chunk 16 | chunk 64 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "over seeds | area FP/INT | energy FP/INT | energy FP/INT at iso clock | energy FP/INT with output stages "
+             "| chunk 16 | chunk 64 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, found in results["models"].items():
         pred = found.get("prediction", {}).get("layers", {})
         ks = [v["K"] for v in pred.values()]
@@ -119,6 +158,7 @@ def _summary(results: dict, spec) -> list[str]:
                      ", ".join(seeds),
                      _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "area_um2"),
                      _ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it), "energy_pj"),
+                     _iso_ratio(_main_fp(found, spec, fp), _hw_of(found, "int", it)),
                      _with_outputs(_main_fp(found, spec, fp), _hw_of(found, "int", it))]
             for c in (16, 64):
                 entry = chunks.get(c) or chunks.get(str(c))
@@ -175,10 +215,13 @@ def _central(found: dict, spec) -> list[str]:
              "narrowest wrapping accumulator within the tolerance of int8/int32 (first calibration seed). Drop: "
              "reference minus candidate top-1, points, paired 95% interval; *confident*: the interval's upper bound "
              "is within the tolerance too. Energies are quoted at the clock of the energy simulation; one the MAC's "
-             "estimated critical path does not meet is marked.", "", _configuration(found, spec), "",
+             "critical path does not meet is marked. *Iso-frequency*: both MACs at the fastest clock the slower of "
+             "the two meets (leakage per cycle scaled to that period). " + _timing_note(found), "",
+             _configuration(found, spec), "",
              "| tolerance | FP acc | bits | FP drop | confident | INT acc | INT drop | confident | FP area um^2 "
-             "| INT area um^2 | area FP/INT | FP pJ/MAC | INT pJ/MAC | energy FP/INT |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| INT area um^2 | area FP/INT | FP pJ/MAC | INT pJ/MAC | energy FP/INT | iso clock MHz "
+             "| energy FP/INT at iso clock |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for tol in spec.tolerances:
         fp, it = best_fp(found, tol), best_int(found, tol)
         fj = _judged(found["fp"][exponent(fp)], fp) if fp else None
@@ -190,8 +233,10 @@ def _central(found: dict, spec) -> list[str]:
         if fh and ih:
             cells += [f"{fh['area_um2']:.0f}", f"{ih['area_um2']:.0f}", _ratio(fh, ih, "area_um2"),
                       _energy(fh), _energy(ih), _ratio(fh, ih, "energy_pj")]
+            iso = iso_frequency(fh, ih) if "leakage_pj" in fh and "leakage_pj" in ih else None
+            cells += [f"{iso['clock_mhz']:.0f}", _iso_ratio(fh, ih)] if iso else ["-", "-"]
         else:
-            cells += ["-"] * 6
+            cells += ["-"] * 8
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -403,18 +448,20 @@ def _hardware_table(rows: list[dict], found: dict, spec) -> list[str]:
                     for h in pareto_front([r for r in rows if r["family"] == fam], cost)}
     lines = ["### MACs: accuracy and silicon", "", _configuration(found, spec) + " Each MAC below is synthesized "
              "exactly as that arithmetic (the MAC column is the unit's own description, as in its Verilog header). "
-             "Delay and f_max are psum's static-timing estimate of the longest path, inputs and registers to registers "
-             "and outputs (docs/synthesis.md); "
-             "energies are quoted at the clock given, and slack < 0 means the MAC does not meet it.", "",
-             "| MAC | chunk | outer | top-1 % | cells | area um^2 | transistors | depth | delay ns | f_max MHz | "
-             "pJ/MAC real | pJ/MAC random | at MHz | slack ns | meets clock | Pareto-optimal (area or energy) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Estimate ns is psum's per-cell estimate of the longest path, inputs and registers to registers "
+             "and outputs; STA ns OpenSTA's (docs/synthesis.md); f_max and slack follow STA where it ran. "
+             "Energies are quoted at the clock given, and slack < 0 means the MAC does not meet it.", "",
+             "| MAC | chunk | outer | top-1 % | cells | area um^2 | transistors | depth | estimate ns | STA ns | "
+             "f_max MHz | pJ/MAC real | pJ/MAC random | at MHz | slack ns | meets clock | "
+             "Pareto-optimal (area or energy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for h in sorted(rows, key=lambda h: h["area_um2"]):
         where = "overall" if h["unit"] in front else f"within {h['family'].upper()}" if h["unit"] in family_front else ""
         t = _timing(h)
+        sta = f"{h['sta_critical_path_ns']:.2f}" if h.get("sta_critical_path_ns") else "-"
         lines.append(f"| {h['unit']} | {h.get('chunk') or '-'} | {h.get('chunk_acc') or '-'} | {100 * h['top1']:.2f} | "
                      f"{h['cells']} | {h['area_um2']:.0f} | {h['transistors']} | {h['depth']} | "
-                     f"{h['critical_path_ns']:.2f} | {t['fmax_mhz']} | {h['energy_pj']:.3f} | "
+                     f"{h['critical_path_ns']:.2f} | {sta} | {t['fmax_mhz']} | {h['energy_pj']:.3f} | "
                      f"{h['energy_random_pj']:.3f} | {t['clock_mhz']:g} | {t['slack_ns']:+.2f} | "
                      f"{'yes' if t['meets'] else 'NO'} | {where} |")
     return lines + [""]

@@ -78,6 +78,7 @@ class StudySpec:
     per_layer: bool = True
     fold_bn: bool = False  # fold batch norm into the convolution before it (emulator.fold), as deployed
     synth: bool = True
+    sta: bool | str = "auto"  # OpenSTA critical paths: true, false, or "auto" (when installed; the report says which)
     liberty: str | None = None
     streams: int = 4096
     data_dir: str | None = None
@@ -243,6 +244,8 @@ def _validate(spec: StudySpec) -> None:
     for name in ("per_layer", "synth", "download", "fold_bn"):
         if not isinstance(getattr(spec, name), bool):
             _fail(f"{name} must be true or false, not {getattr(spec, name)!r}")
+    if not isinstance(spec.sta, bool) and spec.sta != "auto":
+        _fail(f"sta must be true, false or \"auto\", not {spec.sta!r}")
     if spec.limit is not None:
         _int_in("limit (test images per point, or 'all')", spec.limit, 1)
     _int_in("seed", spec.seed, 0, 2**63 - 1)

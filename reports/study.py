@@ -101,6 +101,10 @@ def run_study(spec: StudySpec, out: str | Path, *, workers: int = 1, scheduler: 
 
     data = {run.name: run_data(run, spec) for run in spec.models}
     library = load_library(spec) if spec.synth else None
+    if spec.synth:
+        from reports.hardware import timing_source
+
+        timing_source(spec)  # sta = true without OpenSTA: an error here, before any work
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SpecError(f"cannot use {out} as the study's folder: it is a file")
@@ -138,10 +142,10 @@ def _run_locked(spec: StudySpec, out: Path, executor, data: dict[str, RunData], 
                 log(f"{run.name}: accumulation error of each layer against exact sums")
                 found["prediction"] = predict(runner, run, found)
             if spec.synth:
-                from reports.hardware import hardware
+                from reports.hardware import hardware, timing_source
 
-                log(f"{run.name}: synthesis and energy of the MACs found")
-                found["hardware"] = hardware(runner, run, found, log, library)
+                log(f"{run.name}: synthesis, timing and energy of the MACs found")
+                found["hardware"] = hardware(runner, run, found, log, library, timing_source(spec))
             results["models"][run.name] = found
         results["points"] = [{**f, **r} for f, r in runner.touched.values()]
         images = {name: {"decision": len(i.decision), "screen": 0 if i.screen is None else len(i.screen)}

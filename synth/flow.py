@@ -86,7 +86,7 @@ def mapped_commands(top: str, recipe: str = "plain") -> list[str]:
         "rename -enumerate",  # plain names (_N_), the same in the JSON and the Verilog netlist
         "tee -q -o stat.json stat -liberty cells.lib -json",
         "write_json netlist.json",
-        "write_verilog -noattr netlist.v",
+        "write_verilog -noattr -simple-lhs netlist.v",  # no concatenations on the left: OpenSTA reads it
     ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from synth.liberty import Library
 from synth.yosys import SynthToolError
 
-__all__ = ["StaError", "StaTiming", "sta_available", "sta_version", "static_timing"]
+__all__ = ["StaError", "StaTiming", "require_sta", "sta_available", "sta_version", "static_timing"]
 
 #: The analysis clock's period; long enough that every path meets it, so the critical
 #: path is the period minus the worst slack.
@@ -51,7 +51,8 @@ class StaTiming:
         return 1e3 / self.critical_path_ns if self.critical_path_ns > 0 else float("inf")
 
 
-def _executable() -> str:
+def require_sta() -> str:
+    """The path of OpenSTA's ``sta``, or :class:`SynthToolError` saying how to install it."""
     path = shutil.which("sta")
     if path is None:
         raise SynthToolError("static timing needs OpenSTA's 'sta' on PATH: apt-get install opensta")
@@ -63,7 +64,7 @@ def sta_available() -> bool:
 
 
 def sta_version() -> str:
-    proc = subprocess.run([_executable(), "-version"], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run([require_sta(), "-version"], capture_output=True, text=True, timeout=60, check=False)
     return f"OpenSTA {proc.stdout.strip() or 'unknown version'}"
 
 
@@ -92,14 +93,23 @@ def parse_report(text: str) -> tuple[float, str, str]:
     return round(PERIOD_NS - float(slack.group(1)), 4), points["Startpoint"], points["Endpoint"]
 
 
+_SIGNED = re.compile(r"^(\s*(?:wire|input|output|inout|reg))\s+signed\b", re.M)
+
+
+def readable(netlist_verilog: str) -> str:
+    """The netlist in the Verilog OpenSTA's reader takes: declarations without
+    ``signed`` (it means nothing in a netlist of cells, and the reader rejects it)."""
+    return _SIGNED.sub(r"\1", netlist_verilog)
+
+
 def static_timing(netlist_verilog: str, library: Library, *, top: str = "psum_mac", clock: str = "clk",
                   timeout: float = 600) -> StaTiming:
     """OpenSTA's critical path of a mapped netlist (``SynthResult.netlist_verilog``) on
     ``library`` (the one it was mapped to)."""
-    sta = _executable()
+    sta = require_sta()
     with tempfile.TemporaryDirectory(prefix="psum-sta-") as tmp:
         work = Path(tmp)
-        (work / "unit.v").write_text(netlist_verilog)
+        (work / "unit.v").write_text(readable(netlist_verilog))
         (work / "cells.lib").write_text(library.liberty_text)
         (work / "run.tcl").write_text(script(top, clock))
         proc = subprocess.run([sta, "-no_init", "-no_splash", "-exit", "run.tcl"], cwd=work, capture_output=True,

@@ -522,6 +522,7 @@ def test_a_damaged_synthesis_cache_entry_is_resynthesized(tmp_path, monkeypatch)
     ({"int_bits": "1"}, "int_bits must be an integer between 2 and 16"),
     ({"per_layer": '"no"'}, "per_layer must be true or false"),
     ({"synth": "1"}, "synth must be true or false"),
+    ({"sta": '"yes"'}, 'sta must be true, false or "auto"'),
     ({"device": "3"}, "device must be a string"),
     ({"liberty": '""'}, "liberty must be a path"),
     ({"nonsense": "1"}, "unknown keys nonsense"),

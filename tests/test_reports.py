@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -65,6 +66,8 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
             assert judged["stage"] in ("screen", "decision") and (judged["images"] == 64) == (judged["stage"] == "decision")
     assert {h["family"] for h in found["hardware"]} == {"fp", "int"}
     assert all(h["area_um2"] > 0 and h["energy_pj"] > 0 for h in found["hardware"])
+    timed = shutil.which("sta") is not None  # sta = "auto": OpenSTA where installed
+    assert all(bool(h.get("sta_critical_path_ns")) == timed for h in found["hardware"])
     if found["chunks"][16]["inner_fp32_outer"]["2.0"]:
         assert any(h.get("chunk") == 16 for h in found["hardware"])
     assert set(found["orders"]) == {"im2col", "nhwc"}
@@ -72,8 +75,9 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     for heading in ("## Cross-network summary", "### Minimal accumulators (the central comparison)", "area FP/INT",
                     "### INT accumulators per calibration seed", "### Chunk-size sweep", "### Accumulation order",
-                    "### Prediction beside measurement", "**Decision rule**"):
+                    "### Prediction beside measurement", "**Decision rule**", "energy FP/INT at iso clock"):
         assert heading in report
+    assert ("Critical paths from static timing with OpenSTA" in report) == timed
     for name in ("results.csv", "judged.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",
                  "lenet5_drop_vs_bits.png", "lenet5_chunks.png"):
         assert (tmp_path / "out" / name).is_file()

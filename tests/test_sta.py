@@ -84,3 +84,14 @@ def test_psum_synth_reports_both_critical_paths():
     report = json.loads(proc.stdout)
     assert report["sta"]["critical_path_ns"] > report["synthesis"]["critical_path_ns"] > 0
     assert report["energy"][0]["timing"]["fmax_mhz"] == report["sta"]["fmax_mhz"]
+
+
+@opensta
+@pytest.mark.parametrize("mac", [FloatMAC("bf16", "e3m3", chunk=16, chunk_acc="fp32"),
+                                 FloatMAC("e4m3", "e5m6", product="e4m3", pipeline=True),
+                                 IntMAC(8, 8, "int12:sat", pipeline=True)], ids=lambda m: m.describe())
+def test_every_kind_of_netlist_reads_into_opensta(mac):
+    """Chunked, unfused, pipelined, saturating: their netlists (signed wires, split
+    connections) all read and time."""
+    r = synthesize(mac)
+    assert sta.static_timing(r.netlist_verilog, embedded()).critical_path_ns > r.critical_path_ns

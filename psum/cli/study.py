@@ -34,6 +34,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                  "data_dir": args.data_dir, "seed": args.seed, "liberty": args.liberty,
                  "download": args.download or None, "device": args.device,
                  "synth": False if args.no_synth else None, "per_layer": False if args.no_per_layer else None,
+                 "sta": args.sta,
                  "fold_bn": True if args.fold_bn else None,
                  "tolerances": args.tolerance, "exp_bits": args.exp_bits, "screen": args.screen,
                  "screen_seed": args.screen_seed,
@@ -72,7 +73,7 @@ dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt
 max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
 tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
 window (2), calibration_seeds ([0, 1, 2]), chunk_sizes ([16, 64]), orders (["im2col",
-"nhwc"]), prediction (true), per_layer (true), fold_bn (false), synth (true), liberty
+"nhwc"]), prediction (true), per_layer (true), fold_bn (false), synth (true), sta ("auto"), liberty
 (embedded NanGate45), streams (4096), data_dir ($PSUM_DATA_DIR or ./data), download
 (false), batch_size (500), device ("cpu"). Example: studies/cifar10.toml; docs/study.md."""
 
@@ -103,6 +104,9 @@ def add_parser(sub) -> None:
     st.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1: in-process)")
     st.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port)")
     st.add_argument("--no-synth", action="store_true", help="accuracy only")
+    st.add_argument("--sta", action=argparse.BooleanOptionalAction, default=None,
+                    help="time every MAC with OpenSTA (--no-sta: psum's per-cell estimate only; default: OpenSTA "
+                    "when installed, the report says which)")
     st.add_argument("--no-per-layer", action="store_true", help="skip the per-layer search")
     st.add_argument("--fold-bn", action="store_true",
                     help="fold batch norm into the convolution before it, as deployed inference does "
