@@ -114,6 +114,10 @@ def _ratio(a: dict | None, b: dict | None, key: str) -> str:
     return f"{a[key] / b[key]:.2f}" if a and b else "-"
 
 
+def _value(h: dict, key: str) -> str:
+    return f"{h[key]:.3f}" if key in h else "-"
+
+
 def _iso_ratio(fp: dict | None, it: dict | None) -> str:
     """Energy per MAC FP/INT with both at the fastest clock the slower meets."""
     if not (fp and it and "leakage_pj" in fp and "leakage_pj" in it):
@@ -216,12 +220,15 @@ def _central(found: dict, spec) -> list[str]:
              "reference minus candidate top-1, points, paired 95% interval; *confident*: the interval's upper bound "
              "is within the tolerance too. Energies are quoted at the clock of the energy simulation; one the MAC's "
              "critical path does not meet is marked. *Iso-frequency*: both MACs at the fastest clock the slower of "
-             "the two meets (leakage per cycle scaled to that period). " + _timing_note(found), "",
+             "the two meets (leakage per cycle scaled to that period). *With glitches*: simulated with the cells' "
+             "delays (inertial, from the library's tables at each net's load), every transition inside a cycle "
+             "counted, on the first streams of the same real operands (docs/synthesis.md). " + _timing_note(found), "",
              _configuration(found, spec), "",
              "| tolerance | FP acc | bits | FP drop | confident | INT acc | INT drop | confident | FP area um^2 "
              "| INT area um^2 | area FP/INT | FP pJ/MAC | INT pJ/MAC | energy FP/INT | iso clock MHz "
-             "| energy FP/INT at iso clock |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| energy FP/INT at iso clock | FP pJ/MAC with glitches | INT pJ/MAC with glitches "
+             "| energy FP/INT with glitches |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for tol in spec.tolerances:
         fp, it = best_fp(found, tol), best_int(found, tol)
         fj = _judged(found["fp"][exponent(fp)], fp) if fp else None
@@ -235,8 +242,11 @@ def _central(found: dict, spec) -> list[str]:
                       _energy(fh), _energy(ih), _ratio(fh, ih, "energy_pj")]
             iso = iso_frequency(fh, ih) if "leakage_pj" in fh and "leakage_pj" in ih else None
             cells += [f"{iso['clock_mhz']:.0f}", _iso_ratio(fh, ih)] if iso else ["-", "-"]
+            glitchy = "energy_glitch_pj" in fh and "energy_glitch_pj" in ih
+            cells += ([f"{fh['energy_glitch_pj']:.3f}", f"{ih['energy_glitch_pj']:.3f}",
+                       _ratio(fh, ih, "energy_glitch_pj")] if glitchy else ["-"] * 3)
         else:
-            cells += ["-"] * 8
+            cells += ["-"] * 11
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -452,9 +462,9 @@ def _hardware_table(rows: list[dict], found: dict, spec) -> list[str]:
              "and outputs; STA ns OpenSTA's (docs/synthesis.md); f_max and slack follow STA where it ran. "
              "Energies are quoted at the clock given, and slack < 0 means the MAC does not meet it.", "",
              "| MAC | chunk | outer | top-1 % | cells | area um^2 | transistors | depth | estimate ns | STA ns | "
-             "f_max MHz | pJ/MAC real | pJ/MAC random | at MHz | slack ns | meets clock | "
+             "f_max MHz | pJ/MAC real | pJ/MAC real with glitches | pJ/MAC random | at MHz | slack ns | meets clock | "
              "Pareto-optimal (area or energy) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for h in sorted(rows, key=lambda h: h["area_um2"]):
         where = "overall" if h["unit"] in front else f"within {h['family'].upper()}" if h["unit"] in family_front else ""
         t = _timing(h)
@@ -462,6 +472,7 @@ def _hardware_table(rows: list[dict], found: dict, spec) -> list[str]:
         lines.append(f"| {h['unit']} | {h.get('chunk') or '-'} | {h.get('chunk_acc') or '-'} | {100 * h['top1']:.2f} | "
                      f"{h['cells']} | {h['area_um2']:.0f} | {h['transistors']} | {h['depth']} | "
                      f"{h['critical_path_ns']:.2f} | {sta} | {t['fmax_mhz']} | {h['energy_pj']:.3f} | "
+                     f"{_value(h, 'energy_glitch_pj')} | "
                      f"{h['energy_random_pj']:.3f} | {t['clock_mhz']:g} | {t['slack_ns']:+.2f} | "
                      f"{'yes' if t['meets'] else 'NO'} | {where} |")
     return lines + [""]

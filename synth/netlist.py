@@ -288,3 +288,28 @@ class GateSimulator:
         """(width, words) words of a port's value in the current cycle."""
         _, bits = self.net.ports[port]
         return np.stack([self.values[self.row[b]] for b in bits])
+
+
+def verilog_cell_models(library: Library, *, delayed: bool = False) -> str:
+    """Behavioral Verilog of every cell of ``library``, for simulating a mapped netlist
+    under Icarus: combinational outputs as continuous assignments of the cell's function,
+    flip-flops as a register set on the clock's rising edge (initially 0). ``delayed``:
+    each module takes a parameter ``DELAY`` (time units) by which its outputs lag, inertially
+    for combinational outputs (``assign #(D)``) and as a clock-to-Q delay for flip-flops
+    (``<= #(D)``): the delay model of :mod:`synth.timed`."""
+    models = []
+    for cell in library.cells.values():
+        ports = [f"input {p}" for p in cell.inputs] + [f"output {p}" for p in cell.outputs]
+        body = ["  parameter DELAY = 1;"] if delayed else []
+        lag = " #(DELAY)" if delayed else ""
+        if cell.ff:
+            state = cell.ff["state"][0]
+            body += [f"  reg {state} = 0;", f"  always @(posedge {cell.ff['clocked_on']}) {state} <={lag} "
+                     f"{to_verilog_expr(compile_function(cell.ff['next_state']))};"]
+            for p, o in cell.outputs.items():
+                body.append(f"  assign {p} = {'~' if o.function != state else ''}{state};")
+        else:
+            body += [f"  assign{lag} {p} = {to_verilog_expr(compile_function(o.function))};"
+                     for p, o in cell.outputs.items()]
+        models.append(f"module {cell.name}({', '.join(ports)});\n" + "\n".join(body) + "\nendmodule")
+    return "\n".join(models) + "\n"

@@ -60,6 +60,7 @@ class PowerResult:
     sim_seconds: float
     mac_cycles_per_s: float
     components_pj: dict | None = None  # energy per MAC by part of the unit, when asked
+    delays: str = "zero"  # "zero", or "inertial" (cell delays: glitches counted, synth.timed)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -104,11 +105,18 @@ def _check_clock(clock_mhz, wire_cap_ff_per_pin) -> None:
         raise ValueError(f"wire_cap_ff_per_pin must be a non-negative finite number, not {wire_cap_ff_per_pin!r}")
 
 
-def _drive(net: Netlist, sequences: dict, cycles: int, steps: int, lanes: int) -> tuple[GateSimulator, float]:
-    """Simulate ``steps`` cycles of ``net`` on ``lanes`` lanes. ``sequences`` maps an input
+def _drive(net: Netlist, sequences: dict, cycles: int, steps: int, lanes: int,
+           delays: dict | None = None) -> tuple[GateSimulator, float]:
+    """Simulate ``steps`` cycles of ``net`` on ``lanes`` lanes, at zero delay or with the
+    cell ``delays`` (:func:`synth.timed.cell_delays`). ``sequences`` maps an input
     port to a (lanes, cycles) array of values, or to a (cycles,) array of 0/1 shared by
     every lane (a control); ports absent from it, and every port after ``cycles``, are 0."""
-    sim = GateSimulator(net, lanes // 64)
+    if delays is None:
+        sim = GateSimulator(net, lanes // 64)
+    else:
+        from synth.timed import TimedSimulator
+
+        sim = TimedSimulator(net, lanes // 64, delays)
     width = {name: len(net.ports[name][1]) for name in sequences}
     start = time.monotonic()
     block = 64
@@ -151,7 +159,7 @@ def _cell_energies(net: Netlist, sim: GateSimulator, steps: int, lanes: int, per
 
 
 def _result(net, sim, seconds, parts, *, unit, operands, streams, k, lanes, macs, steps, clock_mhz,
-            wire_cap_ff_per_pin, components) -> PowerResult:
+            wire_cap_ff_per_pin, components, delays="zero") -> PowerResult:
     per_mac = lambda fj: round(fj / macs / 1000.0, 5)  # noqa: E731 (fJ -> pJ per MAC)
     kinds = {kind: sum(p[kind] for p in parts.values()) for kind in ("switching", "internal", "clock", "leakage")}
     total = sum(kinds.values())
@@ -170,7 +178,7 @@ def _result(net, sim, seconds, parts, *, unit, operands, streams, k, lanes, macs
         power_mw=round(total / (steps * lanes) * 1e-15 * clock_mhz * 1e6 * 1e3, 4),
         toggles_per_cycle=round(sum(sim.toggles.values()) / (steps * lanes), 2),
         wire_cap_ff_per_pin=wire_cap_ff_per_pin, sim_seconds=round(seconds, 2),
-        mac_cycles_per_s=round(steps * lanes / max(seconds, 1e-9)), components_pj=split)
+        mac_cycles_per_s=round(steps * lanes / max(seconds, 1e-9)), components_pj=split, delays=delays)
 
 
 def _lane_count(items: int, max_lanes: int) -> int:
@@ -180,12 +188,14 @@ def _lane_count(items: int, max_lanes: int) -> int:
 def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.ndarray, *, unit: str,
                     operands: str, clock_mhz: float = DEFAULT_CLOCK_MHZ, max_lanes: int = 16384,
                     wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN, pipeline: bool = False,
-                    components=None) -> PowerResult:
+                    components=None, glitches: bool = False) -> PowerResult:
     """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K).
 
     ``components``: a function from a cell's name to the part of the unit it belongs to
     (:func:`synth.components.component_of`); the result's ``components_pj`` then
     splits the energy per MAC by part, the nets driven by the ports counted as "inputs".
+    ``glitches``: simulate with the cells' delays (:mod:`synth.timed`, inertial
+    delays), counting every transition inside a cycle, not only the settled ones.
     """
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:
         raise ValueError(f"a and b must be (streams, K) arrays of the same shape, not {a.shape} and {b.shape}")
@@ -200,12 +210,17 @@ def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.n
     cycles = rounds * k
     clear = (np.arange(cycles) % k == 0).astype(np.uint64)
     steps = cycles + (1 if pipeline else 0)  # one more cycle lets a pipelined unit finish
+    delays = None
+    if glitches:
+        from synth.timed import cell_delays
+
+        delays = cell_delays(net, wire_cap_ff_per_pin)
     sim, seconds = _drive(net, {"a": a_seq, "b": b_seq, "en": np.ones(cycles, dtype=np.uint64), "clear": clear},
-                          cycles, steps, lanes)
+                          cycles, steps, lanes, delays)
     parts = _cell_energies(net, sim, steps, lanes, 1.0 / (clock_mhz * 1e6), wire_cap_ff_per_pin)
     return _result(net, sim, seconds, parts, unit=unit, operands=operands, streams=streams, k=k, lanes=lanes,
                    macs=lanes * cycles, steps=steps, clock_mhz=clock_mhz, wire_cap_ff_per_pin=wire_cap_ff_per_pin,
-                   components=components)
+                   components=components, delays="inertial" if glitches else "zero")
 
 
 def estimate_output_energy(netlist_json: dict, library: Library, inputs: dict, *, unit: str, operands: str,

@@ -68,6 +68,7 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     assert all(h["area_um2"] > 0 and h["energy_pj"] > 0 for h in found["hardware"])
     timed = shutil.which("sta") is not None  # sta = "auto": OpenSTA where installed
     assert all(bool(h.get("sta_critical_path_ns")) == timed for h in found["hardware"])
+    assert all(h["energy_glitch_pj"] > h["energy_pj"] for h in found["hardware"])  # streams=64: the same ones
     if found["chunks"][16]["inner_fp32_outer"]["2.0"]:
         assert any(h.get("chunk") == 16 for h in found["hardware"])
     assert set(found["orders"]) == {"im2col", "nhwc"}
@@ -75,7 +76,8 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     for heading in ("## Cross-network summary", "### Minimal accumulators (the central comparison)", "area FP/INT",
                     "### INT accumulators per calibration seed", "### Chunk-size sweep", "### Accumulation order",
-                    "### Prediction beside measurement", "**Decision rule**", "energy FP/INT at iso clock"):
+                    "### Prediction beside measurement", "**Decision rule**", "energy FP/INT at iso clock",
+                    "energy FP/INT with glitches"):
         assert heading in report
     assert ("Critical paths from static timing with OpenSTA" in report) == timed
     for name in ("results.csv", "judged.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",

@@ -14,7 +14,7 @@ from hwgen import FloatMAC, IntMAC
 from hwgen.verify import expected, random_program
 from synth.flow import synthesize
 from synth.liberty import LibraryError, embedded, from_liberty
-from synth.netlist import GateSimulator, Netlist, closure, compile_function, to_verilog_expr
+from synth.netlist import GateSimulator, Netlist, closure, compile_function, to_verilog_expr, verilog_cell_models
 from synth.power import estimate_energy, pack_lanes, uniform_streams
 
 SHARED_LIB = Path(__file__).resolve().parents[2] / "shared" / "lib" / "nangate45_typ.lib.gz"
@@ -134,20 +134,7 @@ def test_toggle_counts_match_icarus_verilog_per_net(small_units, which, tmp_path
     result = synthesize(mac)
     program = random_program(mac, 120, seed=9)
     _, sim = run_netlist(result, program[:-0 or None])
-    models = []
-    for cell in lib.cells.values():
-        ports = [f"input {p}" for p in cell.inputs] + [f"output {p}" for p in cell.outputs]
-        body = []
-        if cell.ff:
-            state = cell.ff["state"][0]
-            body += [f"  reg {state} = 0;", f"  always @(posedge {cell.ff['clocked_on']}) {state} <= "
-                     f"{to_verilog_expr(compile_function(cell.ff['next_state']))};"]
-            for p, o in cell.outputs.items():
-                body.append(f"  assign {p} = {'~' if o.function != state else ''}{state};")
-        else:
-            body += [f"  assign {p} = {to_verilog_expr(compile_function(o.function))};" for p, o in cell.outputs.items()]
-        models.append(f"module {cell.name}({', '.join(ports)});\n" + "\n".join(body) + "\nendmodule")
-    (tmp_path / "cells.v").write_text("\n".join(models) + "\n")
+    (tmp_path / "cells.v").write_text(verilog_cell_models(lib))
     (tmp_path / "netlist.v").write_text(result.netlist_verilog)
     steps = "\n".join(f"    a = {a}; b = {b}; en = {en}; clear = {clear}; #5 clk = 1; #5 clk = 0;"
                       for a, b, en, clear in program + [(0, 0, 0, 0)])

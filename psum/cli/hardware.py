@@ -111,6 +111,11 @@ def _is_model_file(ref: str) -> bool:
     return is_model_file(ref)
 
 
+#: Lanes of a glitch-aware simulation: every net's waveform over a cycle is kept, so it
+#: runs on fewer streams than the zero-delay one.
+GLITCH_LANES = 256
+
+
 @command("synth")
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import clock_check, synthesize
@@ -134,13 +139,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     energies = []
     rand_a = uniform_streams(width_a, finite, args.streams, args.k, seed=args.seed)
     rand_b = uniform_streams(width_b, finite, args.streams, args.k, seed=args.seed + 1)
-    energies.append(estimate_energy(result.netlist, library, rand_a, rand_b, unit=mac.describe(),
-                                    operands=f"uniform random finite patterns, K={args.k}",
-                                    clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
+    streams = [(rand_a, rand_b, f"uniform random finite patterns, K={args.k}")]
     if args.activity:
-        a, b, label = _activity_streams(args, mac)
-        energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
-                                        clock_mhz=args.clock_mhz, pipeline=mac.pipeline))
+        streams.append(_activity_streams(args, mac))
+    for a, b, label in streams:
+        for glitches in (False, True) if args.glitches else (False,):
+            energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
+                                            clock_mhz=args.clock_mhz, pipeline=mac.pipeline, glitches=glitches,
+                                            max_lanes=GLITCH_LANES if glitches else 16384))
     sta = None
     if args.sta:
         from synth.sta import static_timing
@@ -155,7 +161,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.parts:
         from synth.components import costs_by_part
 
-        a, b, label = _activity_streams(args, mac) if args.activity else (rand_a, rand_b, energies[0].operands)
+        a, b, label = streams[-1]
         report["parts"] = costs_by_part(mac, library, a, b, operands=label, cache=not args.no_cache,
                                         clock_mhz=args.clock_mhz, pipeline=mac.pipeline)
     if args.json:
@@ -173,7 +179,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
                      f"({sta.startpoint} -> {sta.endpoint}; {sta.tool})"))
     met = f"slack {timing['slack_ns']:+.3f} ns" + ("" if timing["meets"] else ": the MAC does NOT meet this clock")
     for e in energies:
-        rows.append((f"energy/MAC, {e.operands}",
+        delays = ", glitches counted (cell delays)" if e.delays != "zero" else ""
+        rows.append((f"energy/MAC, {e.operands}{delays}",
                      f"{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
                      f"clock {e.clock_pj:.4f}, leakage {e.leakage_pj:.4f}); {e.power_mw:.3f} mW at "
                      f"{e.clock_mhz:g} MHz ({met}); {e.mac_cycles_per_s / 1e6:.2f} M MAC-cycles/s simulated"))
@@ -239,6 +246,9 @@ def add_parsers(sub) -> None:
     sy.add_argument("--parts", action="store_true",
                     help="also split area and energy by part (decode, multiplier, align, add, normalize, round, "
                     "register), synthesized with the hierarchy kept")
+    sy.add_argument("--glitches", action="store_true",
+                    help="also simulate with the cells' delays (inertial, from the library's tables at each net's "
+                    "load) and report the energy with every glitch counted beside the zero-delay figure")
     sy.add_argument("--sta", action="store_true",
                     help="also time the netlist with OpenSTA (apt-get install opensta): NLDM delays and slews "
                     "at each net's load, setup included; the clock check then uses its critical path")
