@@ -46,6 +46,7 @@ class Cell:
     ff: dict | None = None  # {"next_state", "clocked_on", "state": [IQ, IQN]}
     clock_energy_fj: float = 0.0
     timing: tuple = ()  # published timing arcs with NLDM tables (synth.make_embedded_library); may be empty
+    input_energy_fj: dict = field(default_factory=dict)  # internal energy per transition of an input (a D pin)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class Library:
 def _cells_from_dict(table: dict) -> dict[str, Cell]:
     return {name: Cell(name=name, area=e["area"], leakage_nw=e["leakage_nw"], inputs=dict(e["inputs"]),
                        outputs={p: OutputPin(**o) for p, o in e["outputs"].items()}, ff=e["ff"],
-                       clock_energy_fj=e["clock_energy_fj"], timing=tuple(e.get("timing", ())))
+                       clock_energy_fj=e["clock_energy_fj"], timing=tuple(e.get("timing", ())),
+                       input_energy_fj=dict(e.get("input_energy_fj", {})))
             for name, e in table.items()}
 
 
@@ -250,6 +252,8 @@ def extract_cell(cell, time_scale: float, cap_scale: float, leak_scale: float) -
             entry["inputs"][pname] = float(pin["capacitance"] or 0.0) * cap_scale
             if str(pin["clock"]).strip('"') == "true":
                 entry["clock_energy_fj"] = 2 * _mean(energies(pin))  # both clock edges
+            elif energies(pin):  # a data input with its own internal power (a flip-flop's D)
+                entry.setdefault("input_energy_fj", {})[pname] = round(_mean(energies(pin)), 6)
         elif direction == "output" and pin["function"] is not None:
             delays = []
             for t in pin.get_groups("timing"):

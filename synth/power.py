@@ -12,8 +12,12 @@ Energy per cycle and instance:
   capacitances on the net + a wire-load estimate of :data:`WIRE_CAP_FF_PER_PIN` per pin
   (about 2.5 um of local wire at 0.2 fF/um, a 45 nm figure; stated in every result);
 - internal: every output transition of a cell costs the library's internal energy for
-  that output (flip-flops: plus their clock pin's energy every cycle; the clock tree
-  itself is not modeled);
+  that output, and every transition of an input with its own internal power (a
+  flip-flop's D pin) that input's;
+- clock: per flip-flop and cycle, its clock pin's internal energy (both edges) and
+  ``C V^2`` for charging and discharging its clock-pin capacitance and its wire
+  estimate; the clock tree's buffers and long wires, shared by the whole array, are
+  not a MAC's and are not modeled;
 - leakage: ``sum_cells leakage * clock period``.
 
 Reported: energy per MAC (pJ, total / MACs), its parts, and power at the given clock.
@@ -149,10 +153,17 @@ def _cell_energies(net: Netlist, sim: GateSimulator, steps: int, lanes: int, per
                     "internal": 0.0, "clock": 0.0, "leakage": 0.0}}
     for cell in net.cells:
         driven = [(pin, bits[0]) for pin, bits in cell.outputs.items() if isinstance(bits[0], int)]
+        clock = 0.0
+        if cell.lib.ff:  # its clock pin's internal energy, and charging its clock pin and wire once a cycle
+            pin = cell.lib.ff["clocked_on"]
+            clock = (cell.lib.clock_energy_fj + (cell.lib.inputs.get(pin, 0.0) + wire_cap_ff_per_pin) * v2) \
+                * steps * lanes
         parts[cell.name] = {
             "switching": sum(switched(b) for _, b in driven),
-            "internal": sum(toggles.get(b, 0) * cell.lib.outputs[pin].energy_fj for pin, b in driven),
-            "clock": cell.lib.clock_energy_fj * steps * lanes if cell.lib.ff else 0.0,
+            "internal": sum(toggles.get(b, 0) * cell.lib.outputs[pin].energy_fj for pin, b in driven)
+            + sum(toggles.get(cell.inputs[pin][0], 0) * e for pin, e in cell.lib.input_energy_fj.items()
+                  if pin in cell.inputs),
+            "clock": clock,
             "leakage": cell.lib.leakage_nw * 1e-9 * period_s * 1e15 * steps * lanes,
         }
     return parts

@@ -252,3 +252,17 @@ def test_missing_yosys_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(yosys.SynthToolError, match="pip install pyosys"):
         yosys.run_yosys(["help"], ".")
+
+
+def test_clock_energy_is_the_flip_flops_pins_by_hand(small_units):
+    """Per flip-flop and cycle: its clock pin's internal energy plus C V^2 of its clock pin
+    and wire; per MAC, with one MAC a cycle."""
+    mac, lib = small_units["int"], embedded()
+    r = synthesize(mac)
+    dff = lib.cells["DFF_X1"]
+    a = uniform_streams(4, lambda x: np.ones(x.shape, dtype=bool), 64, 16, seed=1)
+    e = estimate_energy(r.netlist, lib, a, a, unit=mac.describe(), operands="random", wire_cap_ff_per_pin=0.5)
+    per_cycle_fj = r.flip_flops * (dff.clock_energy_fj + (dff.inputs["CK"] + 0.5) * lib.voltage ** 2)
+    assert r.cells == {**r.cells, "DFF_X1": r.flip_flops}
+    assert e.clock_pj == pytest.approx(per_cycle_fj / 1000, abs=1e-5)
+    assert dff.input_energy_fj["D"] > 0  # the D pin's internal power is charged per transition too
