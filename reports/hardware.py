@@ -73,6 +73,7 @@ def timing_source(spec: StudySpec) -> str:
         return "sta"
     return "sta" if spec.sta == "auto" and sta_available() else "estimate"
 
+
 #: The fixed-point scale's width in an integer network's requantizer.
 REQUANT_MULTIPLIER_BITS = 16
 
@@ -150,11 +151,11 @@ def build(spec: StudySpec, unit: dict):
 def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str = "estimate") -> list[dict]:
     """Synthesis, timing (``timing``: :func:`timing_source`) and energy of every MAC
     :func:`units` names for ``run``, on ``lib``."""
-    from hwgen.mac import HWGEN_VERSION
     from emulator import data
     from emulator.models import has_integer_reading
     from emulator.streams import largest_layer, operand_streams
     from emulator.tflite_import import TFLiteIntNet
+    from hwgen.mac import HWGEN_VERSION
     from synth.components import costs_by_part
     from synth.flow import synthesize
     from synth.power import estimate_energy, finite_patterns, uniform_streams

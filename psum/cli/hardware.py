@@ -183,7 +183,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         rows.append((f"energy/MAC, {e.operands}{delays}",
                      f"{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
                      f"clock {e.clock_pj:.4f}, leakage {e.leakage_pj:.4f}); {e.power_mw:.3f} mW at "
-                     f"{e.clock_mhz:g} MHz ({met}); {e.mac_cycles_per_s / 1e6:.2f} M MAC-cycles/s simulated"))
+                     f"{e.clock_mhz:g} MHz ({met}); {e.mac_cycles_per_s / 1e6:.3g} M MAC-cycles/s simulated"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")
