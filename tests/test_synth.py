@@ -125,6 +125,33 @@ def parse_vcd(text: str) -> tuple[dict, dict]:
     return names, changes
 
 
+def run_icarus(folder, mac, result, cells: str, steps: str, *, declarations: str = "",
+               timescale: str = "`timescale 1ns/1ns") -> tuple[dict, dict]:
+    """The mapped netlist of ``mac`` under Icarus Verilog with the cell models ``cells``,
+    driven by the testbench statements ``steps``; its VCD, parsed (:func:`parse_vcd`)."""
+    (folder / "cells.v").write_text(cells)
+    (folder / "netlist.v").write_text(result.netlist_verilog)
+    (folder / "tb.v").write_text(f"""{timescale}
+module tb;
+  reg clk = 0, rst = 0, en = 0, clear = 0;
+  reg [{len(mac.a) - 1}:0] a = 0;
+  reg [{len(mac.b) - 1}:0] b = 0;
+  wire [{len(mac.acc) - 1}:0] acc;
+  psum_mac dut(.clk(clk), .rst(rst), .a(a), .b(b), .en(en), .clear(clear), .acc(acc));
+{declarations}
+  initial begin
+    $dumpfile("tb.vcd");
+    $dumpvars(0, tb.dut);
+{steps}
+    $finish;
+  end
+endmodule
+""")
+    subprocess.run(["iverilog", "-o", "tb", "cells.v", "netlist.v", "tb.v"], cwd=folder, check=True)
+    subprocess.run(["vvp", "-n", "tb"], cwd=folder, check=True, capture_output=True)
+    return parse_vcd((folder / "tb.vcd").read_text())
+
+
 @iverilog
 @pytest.mark.parametrize("which", ["int", "float"])
 def test_toggle_counts_match_icarus_verilog_per_net(small_units, which, tmp_path):
@@ -134,28 +161,9 @@ def test_toggle_counts_match_icarus_verilog_per_net(small_units, which, tmp_path
     result = synthesize(mac)
     program = random_program(mac, 120, seed=9)
     _, sim = run_netlist(result, program[:-0 or None])
-    (tmp_path / "cells.v").write_text(verilog_cell_models(lib))
-    (tmp_path / "netlist.v").write_text(result.netlist_verilog)
     steps = "\n".join(f"    a = {a}; b = {b}; en = {en}; clear = {clear}; #5 clk = 1; #5 clk = 0;"
                       for a, b, en, clear in program + [(0, 0, 0, 0)])
-    (tmp_path / "tb.v").write_text(f"""`timescale 1ns/1ns
-module tb;
-  reg clk = 0, rst = 0, en = 0, clear = 0;
-  reg [{len(mac.a) - 1}:0] a = 0;
-  reg [{len(mac.b) - 1}:0] b = 0;
-  wire [{len(mac.acc) - 1}:0] acc;
-  psum_mac dut(.clk(clk), .rst(rst), .a(a), .b(b), .en(en), .clear(clear), .acc(acc));
-  initial begin
-    $dumpfile("tb.vcd");
-    $dumpvars(0, tb.dut);
-{steps}
-    $finish;
-  end
-endmodule
-""")
-    subprocess.run(["iverilog", "-o", "tb", "cells.v", "netlist.v", "tb.v"], cwd=tmp_path, check=True)
-    subprocess.run(["vvp", "-n", "tb"], cwd=tmp_path, check=True, capture_output=True)
-    names, changes = parse_vcd((tmp_path / "tb.vcd").read_text())
+    names, changes = run_icarus(tmp_path, mac, result, verilog_cell_models(lib), steps)
     samples = [10 * i + 4 for i in range(len(program) + 1)]  # settled, before each rising edge
 
     def sampled(code):

@@ -1,8 +1,10 @@
 """Timed gate-level simulation (synth.timed): inertial cell delays, glitches counted;
 checked net by net against Icarus Verilog running the same netlist with the same delays."""
 
+import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from synth.liberty import embedded
 from synth.netlist import Netlist, verilog_cell_models
 from synth.power import estimate_energy, pack_lanes, uniform_streams
 from synth.timed import TimedSimulator, cell_delays, inertial
-from test_synth import parse_vcd
+from test_synth import run_icarus
 
 iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog is not installed")
 
@@ -77,33 +79,14 @@ def test_glitch_counts_match_icarus_verilog_per_net(mac, tmp_path):
     program = random_program(mac, 60, seed=5)
     _, sim = run_timed(result, program, delays)
     period = sim.window + 4
-    (tmp_path / "cells.v").write_text(verilog_cell_models(lib, delayed=True))
-    (tmp_path / "netlist.v").write_text(result.netlist_verilog)
     params = "\n".join(f"  defparam dut.{name}.DELAY = {d};" for name, d in delays.items())
     vectors = program + [(0, 0, 0, 0)]  # the first settles before any edge, as the simulator's first cycle
     steps = "\n".join([f"    a <= {vectors[0][0]}; b <= {vectors[0][1]}; en <= {vectors[0][2]}; "
                         f"clear <= {vectors[0][3]}; #{period};"]
                        + [f"    a <= {a}; b <= {b}; en <= {en}; clear <= {clear}; clk <= 1; #{period // 2} clk <= 0; "
                           f"#{period - period // 2};" for a, b, en, clear in vectors[1:]])
-    (tmp_path / "tb.v").write_text(f"""module tb;  // no `timescale anywhere: one time unit is one step
-
-  reg clk = 0, rst = 0, en = 0, clear = 0;
-  reg [{len(mac.a) - 1}:0] a = 0;
-  reg [{len(mac.b) - 1}:0] b = 0;
-  wire [{len(mac.acc) - 1}:0] acc;
-  psum_mac dut(.clk(clk), .rst(rst), .a(a), .b(b), .en(en), .clear(clear), .acc(acc));
-{params}
-  initial begin
-    $dumpfile("tb.vcd");
-    $dumpvars(0, tb.dut);
-{steps}
-    $finish;
-  end
-endmodule
-""")
-    subprocess.run(["iverilog", "-o", "tb", "cells.v", "netlist.v", "tb.v"], cwd=tmp_path, check=True)
-    subprocess.run(["vvp", "-n", "tb"], cwd=tmp_path, check=True, capture_output=True)
-    names, changes = parse_vcd((tmp_path / "tb.vcd").read_text())
+    names, changes = run_icarus(tmp_path, mac, result, verilog_cell_models(lib, delayed=True), steps,
+                                declarations=params, timescale="// no `timescale anywhere: one time unit is one step")
     start = period  # the timed simulator counts from the first edge on
     ours, netnames, checked = sim.toggles, result.netlist["netnames"], 0
     bad = []
@@ -144,10 +127,6 @@ def test_glitches_add_energy_and_are_labelled():
 
 
 def test_psum_synth_reports_the_glitch_aware_energy_beside_the_zero_delay_one():
-    import json
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "psum", "synth", "--int", "4", "--acc", "int12", "--glitches",
                            "--streams", "64", "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
