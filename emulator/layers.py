@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.config import AccumConfig, IntAccumConfig
-from emulator.matmul import _absmax, check_config, emulated_int_matmul, emulated_matmul, exact_int_sum
+from emulator.matmul import (_absmax, check_config, emulated_int_matmul, emulated_matmul, exact_int_sum,
+                             exact_sum_applies)
 from emulator.quantize import quantize
 
 __all__ = ["EmulatedLinear", "EmulatedConv2d", "symmetric_quantize"]
@@ -188,7 +189,7 @@ class EmulatedConv2d(_Emulated):
         if isinstance(self.config, AccumConfig) and x.device.type == "cpu":
             return self._forward_cpu(x, out_h, out_w)
         if isinstance(self.config, IntAccumConfig):
-            y = self._int_forward_by_exact_sums(x, out_h, out_w)
+            y = self._int_forward_cpu(x, out_h, out_w)
             if y is not None:
                 return y
         cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)
@@ -211,40 +212,58 @@ class EmulatedConv2d(_Emulated):
         return y.view(n, out_h * out_w, self.out_channels).transpose(1, 2).reshape(
             n, self.out_channels, out_h, out_w)  # (N, O, H', W')
 
-    def _int_forward_by_exact_sums(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor | None:
-        """The integer path on the CPU where every output's accumulator is one exact sum
-        (:func:`emulator.matmul.exact_int_sum`, docs/semantics.md §6), else None. The
-        activations are quantized before im2col, which only copies them and pads with 0
-        (whose integer is 0), and each group's integer weights multiply the columns of
-        all images in one matmul, the results landing in NCHW order: the same integers,
-        dequantized and biased by the same float32 operations as :meth:`_dot`."""
+    def _int_forward_cpu(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor | None:
+        """The integer path on the CPU (None elsewhere, and while observing or before
+        calibration). The activations are quantized before im2col, which only copies them
+        and pads with 0 (whose integer is 0). Each group's integer weights (Og, K) multiply
+        the columns of all images: by one exact sum where every output's accumulator is
+        one (:func:`emulator.matmul.exact_int_sum`, docs/semantics.md §6), else step by
+        step by the integer kernel on the (K, N*L) columns. The same integers in the same
+        order as :meth:`_dot`, dequantized and biased by the same float32 operations."""
         cfg = self.config
-        if (x.device.type != "cpu" or self.observing or self.act_scale is None or cfg.chunk is not None
-                or not x.numel()):
+        if x.device.type != "cpu" or self.observing or self.act_scale is None or not x.numel():
             return None
         n = x.shape[0]
         kh, kw = self.kernel_size
         g, cg, og = self.groups, self.in_channels // self.groups, self.out_channels // self.groups
         xq = _quantized(x.float(), self.act_scale, cfg.act_bits)
-        cols = F.unfold(xq, self.kernel_size, self.dilation, self.padding, self.stride)
-        cols = cols.view(n, g, cg, kh * kw, out_h * out_w)
+        windows = self._windows(xq, out_h, out_w)  # (N, C, kh, kw, H', W'): views, no copy
         weight = self.weight.detach().float().view(g, og, cg, kh * kw)
-        if cfg.order == "nhwc":  # channel innermost
-            cols, weight = cols.transpose(2, 3), weight.transpose(2, 3)
+        # the order of a column's K terms: (channel, kernel row, kernel column) as
+        # F.unfold's im2col, or channel innermost
+        terms = (1, 2, 3) if cfg.order == "im2col" else (2, 3, 1)
+        if cfg.order == "nhwc":
+            weight = weight.transpose(2, 3)
         x_max, outs = _absmax(xq), []
         for gi in range(g):
             w2 = weight[gi].reshape(og, -1)  # (Og, K)
             w_scale = self._weight_scale(w2)
             wq = _quantized(w2, w_scale[:, None], cfg.weight_bits)
-            c = cols[:, gi].reshape(n, -1, out_h * out_w)  # (N, K, L)
-            acc = exact_int_sum(wq, c, cfg, c.shape[1] * x_max * _absmax(wq))  # (N, Og, L)
-            if acc is None:
-                return None
+            group, k = windows[:, gi * cg:(gi + 1) * cg], wq.shape[1]
+            bound = k * x_max * _absmax(wq)
+            if exact_sum_applies(cfg, bound):
+                c = group.permute(0, *terms, 4, 5).reshape(n, k, out_h * out_w)  # (N, K, L)
+                acc = exact_int_sum(wq, c, cfg, bound)  # (N, Og, L)
+            else:  # partial sums may saturate, or chunks: every step as the accumulator takes it
+                steps = torch.empty(group.permute(*terms, 0, 4, 5).shape, dtype=torch.int32)
+                steps.copy_(group.permute(*terms, 0, 4, 5))  # (K..., N, H', W'): one strided copy
+                acc = emulated_int_matmul(wq.to(torch.int32), steps.view(k, -1), cfg)
+                acc = acc.view(og, n, -1).permute(1, 0, 2)
             outs.append(acc.to(torch.float32) * (self.act_scale * w_scale)[:, None])  # dequantize in fp32
         y = torch.cat(outs, dim=1) if g > 1 else outs[0]  # (N, O, L)
         if self.bias is not None:
             y = y + self.bias.detach().float()[:, None]  # fp32 output stage
         return y.view(n, self.out_channels, out_h, out_w)
+
+    def _windows(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+        """(N, C, kh, kw, H', W') view of ``x`` zero-padded: element [n, c, i, j, p, q] is
+        the input that kernel tap (i, j) of output pixel (p, q) reads (F.unfold's values)."""
+        ph, pw = self.padding
+        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x.contiguous()
+        sn, sc, sh, sw = xp.stride()
+        (dh, dw), (th, tw) = self.dilation, self.stride
+        return xp.as_strided((x.shape[0], x.shape[1], *self.kernel_size, out_h, out_w),
+                             (sn, sc, sh * dh, sw * dw, sh * th, sw * tw))
 
     def _forward_cpu(self, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
         """The float path on the CPU kernel's convolution (``psum_conv2d``): image by

@@ -293,15 +293,21 @@ def exact_int_sum(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig, bound: 
     while every partial sum is an integer the float holds exactly: float32 when ``bound
     <= 2^24``, float64 when it is at most 2^53. Returns int64 values.
     """
-    if cfg.chunk is not None or not a.numel() or not b.numel():
-        return None
-    if bound > 2**53 or (cfg.acc.overflow != "wrap" and bound >= 2 ** (cfg.acc.bits - 1)):
+    if not a.numel() or not b.numel() or not exact_sum_applies(cfg, bound):
         return None
     dtype = torch.float32 if bound <= 2**24 else torch.float64
     exact = torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
     if bound < 2 ** (cfg.acc.bits - 1):  # no sum can leave the accumulator's range
         return exact
     return fit_int(exact, cfg.acc)
+
+
+def exact_sum_applies(cfg: IntAccumConfig, bound: int) -> bool:
+    """Whether :func:`exact_int_sum` gives the accumulator's values for sums bounded by
+    ``bound``: unchunked, within float64's exact integers, and wrapping or unable to
+    saturate."""
+    return (cfg.chunk is None and bound <= 2**53
+            and (cfg.acc.overflow == "wrap" or bound < 2 ** (cfg.acc.bits - 1)))
 
 
 def fit_int(values: torch.Tensor, fmt: IntFormat) -> torch.Tensor:

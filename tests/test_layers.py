@@ -165,28 +165,34 @@ def test_integer_layers_dequantize_an_exact_int_dot_product():
     assert not torch.allclose(narrow(x), emu(x))
 
 
-@pytest.mark.parametrize("acc, order, conv", [
-    ("int32", "im2col", dict(kernel_size=3, padding=1)),
-    ("int12", "im2col", dict(kernel_size=3, stride=2, padding=1)),  # wraps; stride leaves pixels out
-    ("int12", "nhwc", dict(kernel_size=(3, 2), dilation=2, groups=2)),
-    ("int20:sat", "im2col", dict(kernel_size=2, groups=4)),  # cannot saturate: one exact sum
-    ("int12:sat", "im2col", dict(kernel_size=3)),  # may saturate: the step-by-step kernel
-    ("int16", "nhwc", dict(kernel_size=1, bias=False)),
+@pytest.mark.parametrize("acc, order, conv, chunk", [
+    ("int32", "im2col", dict(kernel_size=3, padding=1), None),
+    ("int12", "im2col", dict(kernel_size=3, stride=2, padding=1), None),  # wraps; stride leaves pixels out
+    ("int12", "nhwc", dict(kernel_size=(3, 2), dilation=2, groups=2), None),
+    ("int20:sat", "im2col", dict(kernel_size=2, groups=4), None),  # cannot saturate: one exact sum
+    ("int12:sat", "im2col", dict(kernel_size=3, padding=(1, 2)), None),  # may saturate: the step-by-step kernel
+    ("int12:sat", "nhwc", dict(kernel_size=3, stride=(2, 1), dilation=(1, 2), groups=2), None),
+    ("int10", "im2col", dict(kernel_size=3, padding=1), 5),  # chunks: step by step
+    ("int16", "nhwc", dict(kernel_size=1, bias=False), None),
 ])
-def test_integer_convs_by_exact_sums_give_the_step_by_step_bits(acc, order, conv, monkeypatch):
-    """The CPU conv's one-exact-sum path (quantize before im2col, a matmul per group)
-    against the step-by-step integer path on the same calibrated layer."""
+def test_the_cpu_integer_conv_gives_the_generic_paths_bits(acc, order, conv, chunk, monkeypatch):
+    """The CPU conv's integer path (quantize before a strided im2col, a matmul per group:
+    one exact sum, or the integer kernel step by step) against the generic path (im2col
+    of the float input, quantized columns, the layer's dot) on the same calibrated layer."""
+    import emulator.layers as layers
+
     torch.manual_seed(7)
     layer, calib = nn.Conv2d(8, 12, **conv), [torch.randn(4, 8, 9, 9)]
-    emu = calibrate(convert(nn.Sequential(layer), IntAccumConfig(acc=acc, order=order)), calib)
+    cfg = IntAccumConfig(acc=acc, order=order, chunk=chunk)
+    emu = calibrate(convert(nn.Sequential(layer), cfg), calib)
     x = torch.randn(3, 8, 9, 9) * 1.5  # beyond the calibration range: clamped integers
-    taken = []
-    original = EmulatedConv2d._int_forward_by_exact_sums
-    monkeypatch.setattr(EmulatedConv2d, "_int_forward_by_exact_sums",
-                        lambda self, *args: taken.append(original(self, *args)) or taken[-1])
+    exact = []
+    original = layers.exact_int_sum
+    monkeypatch.setattr(layers, "exact_int_sum", lambda *args: exact.append(original(*args)) or exact[-1])
     fast = emu(x)
-    assert (taken[-1] is None) == (acc == "int12:sat")
-    monkeypatch.setattr(EmulatedConv2d, "_int_forward_by_exact_sums", lambda self, *args: None)
+    stepwise = acc == "int12:sat" or chunk is not None
+    assert (exact == []) == stepwise and None not in exact
+    monkeypatch.setattr(EmulatedConv2d, "_int_forward_cpu", lambda self, *args: None)
     assert torch.equal(fast, emu(x))
     if acc == "int12":
         wide = calibrate(convert(nn.Sequential(layer), IntAccumConfig(acc="int32", order=order)), calib)
