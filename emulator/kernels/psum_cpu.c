@@ -529,22 +529,23 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
  * error term into a sticky bit and a neighbour toward zero. AVX-512 rounds each
  * operation as the instruction says, so the same two facts come from two fused
  * multiply-adds (y = a * w, exact inside them):
- *     rd = RD(acc + y), ru = RU(acc + y):  the sum is exact iff rd == ru, and the
- *     lane's neighbour of the exact sum toward zero is rd for a positive sum, ru for
- *     a negative one (an exact zero sum comes out +0 from ru, as IEEE RN gives it,
- *     and -0 only when both terms are -0).
- * That neighbour with its last bit set when inexact is the sum rounded to odd in the
- * lane type; rounding it to the format's quantum by the float adder, (v + C) - C with
- * C = 1.5 * 2^(q + p - 1) (p: the lane's precision, q: the format's quantum at v, held
- * at emin - M in the subnormal range), is the correct rounding of the exact sum
- * because the lane keeps at least two more bits than the format (round-to-odd
- * theorem). The sign is put back for zero results; flush-to-zero formats clear
+ *     rd = RD(acc + y), ru = RU(acc + y):  the sum is exact iff rd == ru, and when
+ *     inexact they are the adjacent lane values around it, exactly one with an odd
+ *     pattern (an exact zero sum comes out +0 from ru, as IEEE RN gives it, and -0
+ *     only when both terms are -0).
+ * The one with the odd pattern is the sum rounded to odd in the lane type; rounding it
+ * to the format's quantum by the float adder, (v + C) - C with C = 1.5 * 2^(q + p - 1)
+ * (p: the lane's precision, q: the format's quantum at v, held at emin - M in the
+ * subnormal range), is the correct rounding of the exact sum because the lane keeps at
+ * least two more bits than the format (round-to-odd theorem): ties to even with the
+ * add rounding to nearest, toward zero with the add rounding toward zero on the
+ * magnitude. The sign is put back for zero results; flush-to-zero formats clear
  * results below the smallest normal, keeping the sign.
  *
  * A lane whose rounded result is above the format's maximum (overflow, Inf, NaN) is
  * rare: that row's step is redone by the general float64 step. Everything else this
- * path excludes by its preconditions (checked by the caller): nearest-even rounding,
- * exact products, and (float32 lanes) sums that are never float32 subnormals: every
+ * path excludes by its preconditions (checked by the caller): exact products, and
+ * (float32 lanes) sums that are never float32 subnormals: every
  * nonzero product is a normal float32 (the smallest nonzero |a| times the smallest
  * nonzero |b| is at least 2^-126) and emin - M >= -102, so that a nonzero sum of an
  * accumulator value and a product is at least 2^(emin - M - 24) >= 2^-126. In float64
@@ -562,6 +563,7 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
 #define PSUM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define PSUM_RD (_MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
 #define PSUM_RU (_MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC)
+#define PSUM_RZ (_MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)
 
 /* One MAC step of a vector in lanes of V (VI: its integer view, MASK: a lane mask;
  * PS, EPI, EPU: the intrinsics' element-type suffixes): acc + x * w, the product exact
@@ -574,18 +576,20 @@ static psum_fast_step32 fast_step32_for(const psum_fmt32 *f)
 #define PSUM_TILE_STEP(NAME, V, VI, MASK, PS, EPI, EPU)                                    \
     static inline __attribute__((always_inline)) V NAME(V acc, V x, V w, const VI expmask, \
         const VI k, const VI low, const VI one, const VI sign, const VI max_abs,          \
-        const VI min_normal, const int sub, MASK *ok)                                      \
+        const VI min_normal, const int sub, const int rz, MASK *ok)                        \
     {                                                                                      \
         V rd = _mm512_fmadd_round_##PS(x, w, acc, PSUM_RD), ru = _mm512_fmadd_round_##PS(x, w, acc, PSUM_RU); \
         VI rdi = _mm512_cast##PS##_si512(rd), rui = _mm512_cast##PS##_si512(ru);            \
         VI v = _mm512_mask_blend_##EPI(_mm512_test_##EPI##_mask(rdi, one), rui, rdi); /* odd */ \
-        VI magic = _mm512_add_##EPI(_mm512_and_si512(v, expmask), k);                      \
+        VI src = rz ? _mm512_andnot_si512(sign, v) : v; /* toward zero: round the magnitude */ \
+        VI magic = _mm512_add_##EPI(_mm512_and_si512(src, expmask), k);                    \
         if (sub)                                                                           \
             magic = _mm512_max_##EPU(magic, low);                                          \
         V c = _mm512_castsi512_##PS(magic);                                                \
-        V r = _mm512_sub_round_##PS(_mm512_add_round_##PS(_mm512_castsi512_##PS(v), c, PSUM_RN), c, PSUM_RN); \
+        V r = _mm512_sub_round_##PS(_mm512_add_round_##PS(_mm512_castsi512_##PS(src), c, rz ? PSUM_RZ : PSUM_RN), \
+                                    c, PSUM_RN);                                           \
         VI ri = _mm512_ternarylogic_##EPI(_mm512_cast##PS##_si512(r), v, sign, 0xF8); /* r | (v & sign) */ \
-        VI mag = _mm512_andnot_si512(sign, ri);                                            \
+        VI mag = rz ? _mm512_cast##PS##_si512(r) : _mm512_andnot_si512(sign, ri);          \
         if (!sub) /* flush to zero after rounding, keeping the sign */                     \
             ri = _mm512_mask_and_##EPI(ri, _mm512_cmplt_##EPU##_mask(mag, min_normal), ri, sign); \
         *ok = _mm512_mask_cmple_##EPU##_mask(*ok, mag, max_abs);                           \
@@ -643,7 +647,7 @@ static __attribute__((noinline)) void general_64(double *acc, const float *brow,
 #define PSUM_TILE(NAME, T, V, MASK, LANES, S, MAN, BIAS, EXPMASK)                                      \
     static inline __attribute__((always_inline)) void NAME(const float *a, const float *b, double *out, \
         float *out32, int64_t ldb, int64_t ldo, int64_t K, int64_t i0, int64_t ib, int64_t j0,         \
-        int64_t jb, const psum_mac *m, const int sub)                                                  \
+        int64_t jb, const psum_mac *m, const int sub, const int rz)                                    \
     {                                                                                                  \
         const psum_fmt *f = &m->acc;                                                                   \
         const T max_t = (T)double_of((uint64_t)f->max_abs);                                            \
@@ -688,9 +692,9 @@ static __attribute__((noinline)) void general_64(double *acc, const float *brow,
                         n1 = fma_##S(avv, w1, acc[ii][1]);                                             \
                     } else {                                                                           \
                         n0 = tile_step##S(acc[ii][0], avv, w0, expmask, k, low, one, sign, max_abs,    \
-                                          min_normal, sub, &ok);                                       \
+                                          min_normal, sub, rz, &ok);                                   \
                         n1 = tile_step##S(acc[ii][1], avv, w1, expmask, k, low, one, sign, max_abs,    \
-                                          min_normal, sub, &ok);                                       \
+                                          min_normal, sub, rz, &ok);                                   \
                     }                                                                                  \
                     if (__builtin_expect(ok != (MASK)-1, 0)) {                                         \
                         spill_##S(spill, acc[ii][0]);                                                  \
@@ -728,14 +732,16 @@ static __attribute__((noinline)) void general_64(double *acc, const float *brow,
 PSUM_TILE(matmul_tile32, float, __m512, __mmask16, 16, 32, 23, 127, 0x7f800000)
 PSUM_TILE(matmul_tile64, double, __m512d, __mmask8, 8, 64, 52, 1023, 0x7ff0000000000000LL)
 
-/* The tiles compiled once per mode (subnormals or flush to zero), so that the mode is
- * a constant in the inner loop. */
-#define PSUM_TILE_MODE(NAME, TILE, SUB)                                                            \
+/* The tiles compiled once per mode (subnormals or flush to zero, ties to even or toward
+ * zero), so that the mode is a constant in the inner loop. */
+typedef void (*psum_tile_fn)(const float *, const float *, double *, float *, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, const psum_mac *);
+#define PSUM_TILE_MODE(NAME, TILE, SUB, RZ)                                                        \
     static void NAME(const float *a, const float *b, double *out, float *out32, int64_t ldb,       \
                      int64_t ldo, int64_t K, int64_t i0, int64_t ib, int64_t j0, int64_t jb,       \
                      const psum_mac *m)                                                            \
     {                                                                                              \
-        TILE(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, SUB);                               \
+        TILE(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, SUB, RZ);                           \
     }
 /* IEEE binary32 accumulators in float32 lanes: RN(acc + a * w) with the product exact is
  * what one fused multiply-add computes, specials included (Inf x 0, Inf - Inf: NaN;
@@ -747,7 +753,7 @@ static void tile32_ieee(const float *a, const float *b, double *out, float *out3
 {
     const unsigned int csr = _mm_getcsr();
     _mm_setcsr(csr & ~0x8040u); /* FTZ (bit 15) and DAZ (bit 6) off */
-    matmul_tile32(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, PSUM_IEEE);
+    matmul_tile32(a, b, out, out32, ldb, ldo, K, i0, ib, j0, jb, m, PSUM_IEEE, 0);
     _mm_setcsr(csr);
 }
 
@@ -760,10 +766,22 @@ static int is_binary32(const psum_fmt *f)
            f->inf_abs == (int64_t)PSUM_INF;
 }
 
-PSUM_TILE_MODE(tile32_sub, matmul_tile32, 1)
-PSUM_TILE_MODE(tile32_ftz, matmul_tile32, 0)
-PSUM_TILE_MODE(tile64_sub, matmul_tile64, 1)
-PSUM_TILE_MODE(tile64_ftz, matmul_tile64, 0)
+PSUM_TILE_MODE(tile32_sub, matmul_tile32, 1, 0)
+PSUM_TILE_MODE(tile32_ftz, matmul_tile32, 0, 0)
+PSUM_TILE_MODE(tile64_sub, matmul_tile64, 1, 0)
+PSUM_TILE_MODE(tile64_ftz, matmul_tile64, 0, 0)
+PSUM_TILE_MODE(tile32_sub_rz, matmul_tile32, 1, 1)
+PSUM_TILE_MODE(tile32_ftz_rz, matmul_tile32, 0, 1)
+PSUM_TILE_MODE(tile64_sub_rz, matmul_tile64, 1, 1)
+PSUM_TILE_MODE(tile64_ftz_rz, matmul_tile64, 0, 1)
+
+/* The tile of a mode: subnormals or flush to zero, ties to even or toward zero. */
+static psum_tile_fn tile_for(const psum_fmt *f, int lanes32)
+{
+    static const psum_tile_fn tiles[2][2][2] = {{{tile64_ftz, tile64_ftz_rz}, {tile64_sub, tile64_sub_rz}},
+                                                {{tile32_ftz, tile32_ftz_rz}, {tile32_sub, tile32_sub_rz}}};
+    return tiles[lanes32 != 0][f->subnormals != 0][f->nearest_even == 0];
+}
 
 /* The smallest nonzero magnitude among n floats. */
 static float min_nonzero(const float *x, int64_t n, int threads)
@@ -821,12 +839,13 @@ static int matmul_path(const psum_mac *m)
 #ifdef PSUM_HAVE_TILES
     if (!m->has_product && is_binary32(&m->acc))
         return 4;
-    if (!m->has_product && m->acc.nearest_even) {
+    if (!m->has_product) { /* the float adder rounds in the lane type, either rounding */
+        const psum_fmt *f = &m->acc;
+        const int64_t emax = (f->max_abs >> 52) - 1023;
         if (m->narrow) {
-            const psum_fmt32 f32 = narrow_params(&m->acc);
-            if (f32.float_round && m->acc.emin - m->acc.man_bits >= -102)
+            if (f->man_bits <= 21 && emax - f->man_bits + 23 <= 127 && f->emin - f->man_bits >= -102)
                 return 3; /* if every product is a normal float32 (products_normal) */
-        } else if (fast_step_for(&m->acc) == fast_step_sub_fr || fast_step_for(&m->acc) == fast_step_ftz_fr) {
+        } else if (f->emin - f->man_bits - 2 >= -1022 && emax - f->man_bits + 52 <= 1022) {
             return 2;
         }
     }
@@ -873,18 +892,9 @@ static void run_strided(int path, const float *a, const float *b, void *out, int
         PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_ieee(PSUM_ARGS_));
         return;
     }
-    if (path == 3) {
-        if (m->acc.subnormals)
-            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_sub(PSUM_ARGS_));
-        else
-            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 32, threads, tile32_ftz(PSUM_ARGS_));
-        return;
-    }
-    if (path == 2) {
-        if (m->acc.subnormals)
-            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 16, threads, tile64_sub(PSUM_ARGS_));
-        else
-            PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, 16, threads, tile64_ftz(PSUM_ARGS_));
+    if (path == 3 || path == 2) {
+        const psum_tile_fn tile = tile_for(&m->acc, path == 3);
+        PSUM_FOR_BLOCKS(M, N, K, batch, PSUM_TR, path == 3 ? 32 : 16, threads, tile(PSUM_ARGS_));
         return;
     }
 #endif
@@ -1028,10 +1038,8 @@ static void matmul_serial(int path, const float *a, const float *b, float *out32
                 const int64_t ib = M - i0 < PSUM_TR ? M - i0 : PSUM_TR, jb = N - j0 < cols ? N - j0 : cols;
                 if (path == 4)
                     tile32_ieee(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
-                else if (path == 3)
-                    (m->acc.subnormals ? tile32_sub : tile32_ftz)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
                 else
-                    (m->acc.subnormals ? tile64_sub : tile64_ftz)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
+                    tile_for(&m->acc, path == 3)(a, b, NULL, out32, ldb, ldo, K, i0, ib, j0, jb, m);
             }
         return;
     }
