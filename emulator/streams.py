@@ -36,13 +36,19 @@ def _capture(model: nn.Module, name: str, batch: torch.Tensor) -> tuple[nn.Modul
 
 
 def _columns(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, L, K) activations per output position and (O, K) weights, in im2col order."""
+    """(N, G, L, K) activations per group and output position and (O, K) weights, in
+    im2col order: output channel o's dot products read group o // (O / G) (G = 1 for
+    linear layers and ungrouped convolutions; a depthwise convolution has G = C)."""
     if isinstance(layer, nn.Linear):
-        return x.reshape(x.shape[0], 1, -1), layer.weight.detach().reshape(layer.out_features, -1)
-    if layer.groups != 1:
-        raise ValueError("operand streams of grouped convolutions are not supported")
-    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, K, L)
-    return cols.transpose(1, 2), layer.weight.detach().reshape(layer.out_channels, -1)
+        return x.reshape(x.shape[0], 1, 1, -1), layer.weight.detach().reshape(layer.out_features, -1)
+    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, G*K, L)
+    cols = cols.view(x.shape[0], layer.groups, -1, cols.shape[-1]).transpose(2, 3)  # rows of a group are adjacent
+    return cols, layer.weight.detach().reshape(layer.out_channels, -1)
+
+
+def dot_rows(acts: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Index of each output channel ``out``'s group in :func:`_columns`'s activations."""
+    return out // (weights.shape[0] // acts.shape[1])
 
 
 def largest_layer(model: nn.Module, image_size: int) -> str:
@@ -61,18 +67,19 @@ def operand_streams(model: nn.Module, layer: str, batch: torch.Tensor, count: in
     batch's largest magnitude), two's-complement patterns of ``int_bits`` bits.
     """
     mod, x = _capture(model, layer, batch)
-    acts, w = _columns(mod, x.float())  # (N, L, K), (O, K)
-    n, positions, k = acts.shape
+    acts, w = _columns(mod, x.float())  # (N, G, L, K), (O, K)
+    n, _, positions, k = acts.shape
     rng = np.random.default_rng(seed)
     img, pos, out = rng.integers(0, n, count), rng.integers(0, positions, count), rng.integers(0, w.shape[0], count)
-    a_vals = acts[torch.from_numpy(img), torch.from_numpy(pos)]  # (count, K)
-    b_vals = w[torch.from_numpy(out)]  # (count, K)
+    out = torch.from_numpy(out)
+    a_vals = acts[torch.from_numpy(img), dot_rows(acts, w, out), torch.from_numpy(pos)]  # (count, K)
+    b_vals = w[out]  # (count, K)
     if int_bits is not None:
         limit = (1 << (int_bits - 1)) - 1
         a_scale = acts.abs().max().clamp(min=1e-30) / limit
         w_scale = w.abs().amax(dim=1).clamp(min=1e-30) / limit
         a_int = symmetric_quantize(a_vals, a_scale, int_bits).numpy().astype(np.int64)
-        b_int = symmetric_quantize(b_vals, w_scale[torch.from_numpy(out)][:, None], int_bits).numpy().astype(np.int64)
+        b_int = symmetric_quantize(b_vals, w_scale[out][:, None], int_bits).numpy().astype(np.int64)
         mask = (1 << int_bits) - 1
         return (a_int & mask).astype(np.uint64), (b_int & mask).astype(np.uint64)
     weights = inputs if weights is None else weights

@@ -96,15 +96,15 @@ def _addends(module, x, weight, samples: int, seed: int):
     """(samples, K) float64 products of sampled dot products, in the im2col order."""
     import torch
 
-    from emulator.streams import _columns
+    from emulator.streams import _columns, dot_rows
 
     gen = torch.Generator().manual_seed(seed)
-    acts, _ = _columns(module, x.double())  # (N, L, K)
-    rows = acts.reshape(-1, acts.shape[-1])
+    acts, _ = _columns(module, x.double())  # (N, G, L, K)
+    rows = acts.transpose(0, 1).reshape(acts.shape[1], -1, acts.shape[-1])  # (G, N*L, K)
     w = weight.reshape(weight.shape[0], -1).double()
-    i = torch.randint(0, rows.shape[0], (samples,), generator=gen)
+    i = torch.randint(0, rows.shape[1], (samples,), generator=gen)
     o = torch.randint(0, w.shape[0], (samples,), generator=gen)
-    return rows[i] * w[o]
+    return rows[dot_rows(acts, w, o), i] * w[o]
 
 
 def _swamped(products, m: int) -> float:

@@ -306,3 +306,19 @@ def test_layers_inside_a_float_attention_stay_as_they_are():
     model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 4))
     new = convert(model, Policy(AccumConfig(acc="e4m7"), {"0": None}))
     assert type(new[0].out_proj) is type(model[0].out_proj) and isinstance(new[1], EmulatedLinear)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_operand_streams_of_grouped_convs_are_the_layers_own_dot_products(groups):
+    """Each stream pairs an output channel's weights with the columns of its own group
+    (a depthwise layer: its own input channel), so its dot product is one of the layer's outputs."""
+    from emulator.streams import _pattern_values, operand_streams
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 8, 6, 6)
+    a, b = operand_streams(nn.Sequential(conv), "0", x, 64, seed=2, inputs="fp32")
+    dots = (_pattern_values(a, "fp32") * _pattern_values(b, "fp32")).sum(dim=1)
+    outputs = torch.nn.functional.conv2d(x.double(), conv.weight.double(), padding=1, groups=groups).flatten()
+    nearest = (dots[:, None] - outputs[None, :]).abs().min(dim=1).values
+    assert (nearest < 1e-9).all(), nearest.max()
