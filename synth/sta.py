@@ -18,6 +18,7 @@ clear error naming the package, never a silent substitute.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -63,6 +64,7 @@ def sta_available() -> bool:
     return shutil.which("sta") is not None
 
 
+@functools.cache
 def sta_version() -> str:
     proc = subprocess.run([require_sta(), "-version"], capture_output=True, text=True, timeout=60, check=False)
     return f"OpenSTA {proc.stdout.strip() or 'unknown version'}"

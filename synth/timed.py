@@ -38,9 +38,9 @@ import bisect
 
 import numpy as np
 
-from synth.netlist import GateSimulator, Netlist, closure
+from synth.netlist import GateSimulator, Netlist
 
-__all__ = ["cell_delays", "TimedSimulator", "STEP_NS"]
+__all__ = ["cell_delays", "output_delay", "inertial", "TimedSimulator", "STEP_NS"]
 
 #: Time resolution of the timed simulation.
 STEP_NS = 0.01
