@@ -55,12 +55,9 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
 #: What a hardware row holds; part of its key, so that rows costed otherwise are redone.
 #: 2: the main MACs also split by part, with the output stage an output needs; 3: converters flat;
 #: 4: leakage apart (energy at other clocks), OpenSTA's critical path when timed with it,
-#: the energy with glitches (synth.timed) on the first GLITCH_STREAMS real streams.
+#: the energy with glitches (synth.timed) on the first synth.timed.GLITCH_LANES real streams.
 COSTING = 4
 
-#: Real operand streams of the glitch-aware energy simulation (it keeps every net's
-#: waveform over a cycle, so it runs on fewer streams than the zero-delay one).
-GLITCH_STREAMS = 256
 
 
 def timing_source(spec: StudySpec) -> str:
@@ -159,6 +156,7 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str =
     from synth.components import costs_by_part
     from synth.flow import synthesize
     from synth.power import estimate_energy, finite_patterns, uniform_streams
+    from synth.timed import GLITCH_LANES
 
     spec = runner.spec
     model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
@@ -194,8 +192,8 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str =
             ra = uniform_streams(len(mac.a), finite, spec.streams, 64, seed=spec.seed + 1)
             rb = uniform_streams(len(mac.b), finite, spec.streams, 64, seed=spec.seed + 2)
             rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
-            glitchy = estimate_energy(r.netlist, lib, a[:GLITCH_STREAMS], b[:GLITCH_STREAMS], unit=mac.describe(),
-                                      operands=f"{run.name} {layer}", glitches=True, max_lanes=GLITCH_STREAMS)
+            glitchy = estimate_energy(r.netlist, lib, a[:GLITCH_LANES], b[:GLITCH_LANES], unit=mac.describe(),
+                                      operands=f"{run.name} {layer}", glitches=True, max_lanes=GLITCH_LANES)
             row = {**unit, "unit": mac.describe(), "library": lib.name,
                    "area_um2": r.area_um2, "cells": r.num_cells, "transistors": r.transistors, "depth": r.depth,
                    "critical_path_ns": r.critical_path_ns, "clock_mhz": real.clock_mhz,

@@ -241,7 +241,7 @@ def _central(found: dict, spec) -> list[str]:
             cells += [f"{fh['area_um2']:.0f}", f"{ih['area_um2']:.0f}", _ratio(fh, ih, "area_um2"),
                       _energy(fh), _energy(ih), _ratio(fh, ih, "energy_pj")]
             iso = iso_frequency(fh, ih) if "leakage_pj" in fh and "leakage_pj" in ih else None
-            cells += [f"{iso['clock_mhz']:.0f}", _iso_ratio(fh, ih)] if iso else ["-", "-"]
+            cells += [f"{iso['clock_mhz']:.0f}", f"{iso['ratio']:.2f}"] if iso else ["-", "-"]
             glitchy = "energy_glitch_pj" in fh and "energy_glitch_pj" in ih
             cells += ([f"{fh['energy_glitch_pj']:.3f}", f"{ih['energy_glitch_pj']:.3f}",
                        _ratio(fh, ih, "energy_glitch_pj")] if glitchy else ["-"] * 3)

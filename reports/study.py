@@ -101,10 +101,11 @@ def run_study(spec: StudySpec, out: str | Path, *, workers: int = 1, scheduler: 
 
     data = {run.name: run_data(run, spec) for run in spec.models}
     library = load_library(spec) if spec.synth else None
+    timing = None
     if spec.synth:
         from reports.hardware import timing_source
 
-        timing_source(spec)  # sta = true without OpenSTA: an error here, before any work
+        timing = timing_source(spec)  # sta = true without OpenSTA: an error here, before any work
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SpecError(f"cannot use {out} as the study's folder: it is a file")
@@ -114,7 +115,8 @@ def run_study(spec: StudySpec, out: str | Path, *, workers: int = 1, scheduler: 
     try:
         _out_dir(out)
         with study_lock(out):
-            results = _run_locked(spec, out, executor, data, library, workers > 1 or scheduler is not None, log)
+            results = _run_locked(spec, out, executor, data, library, timing, workers > 1 or scheduler is not None,
+                                  log)
     finally:
         if own:
             (executor.close if hasattr(executor, "close") else executor.shutdown)()
@@ -123,8 +125,8 @@ def run_study(spec: StudySpec, out: str | Path, *, workers: int = 1, scheduler: 
     return results
 
 
-def _run_locked(spec: StudySpec, out: Path, executor, data: dict[str, RunData], library, pooled: bool,
-                log) -> dict:
+def _run_locked(spec: StudySpec, out: Path, executor, data: dict[str, RunData], library, timing: str | None,
+                pooled: bool, log) -> dict:
     store = Store(out / "results.sqlite")
     try:
         for run in spec.models:
@@ -142,10 +144,10 @@ def _run_locked(spec: StudySpec, out: Path, executor, data: dict[str, RunData], 
                 log(f"{run.name}: accumulation error of each layer against exact sums")
                 found["prediction"] = predict(runner, run, found)
             if spec.synth:
-                from reports.hardware import hardware, timing_source
+                from reports.hardware import hardware
 
                 log(f"{run.name}: synthesis, timing and energy of the MACs found")
-                found["hardware"] = hardware(runner, run, found, log, library, timing_source(spec))
+                found["hardware"] = hardware(runner, run, found, log, library, timing)
             results["models"][run.name] = found
         results["points"] = [{**f, **r} for f, r in runner.touched.values()]
         images = {name: {"decision": len(i.decision), "screen": 0 if i.screen is None else len(i.screen)}

@@ -40,10 +40,14 @@ import numpy as np
 
 from synth.netlist import GateSimulator, Netlist
 
-__all__ = ["cell_delays", "output_delay", "inertial", "TimedSimulator", "STEP_NS"]
+__all__ = ["cell_delays", "output_delay", "inertial", "TimedSimulator", "STEP_NS", "GLITCH_LANES"]
 
 #: Time resolution of the timed simulation.
 STEP_NS = 0.01
+
+#: Lanes (operand streams) a glitch-aware energy estimate simulates: every net keeps its
+#: waveform over a cycle, so it runs on fewer streams than the zero-delay simulation.
+GLITCH_LANES = 256
 
 _SLEW_INDEX = 2  # the third input-transition index: psum's typical slew
 
@@ -135,6 +139,7 @@ class TimedSimulator(GateSimulator):
                             for c in netlist.flops]
         self.window = self._settling_steps() + 1
         self.final: np.ndarray | None = None  # every net's value at the end of the last cycle
+        self.wave: np.ndarray | None = None  # every net's waveform over the cycle (reused)
 
     def _settling_steps(self) -> int:
         """The longest path in steps: by then every net has settled."""
@@ -152,7 +157,9 @@ class TimedSimulator(GateSimulator):
             self.final = self.values.copy()
             return
         steps, ones = self.window, self.ones
-        wave = np.empty((len(self.values), steps, self.words), dtype=np.uint64)
+        if self.wave is None:
+            self.wave = np.empty((len(self.values), steps, self.words), dtype=np.uint64)
+        wave = self.wave
         wave[:] = self.final[:, None, :]
         for name, rows in self.inputs.items():
             words = inputs.get(name)

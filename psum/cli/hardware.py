@@ -111,16 +111,12 @@ def _is_model_file(ref: str) -> bool:
     return is_model_file(ref)
 
 
-#: Lanes of a glitch-aware simulation: every net's waveform over a cycle is kept, so it
-#: runs on fewer streams than the zero-delay one.
-GLITCH_LANES = 256
-
-
 @command("synth")
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import clock_check, synthesize
     from synth.liberty import embedded, from_liberty
     from synth.power import estimate_energy, finite_patterns, uniform_streams
+    from synth.timed import GLITCH_LANES
 
     mac = build_mac(args)
     if args.streams < 64:
