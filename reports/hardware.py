@@ -14,6 +14,7 @@ INT, rounding into the inputs' format for FP), per output and per MAC over K.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -22,7 +23,7 @@ from reports.points import Runner, _model, _source
 from reports.spec import ModelRun, StudySpec
 from reports.store import point_key
 
-__all__ = ["library", "units", "hardware", "output_stage", "output_cost"]
+__all__ = ["library", "units", "hardware", "clock_targets", "output_stage", "output_cost"]
 
 
 def library(spec: StudySpec):
@@ -77,7 +78,9 @@ REQUANT_MULTIPLIER_BITS = 16
 
 def _is_main(spec: StudySpec, unit: dict) -> bool:
     """A MAC of the main searches (not of the chunk sweep): split by part, with its
-    network's output stage."""
+    network's output stage. An operand_formats MAC is not."""
+    if "inputs" in unit:
+        return False
     if unit["family"] == "int":
         return True
     chunk = (unit["chunk"], unit["chunk_acc"])
@@ -140,78 +143,190 @@ def build(spec: StudySpec, unit: dict):
     if unit["family"] == "int":
         bits = unit.get("operand_bits", spec.int_bits)
         return IntMAC(bits, bits, unit["acc"])
+    inputs = unit.get("inputs", spec.inputs)  # an operand_formats MAC names its own
     if unit["chunk"]:
-        return FloatMAC(spec.inputs, unit["acc"], chunk=unit["chunk"], chunk_acc=unit["chunk_acc"])
-    return FloatMAC(spec.inputs, unit["acc"])
+        return FloatMAC(inputs, unit["acc"], chunk=unit["chunk"], chunk_acc=unit["chunk_acc"])
+    return FloatMAC(inputs, unit["acc"])
 
 
 def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str = "estimate") -> list[dict]:
     """Synthesis, timing (``timing``: :func:`timing_source`) and energy of every MAC
-    :func:`units` names for ``run``, on ``lib``."""
-    from emulator import data
-    from emulator.models import has_integer_reading
-    from emulator.streams import largest_layer, operand_streams
+    :func:`units` names for ``run``, on ``lib``. Where OpenSTA times them, the central
+    comparison's pairs are also synthesized for clock targets (:func:`clock_targets`)
+    into ``found["clocked"]``; with ``operand_formats``, each format's minimal MACs are
+    costed into ``found["operand_hardware"]``."""
     from emulator.tflite_import import TFLiteIntNet
-    from hwgen.mac import HWGEN_VERSION
-    from synth.components import costs_by_part
-    from synth.flow import synthesize
-    from synth.power import estimate_energy, finite_patterns, uniform_streams
-    from synth.timed import GLITCH_LANES
 
-    spec = runner.spec
-    model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
-    batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True, seed=spec.seed))
-    layer = largest_layer(model, data.dataset_spec(dataset).image_size)
-    rows = []
-    integer_net = TFLiteIntNet.from_file(run.ref) if has_integer_reading(run.ref) else None
-    for unit in units(spec, found):
-        if integer_net is not None and unit["family"] == "int":  # the file's operands: stored values minus zero points
+    ctx = _Context(runner, run, lib, timing)
+    rows, built = [], []
+    for unit in units(runner.spec, found):
+        if ctx.integer_net is not None and unit["family"] == "int":  # the file's operands: stored values minus zero points
             unit = {**unit, "operand_bits": TFLiteIntNet.OPERAND_BITS}
-        mac = build(spec, unit)
-        fields = {"unit": mac.describe(), "costing": COSTING, "hwgen": HWGEN_VERSION, "timing": timing,
-                  "library": lib.digest, "model": run.name,
+        mac = build(runner.spec, unit)
+        rows.append(ctx.cost(unit, mac, log))
+        built.append((unit, mac, ctx.fields(mac)))
+    if timing == "sta":
+        found["clocked"] = clock_targets(ctx, found, rows, built, log)
+    if runner.spec.operand_formats:
+        found["operand_hardware"] = [ctx.cost(unit, build(runner.spec, unit), log)
+                                     for unit in operand_units(runner.spec, found)]
+    return rows
+
+
+def operand_units(spec: StudySpec, found: dict) -> list[dict]:
+    """Per extra operand format, its FP minima (every tolerance) and its fp32-accumulator
+    reference MAC."""
+    out = []
+    for fmt, search in found.get("operands", {}).items():
+        accs = {"fp32"} | {a for summary in search["fp"].values() for a in summary["minima"].values() if a}
+        chunk = spec.main_chunk()
+        out += [{"family": "fp", "acc": a, "inputs": fmt, "chunk": None if a == "fp32" else chunk[0],
+                 "chunk_acc": None if a == "fp32" else chunk[1]} for a in sorted(accs)]
+    return out
+
+
+class _Context:
+    """What costing a MAC of one network needs: its largest layer, the real operand
+    streams there (drawn once per operand format), the library and the timing source."""
+
+    def __init__(self, runner: Runner, run: ModelRun, lib, timing: str):
+        from emulator import data
+        from emulator.models import has_integer_reading
+        from emulator.streams import largest_layer
+        from emulator.tflite_import import TFLiteIntNet
+
+        spec = runner.spec
+        self.runner, self.run, self.lib, self.timing = runner, run, lib, timing
+        self.model, dataset = _model(run.ref, run.dataset, run.checkpoint, spec.fold_bn)
+        self.batch, _ = next(_source(dataset, "test", spec.data_dir, spec.download).batches(64, shuffle=True,
+                                                                                            seed=spec.seed))
+        self.layer = largest_layer(self.model, data.dataset_spec(dataset).image_size)
+        self.integer_net = TFLiteIntNet.from_file(run.ref) if has_integer_reading(run.ref) else None
+        self.operands = f"{run.name} {self.layer}"
+        self._drawn: dict[tuple, tuple] = {}
+
+    def streams(self, unit: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Real operand streams for ``unit``: FP MACs' in their input format, INT MACs'
+        as calibrated int operands (or the file's, for an integer network)."""
+        from emulator.streams import operand_streams
+
+        spec = self.runner.spec
+        key = (unit["family"], unit.get("inputs", spec.inputs))
+        if key not in self._drawn:
+            if unit["family"] == "int" and self.integer_net is not None:
+                drawn = self.integer_net.operand_streams(self.layer, self.batch, spec.streams, seed=spec.seed)
+            elif unit["family"] == "int":
+                drawn = operand_streams(self.model, self.layer, self.batch, spec.streams, seed=spec.seed,
+                                        int_bits=spec.int_bits)
+            else:
+                drawn = operand_streams(self.model, self.layer, self.batch, spec.streams, seed=spec.seed,
+                                        inputs=key[1])
+            self._drawn[key] = drawn
+        return self._drawn[key]
+
+    def fields(self, mac) -> dict:
+        """The key fields of ``mac``'s hardware row."""
+        from hwgen.mac import HWGEN_VERSION
+
+        runner, run, spec = self.runner, self.run, self.runner.spec
+        fields = {"unit": mac.describe(), "costing": COSTING, "hwgen": HWGEN_VERSION, "timing": self.timing,
+                  "library": self.lib.digest, "model": run.name,
                   "checkpoint": runner.data[run.name].checkpoint, "data": {"test": runner.data[run.name].test},
-                  "layer": layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
+                  "layer": self.layer, "streams": spec.streams, "seed": spec.seed, "psum": runner.version}
         if spec.fold_bn:  # the operand streams come from the folded weights
             fields["fold_bn"] = True
         if runner.data[run.name].architecture is not None:  # a network of one's own: its source
             fields["architecture"] = runner.data[run.name].architecture
-        key = point_key(fields)
-        row = runner.store.get(key)
-        if row is None:
-            start = time.monotonic()
-            r = synthesize(mac, lib)
-            if unit["family"] == "int" and integer_net is not None:
-                a, b = integer_net.operand_streams(layer, batch, spec.streams, seed=spec.seed)
-            elif unit["family"] == "int":
-                a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, int_bits=spec.int_bits)
-            else:
-                a, b = operand_streams(model, layer, batch, spec.streams, seed=spec.seed, inputs=spec.inputs)
-            finite = finite_patterns(getattr(mac, "inputs", None))
-            real = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands=f"{run.name} {layer}")
-            ra = uniform_streams(len(mac.a), finite, spec.streams, 64, seed=spec.seed + 1)
-            rb = uniform_streams(len(mac.b), finite, spec.streams, 64, seed=spec.seed + 2)
-            rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
-            glitchy = estimate_energy(r.netlist, lib, a[:GLITCH_LANES], b[:GLITCH_LANES], unit=mac.describe(),
-                                      operands=f"{run.name} {layer}", glitches=True, max_lanes=GLITCH_LANES)
-            row = {**unit, "unit": mac.describe(), "library": lib.name,
-                   "area_um2": r.area_um2, "cells": r.num_cells, "transistors": r.transistors, "depth": r.depth,
-                   "critical_path_ns": r.critical_path_ns, "clock_mhz": real.clock_mhz,
-                   "energy_pj": real.energy_per_mac_pj, "leakage_pj": real.leakage_pj, "recipe": r.recipe,
-                   "energy_glitch_pj": glitchy.energy_per_mac_pj, "glitch_streams": glitchy.streams,
-                   "energy_random_pj": rand.energy_per_mac_pj, "synth_seconds": r.synth_seconds}
-            if timing == "sta":
-                from synth.sta import static_timing
+        return fields
 
-                t = static_timing(r.netlist_verilog, lib)
-                row |= {"sta_critical_path_ns": t.critical_path_ns, "sta_tool": t.tool}
-            if _is_main(spec, unit):
-                split = costs_by_part(mac, lib, a, b, operands=f"{run.name} {layer}")
-                row |= {"parts": split["parts"], "parts_area_um2": split["area_um2"],
-                        "parts_energy_pj": split["energy_pj"]}
-                row["output"] = output_cost(spec, unit, mac, lib, a, b, f"{run.name} {layer}")
-            runner.store.put(key, "hardware", fields, row)
-            log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {real.energy_per_mac_pj:.3f} pJ/MAC "
-                f"[{time.monotonic() - start:.1f} s]")
-        rows.append(row)
-    return rows
+    def cost(self, unit: dict, mac, log) -> dict:
+        """``mac``'s hardware row (stored, or synthesized, timed and simulated now):
+        area, cells, paths, energy on real and random streams, with glitches; a MAC of
+        the main searches also by part and with its output stage."""
+        from synth.components import costs_by_part
+        from synth.flow import synthesize
+        from synth.power import estimate_energy, finite_patterns, uniform_streams
+        from synth.timed import GLITCH_LANES
+
+        spec, lib = self.runner.spec, self.lib
+        fields = self.fields(mac)
+        key = point_key(fields)
+        row = self.runner.store.get(key)
+        if row is not None:
+            return row
+        start = time.monotonic()
+        r = synthesize(mac, lib)
+        a, b = self.streams(unit)
+        finite = finite_patterns(getattr(mac, "inputs", None))
+        real = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands=self.operands)
+        ra = uniform_streams(len(mac.a), finite, spec.streams, 64, seed=spec.seed + 1)
+        rb = uniform_streams(len(mac.b), finite, spec.streams, 64, seed=spec.seed + 2)
+        rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
+        glitchy = estimate_energy(r.netlist, lib, a[:GLITCH_LANES], b[:GLITCH_LANES], unit=mac.describe(),
+                                  operands=self.operands, glitches=True, max_lanes=GLITCH_LANES)
+        row = {**unit, "unit": mac.describe(), "library": lib.name,
+               "area_um2": r.area_um2, "cells": r.num_cells, "transistors": r.transistors, "depth": r.depth,
+               "critical_path_ns": r.critical_path_ns, "clock_mhz": real.clock_mhz,
+               "energy_pj": real.energy_per_mac_pj, "leakage_pj": real.leakage_pj, "recipe": r.recipe,
+               "energy_glitch_pj": glitchy.energy_per_mac_pj, "glitch_streams": glitchy.streams,
+               "energy_random_pj": rand.energy_per_mac_pj, "synth_seconds": r.synth_seconds}
+        if self.timing == "sta":
+            from synth.sta import static_timing
+
+            t = static_timing(r.netlist_verilog, lib)
+            row |= {"sta_critical_path_ns": t.critical_path_ns, "sta_tool": t.tool}
+        if _is_main(spec, unit):
+            split = costs_by_part(mac, lib, a, b, operands=self.operands)
+            row |= {"parts": split["parts"], "parts_area_um2": split["area_um2"],
+                    "parts_energy_pj": split["energy_pj"]}
+            row["output"] = output_cost(spec, unit, mac, lib, a, b, self.operands)
+        self.runner.store.put(key, "hardware", fields, row)
+        log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {real.energy_per_mac_pj:.3f} pJ/MAC "
+            f"[{time.monotonic() - start:.1f} s]")
+        return row
+
+
+#: The fixed clock target every central pair is also synthesized for (MHz).
+FIXED_TARGET_MHZ = 500.0
+
+
+def clock_targets(ctx: _Context, found: dict, rows: list[dict], built: list, log) -> list[dict]:
+    """Timing-driven synthesis of each tolerance's central pair (FP minimum, INT
+    minimum): both MACs synthesized for the fastest clock the slower of the two meets
+    under OpenSTA (each then free to trade its slack for area) and for
+    :data:`FIXED_TARGET_MHZ`; area, OpenSTA path and zero-delay energy on the real
+    streams at that clock. One entry per tolerance and target."""
+    from reports.search import best_fp, best_int
+    from synth.flow import synthesize
+    from synth.power import estimate_energy
+
+    runner, lib, spec = ctx.runner, ctx.lib, ctx.runner.spec
+    by_row = {id(row): (unit, mac, fields) for row, (unit, mac, fields) in zip(rows, built)}
+    out = []
+    for tol in spec.tolerances:
+        fp, it = best_fp(found, tol), best_int(found, tol)
+        pair = [next((r for r in rows if r["family"] == fam and r["acc"] == acc and _is_main(spec, r)), None)
+                for fam, acc in (("fp", fp), ("int", it))]
+        if None in pair or not all(r.get("sta_critical_path_ns") for r in pair):
+            continue
+        iso = math.floor(10 * 1e3 / max(r["sta_critical_path_ns"] for r in pair)) / 10  # 0.1 MHz below the slower
+        for kind, target in (("iso", iso), ("fixed", FIXED_TARGET_MHZ)):
+            entry = {"tolerance": tol, "target": kind, "clock_mhz": target}
+            for row in pair:
+                unit, mac, fields = by_row[id(row)]
+                key = point_key({**fields, "target_mhz": target})
+                cost = runner.store.get(key)
+                if cost is None:
+                    r = synthesize(mac, lib, target_mhz=target)
+                    a, b = ctx.streams(unit)
+                    e = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands=ctx.operands,
+                                        clock_mhz=target)
+                    cost = {"unit": mac.describe(), "acc": row["acc"], "area_um2": r.area_um2, "recipe": r.recipe,
+                            "mapping": r.mapping, "met": r.target_met, "sta_critical_path_ns": r.sta_critical_path_ns,
+                            "energy_pj": e.energy_per_mac_pj}
+                    runner.store.put(key, "hardware at a clock target", {**fields, "target_mhz": target}, cost)
+                    log(f"  {mac.describe()} for {target:g} MHz: {r.area_um2:.0f} um^2 ({r.mapping} mapping, "
+                        f"{'met' if r.target_met else 'NOT met'}), {e.energy_per_mac_pj:.3f} pJ/MAC")
+                entry[row["family"]] = cost
+            out.append(entry)
+    return out

@@ -251,6 +251,69 @@ def _central(found: dict, spec) -> list[str]:
     return lines + [""]
 
 
+def _clocked(found: dict) -> list[str]:
+    """The central pairs synthesized for a clock target (reports.hardware.clock_targets)."""
+    entries = found.get("clocked") or []
+    if not entries:
+        return []
+    lines = ["#### The central pairs synthesized for a clock", "",
+             "Each MAC of a pair synthesized for the clock (timing-driven: every recipe mapped for delay and for "
+             "area, the smallest netlist that meets the clock under OpenSTA kept, or the fastest where none does; "
+             "docs/synthesis.md). *iso*: the fastest clock the slower MAC of the pair meets in the reference flow; "
+             "*fixed*: a 500 MHz target. Energies: zero-delay, real operand streams, at that clock.", "",
+             "| tolerance | target | MHz | FP acc | FP area um^2 | FP mapping | FP meets | FP pJ/MAC | INT acc "
+             "| INT area um^2 | INT mapping | INT meets | INT pJ/MAC | area FP/INT | energy FP/INT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        fp, it = e["fp"], e["int"]
+        side = lambda h: [h["acc"], f"{h['area_um2']:.0f}", f"{h['recipe']}/{h['mapping']}",  # noqa: E731
+                          "yes" if h["met"] else f"NO ({h['sta_critical_path_ns']:.2f} ns)", f"{h['energy_pj']:.3f}"]
+        lines.append("| " + " | ".join([str(e["tolerance"]), e["target"], f"{e['clock_mhz']:g}", *side(fp), *side(it),
+                                        _ratio(fp, it, "area_um2"), _ratio(fp, it, "energy_pj")]) + " |")
+    return lines + [""]
+
+
+def _operands(found: dict, spec) -> list[str]:
+    """The FP minima of every operand format (the main inputs and ``operand_formats``)
+    beside the INT minimum, with their MACs' silicon (reports.hardware.operand_units)."""
+    if not found.get("operands"):
+        return []
+    lines = ["### Operand formats: FP minima beside the INT minimum", "",
+             f"Each operand format's own network-level FP search (every exponent width), candidates judged against "
+             f"that format's operands with fp32 accumulation; that reference in turn judged against the main one "
+             f"({spec.inputs} operands, fp32 accumulation; *operands' cost*). Silicon as in the tables above (same "
+             f"layer, real operand streams in each MAC's own format); *vs INT*: against the INT minimum of the same "
+             f"tolerance.", "",
+             "| tolerance | operands | reference top-1 % | operands' cost | FP minimum | bits | drop | area um^2 "
+             "| critical path ns | pJ/MAC | pJ/MAC with glitches | area vs INT | energy vs INT | energy with glitches vs INT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    hw = {(h.get("inputs", spec.inputs), h["acc"]): h for h in [*found.get("hardware", []),
+                                                               *found.get("operand_hardware", [])]
+          if h["family"] == "fp" and (h.get("chunk"), h.get("chunk_acc")) == spec.main_chunk()}
+    for tol in spec.tolerances:
+        it = best_int(found, tol)
+        ih = _hw_of(found, "int", it)
+        searches = [(spec.inputs, found, found["baselines"]["bf16_fp32acc"], None)] + [
+            (fmt, s, s["reference"], s["against_main"]) for fmt, s in found["operands"].items()]
+        for fmt, search, ref, cost in searches:
+            acc = best_fp(search, tol)
+            h = hw.get((fmt, acc))
+            cells = [str(tol), fmt, _pct(ref), _drop(cost) if cost else "(main)", acc or "none",
+                     str(_bits(acc)) if acc else "-", _drop(_judged(search["fp"][exponent(acc)], acc)) if acc else "-"]
+            if h:
+                cells += [f"{h['area_um2']:.0f}", f"{_critical(h):.2f}", f"{h['energy_pj']:.3f}",
+                          _value(h, "energy_glitch_pj"), _ratio(h, ih, "area_um2"), _ratio(h, ih, "energy_pj"),
+                          _ratio(h, ih, "energy_glitch_pj") if ih and "energy_glitch_pj" in ih else "-"]
+            else:
+                cells += ["-"] * 7
+            lines.append("| " + " | ".join(cells) + " |")
+        if ih:
+            lines.append(f"| {tol} | int{spec.int_bits} | - | - | {it} | {_bits(it)} | "
+                         f"{_drop(_judged(int_summary(found, spec), it))} | {ih['area_um2']:.0f} | {_critical(ih):.2f} | "
+                         f"{ih['energy_pj']:.3f} | {_value(ih, 'energy_glitch_pj')} | 1.00 | 1.00 | 1.00 |")
+    return lines + [""]
+
+
 _PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "normalize", "round", "outer adder",
                "register", "inputs")
 
@@ -572,7 +635,7 @@ def write_report(results: dict, spec, out: Path) -> None:
              f"{stats['computed']}, reused from the store {stats['reused']}; wall time {stats['seconds']} s.", ""]
     lines += _summary(results, spec)
     for model, found in results["models"].items():
-        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _breakdown(found, spec) + \
+        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _clocked(found) + _operands(found, spec) + _breakdown(found, spec) + \
             _per_e(found, spec) + _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
         rows = _costed(found, spec)
         if rows:

@@ -120,6 +120,9 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
             policies = [{**int_ref[s], "acc": a} for a in spec.int_candidates(mode)]
             out["int"][f"{mode[1:] or 'wrap'} seed {s}"] = _summary(policies, scan(runner, run, policies, int_ref[s],
                                                                                    spec.window))
+    if spec.operand_formats:
+        log(f"{run.name}: FP accumulators with operands {', '.join(spec.operand_formats)}")
+        out["operands"] = {fmt: operand_search(runner, run, fmt, fp_ref) for fmt in spec.operand_formats}
     best = best_fp(out, min(spec.tolerances))
     if best is not None and len(spec.orders) > 1:
         log(f"{run.name}: accumulation orders {spec.orders} at E={exponent(best)}")
@@ -134,6 +137,23 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
     if spec.chunk_sizes and best is not None:
         log(f"{run.name}: chunk sizes {spec.chunk_sizes}")
         out["chunks"] = _chunk_sweep(runner, run, best, fp_ref)
+    return out
+
+
+def operand_search(runner: Runner, run: ModelRun, fmt: str, fp_ref: dict) -> dict:
+    """The network-level FP search with ``fmt`` operands (activations and weights),
+    every exponent width of the spec, each candidate judged against ``fmt`` operands
+    with fp32 accumulation; that reference itself judged against the main FP reference
+    (``fp_ref``: what the operand format alone costs), paired on the same images."""
+    spec = runner.spec
+    ref = {**fp_ref, "inputs": fmt}
+    out = {"reference": runner.point(run, ref), "against_main": runner.judge(run, ref, fp_ref).as_dict()}
+
+    def search_e(exp_bits: int) -> dict:
+        policies = [{**ref, "acc": a, "chunk": spec.chunk} for a in spec.candidates(exp_bits)]
+        return _summary(policies, scan(runner, run, policies, ref, spec.window))
+
+    out["fp"] = {e: search_e(e) for e in spec.exp_bits}
     return out
 
 

@@ -59,6 +59,10 @@ class StudySpec:
 
     models: list[ModelRun] = field(default_factory=lambda: [ModelRun("lenet5", "checkpoints/lenet5-cifar10.pt")])
     inputs: str = "bf16"
+    #: More FP operand formats (e.g. ["e4m3", "e5m2"]): for each, the network-level FP
+    #: search with those operands against their own fp32-accumulator reference, and its
+    #: minimal MAC costed beside the main pair (reports.search.operand_searches).
+    operand_formats: list[str] = field(default_factory=lambda: ["e4m3"])  # []: the main inputs only
     exp_bits: list[int] = field(default_factory=lambda: [4, 5, 6])  # studies/cifar10.toml: 3..8
     max_width: int = 24  # FP candidates: 1 + E + M <= max_width
     mode: str = ""  # appended to every FP candidate, e.g. ":sat" or ":ftz:rz"
@@ -296,6 +300,19 @@ def _validate(spec: StudySpec) -> None:
         check_config(AccumConfig(acc="fp32", inputs=inputs))
     except ValueError as exc:
         _fail(f"inputs: {exc}")
+    if not isinstance(spec.operand_formats, list):
+        _fail(f"operand_formats must be a list of FP formats (e.g. [\"e4m3\", \"e5m2\"]), not {spec.operand_formats!r}")
+    for fmt in spec.operand_formats:
+        if not isinstance(fmt, str):
+            _fail(f"operand_formats must list format specs, not {fmt!r}")
+        try:
+            other = parse(fmt)
+        except (ValueError, TypeError) as exc:
+            _fail(f"operand_formats: {exc}")
+        if not isinstance(other, FloatFormat):
+            _fail(f"operand_formats must list floating-point formats, not {fmt}")
+        if fmt == spec.inputs or spec.operand_formats.count(fmt) > 1:
+            _fail(f"operand_formats lists {fmt} twice (the main inputs count once)")
     if spec.mode and not spec.mode.startswith(":"):
         _fail(f"mode is appended to every FP candidate and starts with ':' (':sat', ':ftz:rz'), not {spec.mode!r}")
     if not isinstance(spec.exp_bits, list) or not spec.exp_bits or not all(_is_int(e) for e in spec.exp_bits):
@@ -309,7 +326,8 @@ def _validate(spec: StudySpec) -> None:
             _fail(f"max_width {spec.max_width} leaves no FP candidate with {exp_bits} exponent bits "
                   f"(1 + E + M <= max_width needs max_width >= {exp_bits + 1})")
         for acc in spec.candidates(exp_bits):
-            try:
-                check_config(AccumConfig(acc=acc, inputs=inputs, chunk=spec.chunk))
-            except (ValueError, TypeError) as exc:
-                _fail(f"candidate {acc} (exp_bits {exp_bits}, max_width {spec.max_width}): {exc}")
+            for fmt in [inputs, *spec.operand_formats]:
+                try:
+                    check_config(AccumConfig(acc=acc, inputs=fmt, chunk=spec.chunk))
+                except (ValueError, TypeError) as exc:
+                    _fail(f"candidate {acc} (exp_bits {exp_bits}, max_width {spec.max_width}, inputs {fmt}): {exc}")

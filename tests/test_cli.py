@@ -190,8 +190,9 @@ def test_study_flags_reach_the_spec_and_help_lists_every_toml_key(monkeypatch, c
     assert main(["study", "--inputs", "fp16", "--mode", ":sat", "--max-width", "12", "--chunk", "8",
                  "--chunk-sizes", "--orders", "nhwc", "--int-bits", "6", "--int-width-range", "10", "20",
                  "--calibration-seeds", "3", "--streams", "128", "--batch-size", "64", "--no-prediction",
-                 "--out", "/tmp/psum-never-written"]) == 0
+                 "--operand-formats", "e5m2", "e4m3", "--out", "/tmp/psum-never-written"]) == 0
     spec = seen["spec"]
+    assert spec.operand_formats == ["e5m2", "e4m3"]
     assert (spec.inputs, spec.mode, spec.max_width, spec.chunk, spec.chunk_sizes, spec.orders) == \
         ("fp16", ":sat", 12, 8, [], ["nhwc"])
     assert (spec.int_bits, spec.int_width_range, spec.calibration_seeds, spec.streams, spec.batch_size,

@@ -526,6 +526,10 @@ def test_a_damaged_synthesis_cache_entry_is_resynthesized(tmp_path, monkeypatch)
     ({"device": "3"}, "device must be a string"),
     ({"liberty": '""'}, "liberty must be a path"),
     ({"nonsense": "1"}, "unknown keys nonsense"),
+    ({"operand_formats": '"e4m3"'}, "operand_formats must be a list of FP formats"),
+    ({"operand_formats": '["int8"]'}, "operand_formats must list floating-point formats, not int8"),
+    ({"operand_formats": '["e4m3", "e4m3"]'}, "operand_formats lists e4m3 twice"),
+    ({"operand_formats": '["e9m"]'}, "operand_formats: invalid format spec 'e9m'"),
     ({"models": "[[models]]\nname = \"lenet5\"\n"}, "[[models]] entry 1 lacks checkpoint"),
     ({"models": "[[models]]\ncheckpoint = \"x.pt\"\n"}, "[[models]] entry 1 lacks name"),
     ({"models": "[[models]]\nname = \"lenet5\"\ncheckpoint = \"x.pt\"\nepochs = 3\n"},
@@ -596,7 +600,7 @@ def _spec(tiny, data_dir, **kw):
     _, ckpt = tiny
     base = dict(models=[ModelRun("lenet5", str(ckpt))], exp_bits=[4], max_width=7, int_width_range=(8, 9),
                 tolerances=[5.0], limit=16, per_layer=False, synth=False, data_dir=str(data_dir), batch_size=16,
-                screen=0, calibration_seeds=[0], chunk_sizes=[], orders=["im2col"], prediction=False)
+                screen=0, calibration_seeds=[0], chunk_sizes=[], orders=["im2col"], prediction=False, operand_formats=[])
     return StudySpec(**{**base, **kw})
 
 

@@ -42,7 +42,7 @@ def tiny_spec(root, ckpt, **kw):
     base = dict(models=[ModelRun("lenet5", str(ckpt))], exp_bits=[3, 4], max_width=10,
                 int_width_range=(8, 14), tolerances=[2.0, 10.0], limit=64, per_layer=False, synth=False,
                 data_dir=str(root / "data"), batch_size=32, screen=32, calibration_seeds=[0], chunk_sizes=[],
-                orders=["im2col"], prediction=False)
+                orders=["im2col"], prediction=False, operand_formats=[])
     return StudySpec(**{**base, **kw})
 
 
@@ -54,9 +54,18 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     root, ckpt = tiny
     spec = tiny_spec(root, ckpt, exp_bits=[3], max_width=7, int_width_range=(10, 12), per_layer=True,
                      synth=True, streams=64, calibration_seeds=[0, 1], chunk_sizes=[16], orders=["im2col", "nhwc"],
-                     prediction=True, tolerances=[2.0, 10.0])
+                     prediction=True, tolerances=[2.0, 10.0], operand_formats=["e4m3"])
     results = run_study(spec, tmp_path / "out", log=lambda *_: None)
     found = results["models"]["lenet5"]
+    e4m3 = found["operands"]["e4m3"]  # its own search, against its own reference, which is judged against bf16's
+    assert e4m3["against_main"]["paired"]["n"] == 64 and set(e4m3["fp"]) == {3}
+    for judged in e4m3["fp"][3]["judged"]:
+        assert judged["paired"]["n"] == judged["images"]
+    costed = {h["acc"]: h for h in found["operand_hardware"]}
+    assert "fp32" in costed and all(h["inputs"] == "e4m3" and "inputs=e4m3" in h["unit"] for h in costed.values())
+    assert {a for a in e4m3["fp"][3]["minima"].values() if a} <= set(costed)
+    assert costed["fp32"]["area_um2"] < next(h for h in found["hardware"] if h["family"] == "fp" and h["acc"] == "fp32"
+                                             and not h.get("chunk"))["area_um2"]  # e4m3 operands: a smaller MAC
     assert set(found["baselines"]) == {"fp32", "bf16_fp32acc", "int8_int32acc_seed0", "int8_int32acc_seed1"}
     assert set(found["fp"]) == {3} and set(found["int"]) == {"wrap seed 0", "wrap seed 1", "sat seed 0"}
     for summary in [*found["fp"].values(), *found["int"].values()]:
@@ -69,6 +78,13 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     timed = shutil.which("sta") is not None  # sta = "auto": OpenSTA where installed
     assert all(bool(h.get("sta_critical_path_ns")) == timed for h in found["hardware"])
     assert all(h["energy_glitch_pj"] > h["energy_pj"] for h in found["hardware"])  # streams=64: the same ones
+    assert bool(found.get("clocked")) == timed  # the central pairs synthesized for clock targets
+    for entry in found.get("clocked", []):
+        pair = {fam: next(h for h in found["hardware"] if h["unit"] == entry[fam]["unit"]) for fam in ("fp", "int")}
+        if entry["target"] == "iso":  # the slower MAC's own clock: both meet it, neither grows
+            assert entry["clock_mhz"] <= 1e3 / max(h["sta_critical_path_ns"] for h in pair.values())
+            assert all(entry[f]["met"] and entry[f]["area_um2"] <= pair[f]["area_um2"] for f in pair)
+        assert all(entry[f]["met"] == (entry[f]["sta_critical_path_ns"] <= 1e3 / entry["clock_mhz"]) for f in pair)
     if found["chunks"][16]["inner_fp32_outer"]["2.0"]:
         assert any(h.get("chunk") == 16 for h in found["hardware"])
     assert set(found["orders"]) == {"im2col", "nhwc"}
@@ -77,7 +93,7 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     for heading in ("## Cross-network summary", "### Minimal accumulators (the central comparison)", "area FP/INT",
                     "### INT accumulators per calibration seed", "### Chunk-size sweep", "### Accumulation order",
                     "### Prediction beside measurement", "**Decision rule**", "energy FP/INT at iso clock",
-                    "energy FP/INT with glitches"):
+                    "energy FP/INT with glitches", "### Operand formats: FP minima beside the INT minimum", *(("#### The central pairs synthesized for a clock",) if timed else ())):
         assert heading in report
     assert ("Critical paths from static timing with OpenSTA" in report) == timed
     for name in ("results.csv", "judged.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",

@@ -323,7 +323,7 @@ def test_a_study_of_a_tflite_network_reads_it_both_ways(tmp_path):
     image_folder(tmp_path / "d", ("val",), classes=6, per_class=8, size=10, seed=5)
     spec = StudySpec(models=[ModelRun("small", str(path), str(tmp_path / "d"), factory=str(path))],
                      exp_bits=[4], max_width=10, int_width_range=(12, 16), chunk_sizes=[], orders=["im2col"],
-                     prediction=False, per_layer=True, screen=0, streams=64, calibration_seeds=[0, 1])
+                     prediction=False, per_layer=True, screen=0, streams=64, calibration_seeds=[0, 1], operand_formats=[])
     results = run_study(spec, tmp_path / "out", log=lambda *_: None)
     found = results["models"]["small"]
     assert set(found["int"]) == {"wrap seed 0", "sat seed 0"}  # one reference: the file's scales

@@ -128,8 +128,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise UsageError("--activity needs --checkpoint")
     elif args.checkpoint and _is_model_file(args.activity):
         raise UsageError(f"--checkpoint: {args.activity} carries its weights; give no checkpoint")
+    if args.clock_mhz is None:
+        from synth.power import DEFAULT_CLOCK_MHZ
+
+        args.clock_mhz = args.target_mhz or DEFAULT_CLOCK_MHZ
     library = from_liberty(args.liberty) if args.liberty else embedded()
-    result = synthesize(mac, library, cache=not args.no_cache)
+    result = synthesize(mac, library, cache=not args.no_cache, target_mhz=args.target_mhz)
     finite = finite_patterns(getattr(mac, "inputs", None))
     width_a, width_b = len(mac.a), len(mac.b)
     energies = []
@@ -144,7 +148,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
                                             clock_mhz=args.clock_mhz, pipeline=mac.pipeline, glitches=glitches,
                                             max_lanes=GLITCH_LANES if glitches else 16384))
     sta = None
-    if args.sta:
+    if args.sta or args.target_mhz:  # a timing-driven run is timed with OpenSTA
         from synth.sta import static_timing
 
         sta = static_timing(result.netlist_verilog, library)
@@ -168,6 +172,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     rows = [("cells", f"{r.num_cells}"), ("area", f"{r.area_um2:.1f} um^2 ({r.sequential_area_um2:.1f} sequential)"),
             ("transistors (CMOS estimate)", f"{r.transistors}"), ("flip-flops", f"{r.flip_flops}"),
             ("logic depth", f"{r.depth} cells"),
+            ("netlist", f"recipe {r.recipe}, {r.mapping}-oriented mapping" + (
+                "" if r.target_mhz is None else f", synthesized for {r.target_mhz:g} MHz: "
+                + ("met" if r.target_met else "NOT met, the fastest netlist kept"))),
             ("critical path", f"{r.critical_path_ns:.3f} ns (psum's estimate: one typical delay per cell), "
                               f"f_max {1e3 / r.critical_path_ns:.1f} MHz")]
     if sta:
@@ -236,8 +243,8 @@ def add_parsers(sub) -> None:
     sy.add_argument("--data-dir", help="with --activity: the data directory")
     sy.add_argument("--streams", type=positive_int, default=16384, help="dot products simulated (default 16384)")
     sy.add_argument("--k", type=positive_int, default=64, help="terms per random stream (default 64)")
-    sy.add_argument("--clock-mhz", type=positive_float, default=500.0,
-                    help="clock for power and leakage (default 500)")
+    sy.add_argument("--clock-mhz", type=positive_float,
+                    help="clock for power and leakage (default: --target-mhz, else 500)")
     sy.add_argument("--seed", type=seed, default=0, help="(default 0)")
     sy.add_argument("--parts", action="store_true",
                     help="also split area and energy by part (decode, multiplier, align, add, normalize, round, "
@@ -248,5 +255,8 @@ def add_parsers(sub) -> None:
     sy.add_argument("--sta", action="store_true",
                     help="also time the netlist with OpenSTA (apt-get install opensta): NLDM delays and slews "
                     "at each net's load, setup included; the clock check then uses its critical path")
+    sy.add_argument("--target-mhz", type=positive_float, metavar="MHZ",
+                    help="timing-driven synthesis: keep the smallest netlist (each recipe mapped for delay and for "
+                    "area) that meets this clock under OpenSTA, or the fastest where none does")
     sy.add_argument("--no-cache", action="store_true", help="resynthesize even if cached")
     sy.add_argument("--json", action="store_true")

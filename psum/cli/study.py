@@ -26,7 +26,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                          "run the points")
     limit = {"limit": args.limit} if given(args, "limit") else {}
     sweep = {"chunk_sizes": args.chunk_sizes} if given(args, "chunk_sizes") else {}
-    overrides = {"inputs": args.inputs, "mode": args.mode, "chunk": args.chunk, "int_bits": args.int_bits,
+    overrides = {"inputs": args.inputs, "operand_formats": args.operand_formats, "mode": args.mode, "chunk": args.chunk, "int_bits": args.int_bits,
                  "max_width": args.max_width, "streams": args.streams, "orders": args.orders,
                  "calibration_seeds": args.calibration_seeds, "batch_size": args.batch_size,
                  "int_width_range": tuple(args.int_width_range) if args.int_width_range else None,
@@ -69,7 +69,7 @@ TOML_KEYS = """\
 TOML keys of --config (default): models ([[models]] tables: name, checkpoint, dataset,
 and for a network of one's own factory ("FILE.py:NAME" or a .tflite/.onnx file; name then
 labels it; a file needs no checkpoint) and a folder
-dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), exp_bits ([4, 5, 6]),
+dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), operand_formats (["e4m3"]), exp_bits ([4, 5, 6]),
 max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
 tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
 window (2), calibration_seeds ([0, 1, 2]), chunk_sizes ([16, 64]), orders (["im2col",
@@ -115,6 +115,9 @@ def add_parser(sub) -> None:
     st.add_argument("--screen-seed", type=seed, help="seed of the screening subset (default 1)")
     st.add_argument("--device", help="evaluate on cpu (default), cuda or cuda:N: same bits, other speed")
     st.add_argument("--inputs", help="FP MACs' activation and weight format (default bf16)")
+    st.add_argument("--operand-formats", nargs="*", metavar="FMT",
+                    help="more FP operand formats (default e4m3; none given: no other): each gets its own "
+                    "network-level FP search and its minimal MAC costed beside the main pair")
     st.add_argument("--mode", help="appended to every FP candidate, e.g. :sat or :ftz:rz (default none)")
     st.add_argument("--max-width", type=positive_int, help="FP candidates: 1 + E + M <= this (default 24)")
     st.add_argument("--chunk", type=positive_int,
