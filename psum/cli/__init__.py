@@ -1,7 +1,7 @@
 """The ``psum`` command line.
 
 One module per group of commands (:mod:`~psum.cli.formats`, :mod:`~psum.cli.network`,
-:mod:`~psum.cli.hardware`, :mod:`~psum.cli.study`), each registering its commands in
+:mod:`~psum.cli.hardware`, :mod:`~psum.cli.study`, :mod:`~psum.cli.accel`), each registering its commands in
 :data:`COMMANDS`; each command gets the parsed arguments and returns an exit code. The
 layers below (emulator, hwgen, synth, reports) are imported lazily, inside the commands.
 Errors a user can cause (a malformed format spec, an impossible width, a repeated or
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from psum import __version__
-from psum.cli import formats, hardware, network, study
+from psum.cli import accel, formats, hardware, network, study
 from psum.cli._common import COMMANDS, USER_ERRORS, Parser, UsageError, first_line
 from psum.cli.formats import format_properties, format_table
 from psum.cli.hardware import build_mac
@@ -39,6 +39,7 @@ def build_parser() -> Parser:
     network.add_parsers(sub)
     hardware.add_parsers(sub)
     study.add_parser(sub)
+    accel.add_parser(sub)
     return parser
 
 

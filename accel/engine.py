@@ -1,0 +1,139 @@
+"""Running ZigZag (``zigzag-dse``) on psum's layers, architectures and MAC costs.
+
+For one network, one architecture and one accumulator: every layer is mapped by ZigZag
+(spatial mapping from the architecture's mapping file, temporal loops searched by its
+LOMA engine for minimal energy) with the accumulator's bits as the partial sums'
+precision (``O``) and psum's synthesized MAC as the array's unit energy and area. The
+result per layer: energy by part (MAC; each memory level's accesses, by operand),
+latency in cycles, and the partial-sum footprint at every memory level.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from accel.workload import Layer, zigzag_layer
+
+__all__ = ["ARCHITECTURES", "Architecture", "LayerCost", "MacCost", "accelerator_yaml", "evaluate_layer"]
+
+FOLDER = Path(__file__).resolve().parent / "architectures"
+#: The reference architectures: name -> (accelerator file, mapping file) under accel/architectures.
+ARCHITECTURES = {"os16": ("os16.yaml", "os16_mapping.yaml"), "ws16": ("ws16.yaml", "ws16_mapping.yaml")}
+#: The memory that stands for each PE's accumulator register (psum's MAC's own register).
+PSUM_REGISTER = "psum_reg"
+
+
+@dataclass(frozen=True)
+class MacCost:
+    """One MAC unit as the array's processing element: its accumulator's bits, energy
+    per MAC (pJ) and area (um^2), as psum synthesized and simulated it."""
+
+    acc: str
+    psum_bits: int
+    energy_pj: float
+    area_um2: float
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    accelerator: dict
+    mapping: Path
+
+    @classmethod
+    def named(cls, name: str) -> Architecture:
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+        acc_file, map_file = ARCHITECTURES[name]
+        return cls(name, yaml.safe_load((FOLDER / acc_file).read_text()), FOLDER / map_file)
+
+
+def accelerator_yaml(arch: Architecture, mac: MacCost) -> dict:
+    """The architecture with psum's MAC in every PE: the array's unit energy and area
+    are the MAC's, and each PE's partial-sum register holds one partial sum of the
+    accumulator's bits (its accesses cost nothing here: they are the MAC's register,
+    whose energy the MAC's already includes)."""
+    acc = copy.deepcopy(arch.accelerator)
+    acc["operational_array"]["unit_energy"] = float(mac.energy_pj)
+    acc["operational_array"]["unit_area"] = float(mac.area_um2)
+    reg = acc["memories"][PSUM_REGISTER]
+    reg["size"] = mac.psum_bits
+    for port in reg["ports"]:
+        port["bandwidth_min"] = port["bandwidth_max"] = mac.psum_bits
+    return acc
+
+
+@dataclass
+class LayerCost:
+    """ZigZag's evaluation of one layer: energy (pJ) of the MACs and of each memory
+    level by operand (``memory[level][operand]``), cycles, and the partial sums each
+    memory level holds at once (bits)."""
+
+    layer: str
+    macs: int
+    mac_pj: float
+    memory: dict[str, dict[str, float]]
+    cycles: float
+    psum_bits_held: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_pj(self) -> float:
+        return self.mac_pj + sum(sum(v.values()) for v in self.memory.values())
+
+
+_OPERAND = {"O": "O", "W": "W", "I": "I"}
+
+
+def evaluate_layer(layer: Layer, arch: Architecture, mac: MacCost, *, operand_bits: int, output_bits: int,
+                   work: Path | None = None) -> LayerCost:
+    """One layer on ``arch`` with ``mac`` in every PE, mapped by ZigZag for minimal energy."""
+    from zigzag.api import get_hardware_performance_zigzag
+
+    logging.getLogger("zigzag").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="psum-accel-") as tmp:
+        folder = Path(work or tmp)
+        acc_file = folder / f"{arch.name}.yaml"
+        acc_file.write_text(yaml.safe_dump(accelerator_yaml(arch, mac), sort_keys=False))
+        workload = [zigzag_layer(layer, 0, operand_bits=operand_bits, psum_bits=mac.psum_bits,
+                                 output_bits=output_bits)]
+        _, _, cmes = get_hardware_performance_zigzag(workload, str(acc_file), str(arch.mapping), opt="energy",
+                                                     dump_folder=str(folder / "out"), loma_show_progress_bar=False)
+    cme = _first(cmes)
+    memory: dict[str, dict[str, float]] = {}
+    held: dict[str, float] = {}
+    for op, per_level in cme.mem_energy_breakdown.items():
+        levels = cme.mem_hierarchy_dict[cme.memory_operand_links.layer_to_mem_op(op)]
+        for level, energy in zip(levels, per_level, strict=True):
+            memory.setdefault(level.name, {})[str(op)] = float(energy)
+        if str(op) == "O":
+            held = _psums_held(cme, op, levels, mac.psum_bits)
+    return LayerCost(layer.name, layer.macs, float(cme.mac_energy), memory, float(cme.latency_total2), held)
+
+
+def _psums_held(cme, op, levels, psum_bits: int) -> dict[str, float]:
+    """Bits of partial sums each memory level holds at once (all its instances
+    together): the outputs its tile of the mapping holds, at the partial sums' bits, at
+    the PEs' registers and at every level partial sums are read back from to be
+    accumulated further; 0 where a level only ever holds finished outputs."""
+    from zigzag.hardware.architecture.memory_port import DataDirection
+
+    elements = cme.mapping.data_elem_per_level[op]
+    held = {}
+    for i, level in enumerate(levels):
+        reread = cme.memory_word_access[op][i].get(DataDirection.RD_OUT_TO_LOW) > 0
+        partial = level.name == PSUM_REGISTER or reread
+        held[level.name] = float(elements[i + 1] * psum_bits) if partial and i + 1 < len(elements) else 0.0
+    return held
+
+
+def _first(cmes):
+    """The layer's own cost-model evaluation in a single-layer run's results: ZigZag
+    returns [(sum over layers, [(layer's evaluation, extra), ...])]."""
+    _, per_layer = cmes[0]
+    return per_layer[0][0]
