@@ -24,7 +24,8 @@ __all__ = ["ARCHITECTURES", "Architecture", "LayerCost", "MacCost", "accelerator
 
 FOLDER = Path(__file__).resolve().parent / "architectures"
 #: The reference architectures: name -> (accelerator file, mapping file) under accel/architectures.
-ARCHITECTURES = {"os16": ("os16.yaml", "os16_mapping.yaml"), "ws16": ("ws16.yaml", "ws16_mapping.yaml")}
+ARCHITECTURES = {"os16": ("os16.yaml", "os16_mapping.yaml"), "ws16": ("ws16.yaml", "ws16_mapping.yaml"),
+                 "tpu128": ("tpu128.yaml", "tpu128_mapping.yaml")}
 #: The memory that stands for each PE's accumulator register (psum's MAC's own register).
 PSUM_REGISTER = "psum_reg"
 
@@ -90,11 +91,33 @@ class LayerCost:
 _OPERAND = {"O": "O", "W": "W", "I": "I"}
 
 
+def _run_zigzag(workload: list[dict], accelerator: str, mapping: str, folder: Path):
+    """ZigZag's pipeline of ``get_hardware_performance_zigzag`` (LOMA, minimal energy,
+    uneven temporal mappings, 3 spatial mappings), without its saving and
+    visualization stages: those write files psum does not read, and the visualization
+    fails on a layer with no temporal loop (one that fits the array whole)."""
+    from zigzag.mapping.temporal_mapping import TemporalMappingType
+    from zigzag.stages.evaluation.cost_model_evaluation import CostModelStage
+    from zigzag.stages.main import MainStage
+    from zigzag.stages.mapping.spatial_mapping_generation import SpatialMappingGeneratorStage
+    from zigzag.stages.mapping.temporal_mapping_generator_stage import TemporalMappingGeneratorStage
+    from zigzag.stages.parser.accelerator_parser import AcceleratorParserStage
+    from zigzag.stages.parser.workload_parser import WorkloadParserStage
+    from zigzag.stages.results.reduce_stages import MinimalEnergyStage, SumStage
+    from zigzag.stages.workload_iterator import WorkloadStage
+
+    stages = [WorkloadParserStage, AcceleratorParserStage, SumStage, WorkloadStage, MinimalEnergyStage,
+              SpatialMappingGeneratorStage, MinimalEnergyStage, TemporalMappingGeneratorStage, CostModelStage]
+    return MainStage(list_of_callables=stages, accelerator=accelerator, workload=workload, mapping=mapping,
+                     dump_folder=str(folder), pickle_filename=str(folder / "cmes.pickle"), loma_lpf_limit=6,
+                     loma_show_progress_bar=False, nb_mappings_generated=3,
+                     enable_mix_spatial_mapping_generation=False, access_same_data_considered_as_no_access=True,
+                     temporal_mapping_type=TemporalMappingType("uneven")).run()
+
+
 def evaluate_layer(layer: Layer, arch: Architecture, mac: MacCost, *, operand_bits: int, output_bits: int,
                    work: Path | None = None) -> LayerCost:
     """One layer on ``arch`` with ``mac`` in every PE, mapped by ZigZag for minimal energy."""
-    from zigzag.api import get_hardware_performance_zigzag
-
     logging.getLogger("zigzag").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="psum-accel-") as tmp:
         folder = Path(work or tmp)
@@ -102,8 +125,7 @@ def evaluate_layer(layer: Layer, arch: Architecture, mac: MacCost, *, operand_bi
         acc_file.write_text(yaml.safe_dump(accelerator_yaml(arch, mac), sort_keys=False))
         workload = [zigzag_layer(layer, 0, operand_bits=operand_bits, psum_bits=mac.psum_bits,
                                  output_bits=output_bits)]
-        _, _, cmes = get_hardware_performance_zigzag(workload, str(acc_file), str(arch.mapping), opt="energy",
-                                                     dump_folder=str(folder / "out"), loma_show_progress_bar=False)
+        cmes = _run_zigzag(workload, str(acc_file), str(arch.mapping), folder)
     cme = _first(cmes)
     memory: dict[str, dict[str, float]] = {}
     held: dict[str, float] = {}

@@ -150,3 +150,14 @@ def test_psum_accel_runs_a_study_resumes_and_reports(tmp_path):
     assert (tmp_path / "a" / "lenet5_accel.png").stat().st_size > 0
     again = subprocess.run(cmd, capture_output=True, text=True)  # resumes: nothing evaluated twice
     assert again.returncode == 0 and "uJ [" not in again.stdout
+
+
+def test_a_layer_that_fits_the_array_whole():
+    """K 10 x C 84 on the 128x128 array: no temporal loop at all (ZigZag's own API
+    fails on it in its visualization stage, which psum's pipeline leaves out)."""
+    fc = Layer("fc", k=10, c=84, g=1, oy=1, ox=1, fy=1, fx=1, stride=(1, 1), padding=(0, 0), iy=1, ix=1)
+    cost = evaluate_layer(fc, Architecture.named("tpu128"), MacCost("int18", 18, 1.2, 590.0), operand_bits=8,
+                          output_bits=8)
+    assert cost.mac_pj == pytest.approx(840 * 1.2)
+    assert cost.memory["dram"]["W"] == pytest.approx(840 * 8 / 64 * 1300)
+    assert cost.psum_bits_held["psum_reg"] == 10 * 18 and cost.psum_bits_held["acc_buffer_1MB"] == 0

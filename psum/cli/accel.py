@@ -29,6 +29,6 @@ def add_parser(sub) -> None:
                        "mapped by ZigZag: energy by part (MAC, registers, buffers, SRAM, DRAM), cycles and the "
                        "partial sums' footprint. Resumes from OUT/accel.json.")
     p.add_argument("--study", required=True, metavar="DIR", help="a study's folder (its results.json)")
-    p.add_argument("--arch", nargs="+", metavar="NAME", help="architectures: os16, ws16 (default: all)")
+    p.add_argument("--arch", nargs="+", metavar="NAME", help="architectures: os16, ws16, tpu128 (default: all)")
     p.add_argument("--out", default="accel", help="output folder (default accel)")
     COMMANDS["accel"] = cmd_accel
