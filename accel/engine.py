@@ -20,7 +20,8 @@ import yaml
 
 from accel.workload import Layer, zigzag_layer
 
-__all__ = ["ARCHITECTURES", "Architecture", "LayerCost", "MacCost", "accelerator_yaml", "evaluate_layer"]
+__all__ = ["ARCHITECTURES", "Architecture", "LayerCost", "MacCost", "accelerator_yaml", "evaluate_layer",
+           "register_port_bits"]
 
 FOLDER = Path(__file__).resolve().parent / "architectures"
 #: The reference architectures: name -> (accelerator file, mapping file) under accel/architectures.
@@ -65,9 +66,17 @@ def accelerator_yaml(arch: Architecture, mac: MacCost) -> dict:
     acc["operational_array"]["unit_area"] = float(mac.area_um2)
     reg = acc["memories"][PSUM_REGISTER]
     reg["size"] = mac.psum_bits
-    for port in reg["ports"]:
-        port["bandwidth_min"] = port["bandwidth_max"] = mac.psum_bits
+    for port in reg["ports"]:  # one whole partial sum per cycle
+        port["bandwidth_min"] = port["bandwidth_max"] = register_port_bits(mac.psum_bits)
     return acc
+
+
+def register_port_bits(psum_bits: int) -> int:
+    """The PE register's port width given to ZigZag: the partial sum's bits rounded up
+    to a power of two. The port moves one partial sum a cycle either way and its
+    accesses cost nothing (the MAC's own register), so this changes no result; ZigZag
+    3.9.1's latency model fails an assertion on some layers for 10- and 12-bit ports."""
+    return 1 << (psum_bits - 1).bit_length()
 
 
 @dataclass

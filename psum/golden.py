@@ -33,6 +33,8 @@ __all__ = [
     "add",
     "mac_step",
     "dot",
+    "dpu_step",
+    "dpu_dot",
     "int_mac_step",
     "int_dot",
     "nan_pattern",
@@ -300,6 +302,110 @@ def dot(
     for ks in chunks:
         inner = decode(acc, accumulate(ks))
         outer = round_to(outer_fmt, add(decode(outer_fmt, outer), inner))
+    return outer
+
+
+def _aligned(x, unit: Fraction, sticky: bool):
+    """``x`` (finite) truncated toward zero to a multiple of ``unit``; with ``sticky``,
+    to a multiple of ``unit / 2`` whose last bit is set when anything below it was
+    dropped (round to odd at ``unit / 2``). Zeros pass through with their sign."""
+    kind, sign, mag = _split(x)
+    if mag == 0:
+        return x
+    step = unit / 2 if sticky else unit
+    scaled = mag / step
+    n = scaled.numerator // scaled.denominator
+    if sticky and n * step != mag and n % 2 == 0:
+        n += 1
+    kept = n * step
+    return -kept if sign else kept
+
+
+def dpu_step(acc: FloatFormat | str, acc_bits: int, a_bits: Sequence[int], b_bits: Sequence[int], *,
+             align_bits: int | None, include_acc: bool = True, sticky: bool = False,
+             inputs: FloatFormat | str = "bf16", weights: FloatFormat | str | None = None) -> int:
+    """One step of a fused dot-product unit (docs/semantics.md §11): the group's
+    products ``a[i] * b[i]`` (exact) and, with ``include_acc``, the accumulator are
+    aligned to the largest exponent among them; each keeps ``align_bits`` bits below
+    that exponent's leading bit, the rest truncated toward zero (``sticky``: one more
+    bit, set when anything was dropped); the kept terms are added exactly (the
+    accumulator, when not aligned, in full) and the sum is rounded once into ``acc``.
+    ``align_bits=None`` keeps every bit: one rounding of the exact sum.
+
+    Four bf16 products 1, 2^-9, 2^-9, 2^-9 with 8 align bits: each 2^-9 lies below the
+    kept bits of 1 and is dropped (truncated); with a sticky bit each keeps 2^-9 of it.
+
+    >>> one, tiny = 0x3f80, 0x3b00  # 1.0 and 2^-9 in bf16
+    >>> decode("fp32", dpu_step("fp32", 0, [one] * 4, [one, tiny, tiny, tiny], align_bits=8))
+    Fraction(1, 1)
+    >>> decode("fp32", dpu_step("fp32", 0, [one] * 4, [one, tiny, tiny, tiny], align_bits=8, sticky=True))
+    Fraction(515, 512)
+    """
+    if len(a_bits) != len(b_bits) or not a_bits:
+        raise ValueError(f"a group needs as many a as b terms, at least one: {len(a_bits)} and {len(b_bits)}")
+    if align_bits is not None and (isinstance(align_bits, bool) or not isinstance(align_bits, int) or align_bits < 0):
+        raise ValueError(f"align_bits must be a non-negative integer or None, not {align_bits!r}")
+    acc, inputs = parse(acc), parse(inputs)
+    weights = inputs if weights is None else parse(weights)
+    products = [multiply(decode(inputs, a), decode(weights, b)) for a, b in zip(a_bits, b_bits)]
+    acc_value = decode(acc, acc_bits)
+    terms = products + [acc_value]
+    if any(_split(t)[0] != _FINITE for t in terms):  # NaN or Inf: the exact sum's rules (section 3)
+        total = acc_value
+        for p in products:
+            total = add(total, p)
+        return round_to(acc, total)
+    aligned = products + ([acc_value] if include_acc else [])
+    nonzero = [_split(t)[2] for t in aligned if _split(t)[2] != 0]
+    if align_bits is not None and nonzero:
+        unit = _pow2(max(_floor_log2(m) for m in nonzero) - align_bits)
+        aligned = [_aligned(t, unit, sticky) for t in aligned]
+    total = sum((_split(t)[2] * (-1 if _split(t)[1] else 1) for t in aligned), Fraction(0))
+    if not include_acc:
+        total += _split(acc_value)[2] * (-1 if _split(acc_value)[1] else 1)
+    if total == 0:  # -0 only when every addend is -0 (section 3)
+        every_negative_zero = all(_split(t)[1] and _split(t)[2] == 0 for t in terms)
+        return round_to(acc, -0.0 if every_negative_zero else 0.0)
+    return round_to(acc, total)
+
+
+def dpu_dot(a_bits: Sequence[int], b_bits: Sequence[int], *, acc: FloatFormat | str, width: int,
+            align_bits: int | None, include_acc: bool = True, sticky: bool = False,
+            inputs: FloatFormat | str = "bf16", weights: FloatFormat | str | None = None,
+            chunk: int | None = None, chunk_acc: FloatFormat | str = "fp32") -> int:
+    """A dot product on a ``width``-term fused dot-product unit: from ``acc = +0``,
+    :func:`dpu_step` on consecutive groups of ``width`` terms (the last may be
+    shorter). With ``chunk`` (a multiple of ``width``: whole groups), every ``chunk``
+    terms the accumulator is promoted: added exactly into an outer accumulator in
+    ``chunk_acc`` (rounded once) and restarted from +0, as in :func:`dot`.
+
+    >>> dpu_dot([0x3f80] * 8, [0x3f80] * 8, acc="bf16", width=4, align_bits=None) == round_to("bf16", 8)
+    True
+    """
+    if len(a_bits) != len(b_bits):
+        raise ValueError(f"dot operands differ in length: {len(a_bits)} and {len(b_bits)}")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer, not {width!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % width):
+        raise ValueError(f"chunk must be a positive multiple of width {width}, not {chunk!r}")
+    acc = parse(acc)
+    n = len(a_bits)
+    step = chunk or max(n, 1)
+
+    def accumulate(lo: int, hi: int) -> int:
+        bits = 0
+        for g in range(lo, hi, width):
+            end = min(g + width, hi)
+            bits = dpu_step(acc, bits, a_bits[g:end], b_bits[g:end], align_bits=align_bits,
+                            include_acc=include_acc, sticky=sticky, inputs=inputs, weights=weights)
+        return bits
+
+    if chunk is None:
+        return accumulate(0, n)
+    outer_fmt = parse(chunk_acc)
+    outer = 0
+    for lo in range(0, n, step):
+        outer = round_to(outer_fmt, add(decode(outer_fmt, outer), decode(acc, accumulate(lo, min(lo + step, n)))))
     return outer
 
 

@@ -1,0 +1,129 @@
+"""Fused multi-term dot-product units (docs/semantics.md §11) on tensors.
+
+A dot-product unit of width W takes W products a cycle: the products and (with
+``include_acc``) the accumulator are aligned to the largest exponent among them, each
+keeps ``align_bits`` bits below that exponent's leading bit (truncated toward zero;
+``sticky``: one more bit, set when anything was dropped), the kept terms are added
+exactly and the sum is rounded once into the accumulator format. With ``chunk`` the
+accumulator is promoted into an outer one every ``chunk`` terms (DeepSeek-V3's fix of
+Hopper's FP8 accumulation). Bit-exact with :func:`psum.golden.dpu_dot`.
+
+Here the arithmetic runs in float64 tensors: products of operands with at most 26
+significant bits are exact, alignment is a division by a power of two and a floor, and
+the W + 1 kept terms, integers times one unit below ``2^(align_bits + 2)``, add exactly
+while ``align_bits + 2 + log2(W + 1) <= 53`` (checked). The rounding into the
+accumulator is :func:`emulator.quantize` of the exact sum, or, with the accumulator
+outside the alignment, :func:`emulator.matmul.round_sum` (one rounding of acc + sum).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from emulator.matmul import round_sum
+from emulator.quantize import as_float_format, quantize
+
+__all__ = ["dpu_matmul", "check_dpu"]
+
+#: float64's significand bits: the kept terms' sum must fit them to be exact.
+_FLOAT64_BITS = 53
+
+
+def check_dpu(width: int, align_bits: int | None, inputs, weights, chunk: int | None) -> None:
+    """ValueError unless the unit can be emulated exactly here (see the module)."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer, not {width!r}")
+    if align_bits is None:
+        if width > 1:
+            raise ValueError("align_bits=None (every bit kept) is emulated for width 1 only; the golden model "
+                             "(psum.golden.dpu_dot) takes any width")
+    elif isinstance(align_bits, bool) or not isinstance(align_bits, int) or align_bits < 0:
+        raise ValueError(f"align_bits must be a non-negative integer or None, not {align_bits!r}")
+    elif align_bits + 2 + math.ceil(math.log2(width + 1)) > _FLOAT64_BITS:
+        raise ValueError(f"align_bits {align_bits} with width {width}: the kept terms' sum would not be exact in "
+                         f"float64 (align_bits + 2 + log2(width + 1) must be at most {_FLOAT64_BITS})")
+    for role, fmt in (("inputs", inputs), ("weights", weights)):
+        if fmt.man_bits > 25:
+            raise ValueError(f"{role} {fmt}: products of more than 26-bit significands are not exact in float64")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % width):
+        raise ValueError(f"chunk must be a positive multiple of width {width}, not {chunk!r}")
+
+
+def dpu_matmul(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, align_bits: int | None,
+               include_acc: bool = True, sticky: bool = False, inputs="bf16", weights=None,
+               chunk: int | None = None, chunk_acc="fp32") -> torch.Tensor:
+    """``a @ b`` (M, K) x (K, N) with every output a dot product on a ``width``-term
+    unit: operands rounded into ``inputs``/``weights``, groups of ``width`` consecutive
+    k in order (the last may be shorter), each a :func:`psum.golden.dpu_step`.
+    Returns the (M, N) values (float64) in ``acc``, or in ``chunk_acc`` with ``chunk``.
+
+    Sixty-four ones in e4m3: one at a time the sum stops at 16 (16 + 1 is a tie, to
+    even); four at a time it adds 4 per step and reaches 64.
+
+    >>> ones = torch.ones(1, 64)
+    >>> dpu_matmul(ones, ones.T, "e4m3", width=1, align_bits=13).item()
+    16.0
+    >>> dpu_matmul(ones, ones.T, "e4m3", width=4, align_bits=13).item()
+    64.0
+    """
+    acc_fmt = as_float_format(acc, "acc")
+    in_fmt = as_float_format(inputs, "inputs")
+    w_fmt = in_fmt if weights is None else as_float_format(weights, "weights")
+    check_dpu(width, align_bits, in_fmt, w_fmt, chunk)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"dpu_matmul takes (M, K) and (K, N) tensors, not {tuple(a.shape)} and {tuple(b.shape)}")
+    aq = quantize(a.detach().double().cpu(), in_fmt)
+    bq = quantize(b.detach().double().cpu(), w_fmt)
+    (m, k), n = aq.shape, bq.shape[1]
+    step = chunk or max(k, 1)
+    outer = torch.zeros(m, n, dtype=torch.float64)
+    state = outer
+    for lo in range(0, k, step):
+        state = torch.zeros(m, n, dtype=torch.float64)
+        for g in range(lo, min(lo + step, k), width):
+            end = min(g + width, lo + step, k)
+            products = aq[:, g:end, None] * bq[None, g:end, :]  # (M, w, N), exact
+            state = _group(state, products, acc_fmt, align_bits, include_acc, sticky)
+        if chunk:
+            outer = round_sum(outer, state, as_float_format(chunk_acc, "chunk_acc"))
+    return outer if chunk else state
+
+
+def _group(state: torch.Tensor, products: torch.Tensor, fmt, align_bits: int | None, include_acc: bool,
+           sticky: bool) -> torch.Tensor:
+    """One step of the unit on every output at once: the accumulators ``state`` (M, N)
+    and the group's exact products (M, w, N) -> the new accumulators."""
+    every = torch.cat([products, state[:, None, :]], dim=1)
+    special = ~torch.isfinite(every).all(dim=1)
+    aligned = every if include_acc else products
+    if align_bits is not None:
+        aligned = _truncate(aligned, align_bits, sticky)
+    total = aligned.sum(dim=1)  # exact (check_dpu)
+    addends = every if include_acc else products  # before truncation: -0 only if every addend is -0
+    negative_zeros = (torch.signbit(addends) & (addends == 0)).all(dim=1)
+    total = torch.where(total == 0, torch.where(negative_zeros, -0.0, 0.0).to(total.dtype), total)
+    result = quantize(total, fmt) if include_acc else round_sum(state, total, fmt)
+    if special.any():  # NaN or Inf among the terms: the exact sum's rules, then rounding
+        result = torch.where(special, quantize(every.sum(dim=1), fmt), result)
+    return result
+
+
+def _truncate(terms: torch.Tensor, align_bits: int, sticky: bool) -> torch.Tensor:
+    """Each term truncated toward zero to ``align_bits`` bits below the leading bit of
+    the largest (by exponent) nonzero term on its dimension 1; with ``sticky`` to one
+    more bit, set when anything below it was dropped. Zeros and specials pass through."""
+    mag = terms.abs()
+    finite = torch.isfinite(mag)
+    _, exp = torch.frexp(torch.where(finite, mag, torch.zeros_like(mag)))  # mag = f * 2^exp, f in [0.5, 1)
+    lead = torch.where((mag > 0) & finite, exp - 1, torch.full_like(exp, -(1 << 20)))
+    top = lead.max(dim=1, keepdim=True).values
+    step_exp = top - align_bits - (1 if sticky else 0)
+    step = torch.ldexp(torch.ones_like(mag[:, :1]), step_exp.to(torch.float64))
+    scaled = mag / step  # exact: a power of two
+    n = torch.floor(scaled)
+    if sticky:
+        n = torch.where((n != scaled) & (torch.remainder(n, 2) == 0), n + 1, n)
+    kept = torch.copysign(n * step, terms)
+    return torch.where((mag > 0) & finite, kept, terms)

@@ -1,0 +1,159 @@
+"""Fused multi-term dot-product units (docs/semantics.md §11): the golden model's
+definition on hand-made cases, its reduction to the sequential MAC, and the tensor
+emulation (emulator.dpu) bit for bit against it."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emulator.dpu import dpu_matmul
+from oracles import same_value
+from psum import golden
+from psum.formats import parse
+
+ONE, TWO, HALF = 0x3F80, 0x4000, 0x3F00  # bf16 1, 2, 1/2
+
+
+def bf16(x) -> int:
+    return golden.round_to("bf16", Fraction(x))
+
+
+def value(acc: str, bits: int):
+    return golden.decode(acc, bits)
+
+
+# -- the definition on cases worked by hand --------------------------------------------------
+
+
+def test_terms_below_the_kept_bits_are_truncated_toward_zero():
+    # Products 1, 2^-6, -2^-6 - 2^-8 with 4 align bits below 2^0: units of 2^-4; 2^-6 -> 0,
+    # -(2^-6 + 2^-8) -> -0 (toward zero, not -2^-4 as two's complement truncation would).
+    a = [ONE, ONE, ONE]
+    b = [ONE, bf16(Fraction(1, 64)), bf16(-Fraction(5, 256))]
+    assert value("fp32", golden.dpu_step("fp32", 0, a, b, align_bits=4)) == 1
+    exact = 1 + Fraction(1, 64) - Fraction(5, 256)
+    assert value("fp32", golden.dpu_step("fp32", 0, a, b, align_bits=None)) == exact
+    # Sticky: one more bit (2^-5) set when anything was dropped: 2^-6 -> 2^-5, -(5/256) -> -2^-5.
+    assert value("fp32", golden.dpu_step("fp32", 0, a, b, align_bits=4, sticky=True)) == 1
+
+
+def test_the_accumulator_inside_or_outside_the_alignment():
+    # acc = 2^10, products 1 + 2^-7: inside, aligned to 2^10 with 8 bits (units of 4) the
+    # products vanish; outside, the products are aligned among themselves and added in full.
+    acc = golden.round_to("fp32", 1024)
+    a, b = [ONE, ONE], [ONE, bf16(Fraction(1, 128))]
+    inside = golden.dpu_step("fp32", acc, a, b, align_bits=8, include_acc=True)
+    outside = golden.dpu_step("fp32", acc, a, b, align_bits=8, include_acc=False)
+    assert value("fp32", inside) == 1024
+    assert value("fp32", outside) == 1024 + 1 + Fraction(1, 128)
+
+
+def test_one_rounding_of_the_kept_sum():
+    # bf16 accumulator: 1 + 3 * 2^-9 kept exactly (8 align bits + sticky) rounds once, to nearest
+    # 1 + 2^-7 (the spacing at 1 is 2^-7; 3 * 2^-9 = 0.75 of it).
+    a, b = [ONE] * 4, [ONE] + [bf16(Fraction(1, 512))] * 3
+    assert value("bf16", golden.dpu_step("bf16", 0, a, b, align_bits=9)) == 1 + Fraction(1, 128)
+    # Sequentially each 2^-9 is a quarter of the spacing and vanishes.
+    assert value("bf16", golden.dot(a, b, acc="bf16")) == 1
+
+
+def test_zero_signs_and_specials():
+    neg0, inf, ninf = 0x8000, 0x7F80, 0xFF80
+    acc_neg0 = golden.round_to("fp32", -0.0)
+    assert golden.dpu_step("fp32", acc_neg0, [neg0, ONE], [ONE, neg0], align_bits=3) == acc_neg0  # all -0
+    assert golden.dpu_step("fp32", 0, [neg0, ONE], [ONE, neg0], align_bits=3) == 0  # +0 among them
+    # 1 - 1 + 2^-8 with 4 align bits: 2^-8 is dropped and the kept sum is exactly zero: +0
+    cancel = golden.dpu_step("fp32", acc_neg0, [ONE] * 3, [ONE, bf16(-1), bf16(Fraction(1, 256))], align_bits=4)
+    assert cancel == 0
+    assert golden.dpu_step("fp32", 0, [inf, ONE], [ONE, ONE], align_bits=3) == golden.round_to("fp32", math.inf)
+    assert math.isnan(value("fp32", golden.dpu_step("fp32", 0, [inf, ninf], [ONE, ONE], align_bits=3)))
+    assert golden.dpu_step("e4m3:sat", 0, [inf], [ONE], align_bits=3) == golden.round_to("e4m3:sat", math.inf)
+
+
+def test_promotion_every_chunk():
+    # 4096 products of 1 into e5m7 on a 4-wide unit: from 512 on the spacing is 4 and each
+    # step's +4 ties to even, so the sum stalls below 4096; promoted into fp32 every 128 terms
+    # (each chunk's 128 exact) it reaches 4096.
+    ones = [ONE] * 4096
+    plain = golden.dpu_dot(ones, ones, acc="e5m7", width=4, align_bits=13)
+    promoted = golden.dpu_dot(ones, ones, acc="e5m7", width=4, align_bits=13, chunk=128, chunk_acc="fp32")
+    assert value("e5m7", plain) < 4096 and value("fp32", promoted) == 4096
+    with pytest.raises(ValueError, match="multiple of width 4"):
+        golden.dpu_dot(ones, ones, acc="e5m7", width=4, align_bits=13, chunk=6)
+
+
+# -- reduction to the sequential MAC ----------------------------------------------------------
+
+patterns = st.integers(0, 0xFFFF).filter(lambda p: (p >> 7) & 0xFF != 0xFF)  # finite bf16
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=st.lists(patterns, min_size=0, max_size=12), data=st.data(),
+       acc=st.sampled_from(["fp32", "bf16", "e4m3", "e5m10:rz", "e4m7:sat", "e3m2:ftz"]),
+       chunk=st.sampled_from([None, 1, 3]))
+def test_width_one_with_every_bit_is_the_mac(a, data, acc, chunk):
+    b = data.draw(st.lists(patterns, min_size=len(a), max_size=len(a)))
+    want = golden.dot(a, b, acc=acc, chunk=chunk)
+    for align_bits in (None, 600):  # 600 bits cover every bf16 product and accumulator
+        got = golden.dpu_dot(a, b, acc=acc, width=1, align_bits=align_bits, chunk=chunk)
+        assert got == want, (align_bits, hex(got), hex(want))
+
+
+# -- the tensor emulation against the golden model -------------------------------------------
+
+#: (width, align_bits, include_acc, sticky, acc, inputs): 10 units, Hopper-like ones included.
+CONFIGS = [(1, None, True, False, "bf16", "bf16"), (4, 13, True, False, "fp32", "e4m3"),
+           (4, 13, False, False, "fp32", "e5m2"), (8, 10, True, True, "e5m10", "bf16"),
+           (16, 14, True, False, "fp32", "e4m3"), (32, 20, False, True, "bf16", "bf16"),
+           (4, 3, True, False, "e4m3", "bf16"), (8, 0, False, False, "e4m7:rz", "bf16"),
+           (2, 6, True, True, "e3m2:sat:ftz", "e4m3"), (3, 25, True, False, "fp16", "fp16")]
+
+
+def _values(rng, shape, specials: bool) -> torch.Tensor:
+    x = rng.standard_normal(shape) * np.exp2(rng.integers(-10, 6, shape))
+    x[rng.random(shape) < 0.1] = 0.0
+    x[rng.random(shape) < 0.05] = -0.0
+    if specials:
+        x[rng.random(shape) < 0.03] = np.inf
+        x[rng.random(shape) < 0.02] = -np.inf
+        x[rng.random(shape) < 0.02] = np.nan
+    return torch.from_numpy(x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=st.sampled_from(CONFIGS), m=st.integers(1, 3), n=st.integers(1, 3), k=st.integers(0, 40),
+       seed=st.integers(0, 2**32 - 1), specials=st.booleans(), promote=st.booleans())
+def test_emulation_equals_golden(cfg, m, n, k, seed, specials, promote):
+    width, align_bits, include_acc, sticky, acc, inputs = cfg
+    rng = np.random.default_rng(seed)
+    a, b = _values(rng, (m, k), specials), _values(rng, (k, n), specials)
+    chunk = 2 * width if promote else None
+    got = dpu_matmul(a, b, acc, width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky,
+                     inputs=inputs, chunk=chunk)
+    out = parse("fp32" if chunk else acc)
+    aq = [[golden.round_to(inputs, float(v)) for v in row] for row in a.tolist()]
+    bq = [[golden.round_to(inputs, float(v)) for v in row] for row in b.tolist()]
+    for i in range(m):
+        for j in range(n):
+            want = out.decode(golden.dpu_dot(aq[i], [bq[kk][j] for kk in range(k)], acc=acc, width=width,
+                                             align_bits=align_bits, include_acc=include_acc, sticky=sticky,
+                                             inputs=inputs, chunk=chunk))
+            g = got[i, j].item()
+            assert same_value(g if (g == 0 or not math.isfinite(g)) else Fraction(g), want), (cfg, i, j, g, want)
+
+
+def test_emulation_refuses_what_float64_cannot_carry_exactly():
+    x = torch.ones(2, 8)
+    with pytest.raises(ValueError, match="not be exact in float64"):
+        dpu_matmul(x, x.T, "fp32", width=32, align_bits=48)
+    with pytest.raises(ValueError, match="width 1 only"):
+        dpu_matmul(x, x.T, "fp32", width=4, align_bits=None)
+    with pytest.raises(ValueError, match="multiple of width 4"):
+        dpu_matmul(x, x.T, "fp32", width=4, align_bits=13, chunk=6)
+    with pytest.raises(ValueError, match="not exact in float64"):
+        dpu_matmul(x, x.T, "fp32", width=4, align_bits=13, inputs="e8m26")
