@@ -56,7 +56,7 @@ class Architecture:
         return cls(name, yaml.safe_load((FOLDER / acc_file).read_text()), FOLDER / map_file)
 
 
-def accelerator_yaml(arch: Architecture, mac: MacCost) -> dict:
+def accelerator_yaml(arch: Architecture, mac: MacCost, output_bits: int = 0) -> dict:
     """The architecture with psum's MAC in every PE: the array's unit energy and area
     are the MAC's, and each PE's partial-sum register holds one partial sum of the
     accumulator's bits (its accesses cost nothing here: they are the MAC's register,
@@ -66,17 +66,19 @@ def accelerator_yaml(arch: Architecture, mac: MacCost) -> dict:
     acc["operational_array"]["unit_area"] = float(mac.area_um2)
     reg = acc["memories"][PSUM_REGISTER]
     reg["size"] = mac.psum_bits
-    for port in reg["ports"]:  # one whole partial sum per cycle
-        port["bandwidth_min"] = port["bandwidth_max"] = register_port_bits(mac.psum_bits)
+    for port in reg["ports"]:  # one whole partial sum (or finished output) per cycle
+        port["bandwidth_min"] = port["bandwidth_max"] = register_port_bits(mac.psum_bits, output_bits)
     return acc
 
 
-def register_port_bits(psum_bits: int) -> int:
-    """The PE register's port width given to ZigZag: the partial sum's bits rounded up
-    to a power of two. The port moves one partial sum a cycle either way and its
-    accesses cost nothing (the MAC's own register), so this changes no result; ZigZag
-    3.9.1's latency model fails an assertion on some layers for 10- and 12-bit ports."""
-    return 1 << (psum_bits - 1).bit_length()
+def register_port_bits(psum_bits: int, output_bits: int = 0) -> int:
+    """The PE register's port width given to ZigZag: the wider of a partial sum and a
+    finished output (which leaves the PE through it), rounded up to a power of two. The
+    port moves one value a cycle either way and its accesses cost nothing (the MAC's own
+    register), so this changes no energy; ZigZag 3.9.1's latency model fails an
+    assertion on layers that fit the array whole when the port is narrower than the
+    output, or 10 or 12 bits wide."""
+    return 1 << (max(psum_bits, output_bits) - 1).bit_length()
 
 
 @dataclass
@@ -131,7 +133,7 @@ def evaluate_layer(layer: Layer, arch: Architecture, mac: MacCost, *, operand_bi
     with tempfile.TemporaryDirectory(prefix="psum-accel-") as tmp:
         folder = Path(work or tmp)
         acc_file = folder / f"{arch.name}.yaml"
-        acc_file.write_text(yaml.safe_dump(accelerator_yaml(arch, mac), sort_keys=False))
+        acc_file.write_text(yaml.safe_dump(accelerator_yaml(arch, mac, output_bits), sort_keys=False))
         workload = [zigzag_layer(layer, 0, operand_bits=operand_bits, psum_bits=mac.psum_bits,
                                  output_bits=output_bits)]
         cmes = _run_zigzag(workload, str(acc_file), str(arch.mapping), folder)

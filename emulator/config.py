@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 from psum.formats import FloatFormat, IntFormat, parse
 
-__all__ = ["AccumConfig", "IntAccumConfig", "ORDERS"]
+__all__ = ["AccumConfig", "IntAccumConfig", "DotUnit", "ORDERS"]
 
 #: Accumulation orders for convolutions. "im2col": input channel outermost, then kernel
 #: row, then kernel column (torch's unfold order); "nhwc": kernel row, kernel column,
@@ -40,6 +40,34 @@ def _check_order(order) -> None:
 
 
 @dataclass(frozen=True)
+class DotUnit:
+    """A fused dot-product unit (docs/semantics.md §11): ``width`` products a step,
+    aligned with (``include_acc``) or without the accumulator to the largest exponent,
+    each keeping ``align_bits`` bits below its leading bit (truncated toward zero;
+    ``sticky``: one more bit, set when anything was dropped; ``None``: every bit), the
+    kept terms added exactly and rounded once into the accumulator."""
+
+    width: int
+    align_bits: int | None
+    include_acc: bool = True
+    sticky: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"a dot-product unit's width must be a positive integer, not {self.width!r}")
+        bits = self.align_bits
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits < 0):
+            raise ValueError(f"align_bits must be a non-negative integer or None, not {bits!r}")
+        for name in ("include_acc", "sticky"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
+
+    def __str__(self) -> str:
+        text = f"W{self.width} L{'all' if self.align_bits is None else self.align_bits}"
+        return text + ("" if self.include_acc else " acc-apart") + (" sticky" if self.sticky else "")
+
+
+@dataclass(frozen=True)
 class AccumConfig:
     """A floating-point MAC: ``acc = round_acc(acc + round_product(a * w))``.
 
@@ -54,6 +82,9 @@ class AccumConfig:
         results in order into ``chunk_acc``; ``None`` accumulates all K terms in ``acc``.
     chunk_acc : the outer accumulator's format (default fp32).
     order : accumulation order of a convolution's K terms (see :data:`ORDERS`).
+    unit : a :class:`DotUnit` (fused W-term dot products, one rounding per group;
+        ``chunk`` then promotes every ``chunk`` terms, a multiple of its width); ``None``:
+        the sequential MAC.
     """
 
     acc: FloatFormat = "fp32"
@@ -63,17 +94,25 @@ class AccumConfig:
     chunk: int | None = None
     chunk_acc: FloatFormat = "fp32"
     order: str = "im2col"
+    unit: DotUnit | None = None
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("chunk", "order") or value is None:
+            if f.name in ("chunk", "order", "unit") or value is None:
                 continue
             object.__setattr__(self, f.name, _format(value, FloatFormat, f.name))
         if self.weights is None:
             object.__setattr__(self, "weights", self.inputs)
         _check_chunk(self.chunk)
         _check_order(self.order)
+        if self.unit is not None:
+            if not isinstance(self.unit, DotUnit):
+                raise ValueError(f"unit must be a DotUnit or None, not {self.unit!r}")
+            if self.product is not None:
+                raise ValueError("a dot-product unit keeps its products exact: give no product format")
+            if self.chunk is not None and self.chunk % self.unit.width:
+                raise ValueError(f"chunk {self.chunk} must be a multiple of the unit's width {self.unit.width}")
 
     @property
     def result_format(self) -> FloatFormat:
@@ -90,6 +129,8 @@ class AccumConfig:
             text += f" chunk={self.chunk} chunk_acc={self.chunk_acc}"
         if self.order != "im2col":
             text += f" order={self.order}"
+        if self.unit is not None:
+            text += f" unit={self.unit}"
         return text
 
 

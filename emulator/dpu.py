@@ -77,6 +77,22 @@ def dpu_matmul(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, alig
     aq = quantize(a.detach().double().cpu(), in_fmt)
     bq = quantize(b.detach().double().cpu(), w_fmt)
     (m, k), n = aq.shape, bq.shape[1]
+    rows = max(1, BLOCK_ELEMENTS // max(1, width * n))  # rows per block: bounded memory
+    out = torch.empty(m, n, dtype=torch.float64)
+    for r in range(0, m, rows):
+        out[r:r + rows] = _rows(aq[r:r + rows], bq, acc_fmt, width, align_bits, include_acc, sticky, chunk,
+                                chunk_acc)
+    return out
+
+
+#: Product terms (rows x width x N) evaluated at once.
+BLOCK_ELEMENTS = 1 << 22
+
+
+def _rows(aq: torch.Tensor, bq: torch.Tensor, acc_fmt, width: int, align_bits, include_acc: bool, sticky: bool,
+          chunk: int | None, chunk_acc) -> torch.Tensor:
+    """The dot products of a block of rows (module docstring; :func:`dpu_matmul`)."""
+    (m, k), n = aq.shape, bq.shape[1]
     step = chunk or max(k, 1)
     outer = torch.zeros(m, n, dtype=torch.float64)
     state = outer

@@ -186,7 +186,7 @@ class EmulatedConv2d(_Emulated):
         kh, kw = self.kernel_size
         out_h = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         out_w = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        if isinstance(self.config, AccumConfig) and x.device.type == "cpu":
+        if isinstance(self.config, AccumConfig) and x.device.type == "cpu" and self.config.unit is None:
             return self._forward_cpu(x, out_h, out_w)
         if isinstance(self.config, IntAccumConfig):
             y = self._int_forward_cpu(x, out_h, out_w)

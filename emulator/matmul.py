@@ -95,6 +95,10 @@ def check_config(cfg: AccumConfig | IntAccumConfig, out_dtype: torch.dtype = tor
         if problems:
             raise ValueError(f"{name} format {fmt} (exponents {fmt.emin}..{fmt.emax}, M={fmt.man_bits}) "
                              f"is not supported by the emulator: {'; '.join(problems)}")
+    if cfg.unit is not None:
+        from emulator.dpu import check_dpu
+
+        check_dpu(cfg.unit.width, cfg.unit.align_bits, cfg.inputs, cfg.weights, cfg.chunk)
     result = "chunk_acc" if cfg.chunk is not None else "acc"
     problems = _native.fit_problems(cfg.result_format, out)
     if problems:
@@ -130,6 +134,17 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     """:func:`matmul` with its formats given as one :class:`AccumConfig`."""
     _check_operands(a, b, floating=True)
     check_config(cfg, a.dtype)
+    if cfg.unit is not None:  # a fused dot-product unit (emulator.dpu)
+        from emulator.dpu import dpu_matmul
+
+        if a.device.type != "cpu":
+            raise ValueError("dot-product units (AccumConfig.unit) are emulated on the CPU only")
+        lead, k = a.shape[:-1], a.shape[-1]
+        u = cfg.unit
+        out = dpu_matmul(a.detach().reshape(math.prod(lead), k), b.detach(), cfg.acc, width=u.width,
+                         align_bits=u.align_bits, include_acc=u.include_acc, sticky=u.sticky, inputs=cfg.inputs,
+                         weights=cfg.weights, chunk=cfg.chunk, chunk_acc=cfg.chunk_acc)
+        return out.to(a.dtype).reshape(*lead, b.shape[1])
     kernel = _backend(a, 0)
     lead, k = a.shape[:-1], a.shape[-1]
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)

@@ -161,3 +161,7 @@ def test_a_layer_that_fits_the_array_whole():
     assert cost.mac_pj == pytest.approx(840 * 1.2)
     assert cost.memory["dram"]["W"] == pytest.approx(840 * 8 / 64 * 1300)
     assert cost.psum_bits_held["psum_reg"] == 10 * 18 and cost.psum_bits_held["acc_buffer_1MB"] == 0
+    for psum_bits in (8, 10, 12):  # narrower than the outputs, or 10/12 bits: ZigZag's latency model needs a wide port
+        narrow = evaluate_layer(fc, Architecture.named("tpu128"), MacCost("e4m3", psum_bits, 1.0, 500.0),
+                                operand_bits=16, output_bits=16)
+        assert narrow.psum_bits_held["psum_reg"] == 10 * psum_bits

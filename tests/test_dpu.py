@@ -157,3 +157,40 @@ def test_emulation_refuses_what_float64_cannot_carry_exactly():
         dpu_matmul(x, x.T, "fp32", width=4, align_bits=13, chunk=6)
     with pytest.raises(ValueError, match="not exact in float64"):
         dpu_matmul(x, x.T, "fp32", width=4, align_bits=13, inputs="e8m26")
+
+
+def test_a_converted_convolution_runs_on_the_unit():
+    """EmulatedConv2d with a DotUnit: every output the golden unit's dot product of its
+    im2col column (channel, kernel row, kernel column order) and its filter."""
+    from torch import nn
+
+    from emulator import AccumConfig, Policy, convert
+    from emulator.config import DotUnit
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, bias=False)
+    cfg = AccumConfig(acc="e5m6", inputs="e4m3", unit=DotUnit(4, 5, sticky=True))
+    x = torch.randn(1, 2, 4, 4)
+    y = convert(nn.Sequential(conv), Policy(cfg))(x)
+    cols = torch.nn.functional.unfold(x, 3)[0].T  # (positions, K)
+    w = conv.weight.detach().reshape(3, -1)  # (O, K)
+    for pos in range(cols.shape[0]):
+        a = [golden.round_to("e4m3", float(v)) for v in cols[pos].tolist()]
+        for o in range(3):
+            b = [golden.round_to("e4m3", float(v)) for v in w[o].tolist()]
+            want = golden.decode("e5m6", golden.dpu_dot(a, b, acc="e5m6", width=4, align_bits=5, sticky=True,
+                                                       inputs="e4m3"))
+            assert y[0, o].flatten()[pos].item() == float(want)
+
+
+def test_config_checks_the_unit():
+    from emulator import AccumConfig
+    from emulator.config import DotUnit
+
+    with pytest.raises(ValueError, match="multiple of the unit's width 8"):
+        AccumConfig(acc="fp32", unit=DotUnit(8, 13), chunk=12)
+    with pytest.raises(ValueError, match="keeps its products exact"):
+        AccumConfig(acc="fp32", product="bf16", unit=DotUnit(8, 13))
+    with pytest.raises(ValueError, match="positive integer"):
+        DotUnit(0, 13)
+    assert str(AccumConfig(acc="fp32", inputs="e4m3", unit=DotUnit(32, 13), chunk=128)).endswith("unit=W32 L13")
