@@ -111,6 +111,8 @@ def library() -> ctypes.CDLL:
     signatures["psum_matmul_strided"] = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 9 \
         + [ctypes.c_int, ctypes.POINTER(MacParams)]
     signatures["psum_conv2d"] = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 17 + [ctypes.POINTER(MacParams)]
+    signatures["psum_dpu_matmul"] = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [fmt_ptr, fmt_ptr] \
+        + [ctypes.c_int64] * 5
     signatures["psum_matmul_path"] = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                       ctypes.c_int64, ctypes.POINTER(MacParams)]
     for name, args in signatures.items():

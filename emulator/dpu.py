@@ -8,12 +8,14 @@ exactly and the sum is rounded once into the accumulator format. With ``chunk`` 
 accumulator is promoted into an outer one every ``chunk`` terms (DeepSeek-V3's fix of
 Hopper's FP8 accumulation). Bit-exact with :func:`psum.golden.dpu_dot`.
 
-Here the arithmetic runs in float64 tensors: products of operands with at most 26
-significant bits are exact, alignment is a division by a power of two and a floor, and
-the W + 1 kept terms, integers times one unit below ``2^(align_bits + 2)``, add exactly
-while ``align_bits + 2 + log2(W + 1) <= 53`` (checked). The rounding into the
-accumulator is :func:`emulator.quantize` of the exact sum, or, with the accumulator
-outside the alignment, :func:`emulator.matmul.round_sum` (one rounding of acc + sum).
+The arithmetic runs in doubles, in the CPU kernel (``psum_dpu_matmul``, psum_cpu.c; one
+dot product per thread's row, in order) and, as a second implementation the tests hold
+against both, in float64 tensors (:func:`dpu_matmul_reference`): operands are float32
+numbers (their products are exact), alignment is a scaling by a power of two and a
+floor, and the W + 1 kept terms, integers times one unit below ``2^(align_bits + 2)``,
+add exactly while ``align_bits + 2 + log2(W + 1) <= 53`` and W <= 64 (checked). The
+rounding into the accumulator is of the exact sum, or, with the accumulator outside the
+alignment, of acc + sum through TwoSum (one rounding of the exact value).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import torch
 from emulator.matmul import round_sum
 from emulator.quantize import as_float_format, quantize
 
-__all__ = ["dpu_matmul", "check_dpu"]
+__all__ = ["dpu_matmul", "dpu_matmul_reference", "check_dpu", "MAX_WIDTH"]
+
+#: The widest unit emulated (the kernel's group buffer).
+MAX_WIDTH = 64
 
 #: float64's significand bits: the kept terms' sum must fit them to be exact.
 _FLOAT64_BITS = 53
@@ -33,8 +38,8 @@ _FLOAT64_BITS = 53
 
 def check_dpu(width: int, align_bits: int | None, inputs, weights, chunk: int | None) -> None:
     """ValueError unless the unit can be emulated exactly here (see the module)."""
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive integer, not {width!r}")
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise ValueError(f"width must be an integer from 1 to {MAX_WIDTH}, not {width!r}")
     if align_bits is None:
         if width > 1:
             raise ValueError("align_bits=None (every bit kept) is emulated for width 1 only; the golden model "
@@ -44,20 +49,25 @@ def check_dpu(width: int, align_bits: int | None, inputs, weights, chunk: int | 
     elif align_bits + 2 + math.ceil(math.log2(width + 1)) > _FLOAT64_BITS:
         raise ValueError(f"align_bits {align_bits} with width {width}: the kept terms' sum would not be exact in "
                          f"float64 (align_bits + 2 + log2(width + 1) must be at most {_FLOAT64_BITS})")
+    from emulator import _native
+
     for role, fmt in (("inputs", inputs), ("weights", weights)):
-        if fmt.man_bits > 25:
-            raise ValueError(f"{role} {fmt}: products of more than 26-bit significands are not exact in float64")
+        problems = _native.fit_problems(fmt, "float32")  # float32 operands: exact products in float64
+        if problems:
+            raise ValueError(f"{role} {fmt} is not exact in float32, so its products are not exact in float64: "
+                             f"{'; '.join(problems)}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % width):
         raise ValueError(f"chunk must be a positive multiple of width {width}, not {chunk!r}")
 
 
 def dpu_matmul(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, align_bits: int | None,
                include_acc: bool = True, sticky: bool = False, inputs="bf16", weights=None,
-               chunk: int | None = None, chunk_acc="fp32") -> torch.Tensor:
+               chunk: int | None = None, chunk_acc="fp32", threads: int | None = None) -> torch.Tensor:
     """``a @ b`` (M, K) x (K, N) with every output a dot product on a ``width``-term
-    unit: operands rounded into ``inputs``/``weights``, groups of ``width`` consecutive
-    k in order (the last may be shorter), each a :func:`psum.golden.dpu_step`.
-    Returns the (M, N) values (float64) in ``acc``, or in ``chunk_acc`` with ``chunk``.
+    unit (the CPU kernel): operands rounded into ``inputs``/``weights``, groups of
+    ``width`` consecutive k in order (the last may be shorter), each a
+    :func:`psum.golden.dpu_step`. Returns the (M, N) values (float64) in ``acc``, or in
+    ``chunk_acc`` with ``chunk``.
 
     Sixty-four ones in e4m3: one at a time the sum stops at 16 (16 + 1 is a tie, to
     even); four at a time it adds 4 per step and reaches 64.
@@ -68,12 +78,43 @@ def dpu_matmul(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, alig
     >>> dpu_matmul(ones, ones.T, "e4m3", width=4, align_bits=13).item()
     64.0
     """
-    acc_fmt = as_float_format(acc, "acc")
-    in_fmt = as_float_format(inputs, "inputs")
-    w_fmt = in_fmt if weights is None else as_float_format(weights, "weights")
+    from emulator import _native
+
+    acc_fmt, in_fmt, w_fmt, outer_fmt = _formats(acc, inputs, weights, chunk_acc)
     check_dpu(width, align_bits, in_fmt, w_fmt, chunk)
+    _check_shapes(a, b)
+    for name, fmt in (("acc", acc_fmt), ("chunk_acc", outer_fmt)):
+        _native.check_fits(fmt, "float64")
+    aq = quantize(a.detach().double().cpu(), in_fmt).float().contiguous()
+    bt = quantize(b.detach().double().cpu(), w_fmt).float().t().contiguous()  # (N, K)
+    (m, k), n = aq.shape, bt.shape[0]
+    out = torch.empty(m, n, dtype=torch.float64)
+    _native.library().psum_dpu_matmul(
+        aq.data_ptr(), bt.data_ptr(), out.data_ptr(), m, n, k, _native.format_params(acc_fmt),
+        _native.format_params(outer_fmt), width, -1 if align_bits is None else align_bits, int(include_acc),
+        int(sticky), chunk or 0, threads or torch.get_num_threads())
+    return out
+
+
+def _formats(acc, inputs, weights, chunk_acc):
+    in_fmt = as_float_format(inputs, "inputs")
+    return (as_float_format(acc, "acc"), in_fmt, in_fmt if weights is None else as_float_format(weights, "weights"),
+            as_float_format(chunk_acc, "chunk_acc"))
+
+
+def _check_shapes(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"dpu_matmul takes (M, K) and (K, N) tensors, not {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def dpu_matmul_reference(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, align_bits: int | None,
+                         include_acc: bool = True, sticky: bool = False, inputs="bf16", weights=None,
+                         chunk: int | None = None, chunk_acc="fp32") -> torch.Tensor:
+    """:func:`dpu_matmul` in float64 tensors, a group at a time over blocks of rows: the
+    second implementation the tests hold the kernel and the golden model against."""
+    acc_fmt, in_fmt, w_fmt, outer_fmt = _formats(acc, inputs, weights, chunk_acc)
+    check_dpu(width, align_bits, in_fmt, w_fmt, chunk)
+    _check_shapes(a, b)
     aq = quantize(a.detach().double().cpu(), in_fmt)
     bq = quantize(b.detach().double().cpu(), w_fmt)
     (m, k), n = aq.shape, bq.shape[1]
@@ -81,7 +122,7 @@ def dpu_matmul(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, alig
     out = torch.empty(m, n, dtype=torch.float64)
     for r in range(0, m, rows):
         out[r:r + rows] = _rows(aq[r:r + rows], bq, acc_fmt, width, align_bits, include_acc, sticky, chunk,
-                                chunk_acc)
+                                outer_fmt)
     return out
 
 
@@ -103,7 +144,7 @@ def _rows(aq: torch.Tensor, bq: torch.Tensor, acc_fmt, width: int, align_bits, i
             products = aq[:, g:end, None] * bq[None, g:end, :]  # (M, w, N), exact
             state = _group(state, products, acc_fmt, align_bits, include_acc, sticky)
         if chunk:
-            outer = round_sum(outer, state, as_float_format(chunk_acc, "chunk_acc"))
+            outer = round_sum(outer, state, chunk_acc)
     return outer if chunk else state
 
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.dpu import dpu_matmul
+from emulator.dpu import dpu_matmul, dpu_matmul_reference
 from oracles import same_value
 from psum import golden
 from psum.formats import parse
@@ -128,13 +128,16 @@ def _values(rng, shape, specials: bool) -> torch.Tensor:
 @settings(max_examples=60, deadline=None)
 @given(cfg=st.sampled_from(CONFIGS), m=st.integers(1, 3), n=st.integers(1, 3), k=st.integers(0, 40),
        seed=st.integers(0, 2**32 - 1), specials=st.booleans(), promote=st.booleans())
-def test_emulation_equals_golden(cfg, m, n, k, seed, specials, promote):
+def test_kernel_equals_reference_equals_golden(cfg, m, n, k, seed, specials, promote):
     width, align_bits, include_acc, sticky, acc, inputs = cfg
     rng = np.random.default_rng(seed)
     a, b = _values(rng, (m, k), specials), _values(rng, (k, n), specials)
     chunk = 2 * width if promote else None
-    got = dpu_matmul(a, b, acc, width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky,
-                     inputs=inputs, chunk=chunk)
+    kw = dict(width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky, inputs=inputs, chunk=chunk)
+    got = dpu_matmul(a, b, acc, **kw)
+    reference = dpu_matmul_reference(a, b, acc, **kw)
+    same = (got.view(torch.int64) == reference.view(torch.int64)) | (got.isnan() & reference.isnan())
+    assert bool(same.all()), (cfg, got, reference)
     out = parse("fp32" if chunk else acc)
     aq = [[golden.round_to(inputs, float(v)) for v in row] for row in a.tolist()]
     bq = [[golden.round_to(inputs, float(v)) for v in row] for row in b.tolist()]
@@ -155,8 +158,20 @@ def test_emulation_refuses_what_float64_cannot_carry_exactly():
         dpu_matmul(x, x.T, "fp32", width=4, align_bits=None)
     with pytest.raises(ValueError, match="multiple of width 4"):
         dpu_matmul(x, x.T, "fp32", width=4, align_bits=13, chunk=6)
-    with pytest.raises(ValueError, match="not exact in float64"):
+    with pytest.raises(ValueError, match="not exact in float32"):
         dpu_matmul(x, x.T, "fp32", width=4, align_bits=13, inputs="e8m26")
+    with pytest.raises(ValueError, match="from 1 to 64"):
+        dpu_matmul(x, x.T, "fp32", width=65, align_bits=13)
+
+
+def test_kernel_on_large_blocks_and_threads():
+    """Many rows (the kernel's threads, the reference's row blocks): the same bits."""
+    rng = np.random.default_rng(5)
+    a, b = _values(rng, (3000, 96), False), _values(rng, (96, 7), False)
+    kw = dict(width=16, align_bits=13, include_acc=True, inputs="e4m3", chunk=32)
+    got = dpu_matmul(a, b, "fp32", threads=2, **kw)
+    reference = dpu_matmul_reference(a, b, "fp32", **kw)
+    assert torch.equal(got.view(torch.int64), reference.view(torch.int64))
 
 
 def test_a_converted_convolution_runs_on_the_unit():

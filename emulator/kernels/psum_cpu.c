@@ -1101,3 +1101,92 @@ void psum_conv2d(const float *x, const float *w, float *out, int64_t N, int64_t 
     }
     free(cols);
 }
+
+/* ---------------------------------------------------------------------------------
+ * Fused dot-product units (docs/semantics.md §11): out[i, j] over groups of `width`
+ * consecutive k. a is (M, K) and bt is (N, K), row-major float32 holding values already
+ * rounded to the input formats, so every product is exact in double. Per group: the
+ * products (and the accumulator with include_acc) are aligned to the largest exponent
+ * among them; each keeps align_bits bits below its leading bit, truncated toward zero
+ * (sticky: one more bit, odd when anything was dropped); the kept terms are integers
+ * times one unit below 2^(align_bits + 2) and add exactly in double (the caller checks
+ * align_bits + 2 + log2(width + 1) <= 53); the sum is rounded once into acc (with the
+ * accumulator apart: acc + sum, one rounding of the exact TwoSum). align_bits < 0 keeps
+ * every bit (width 1 only: the MAC step). chunk > 0 promotes into outer every chunk
+ * terms (a multiple of width). Parallel over rows of a; each dot product in order. */
+
+static double dpu_group(double state, const double *t, int64_t w, const psum_fmt f, int64_t align_bits,
+                        int64_t include_acc, int64_t sticky)
+{
+    double kept[65];
+    int64_t n = w + include_acc, all_neg_zero = 1, special = !isfinite(state);
+    for (int64_t i = 0; i < w; i++) {
+        kept[i] = t[i];
+        special |= !isfinite(t[i]);
+    }
+    if (include_acc)
+        kept[w] = state;
+    if (special) { /* NaN or Inf: the exact sum's rules (section 3), then rounding */
+        double s = state;
+        for (int64_t i = 0; i < w; i++)
+            s += t[i];
+        return double_of(round_bits(bits_of(s), 0, f));
+    }
+    for (int64_t i = 0; i < w; i++)
+        all_neg_zero &= t[i] == 0.0 && signbit(t[i]);
+    if (include_acc)
+        all_neg_zero &= state == 0.0 && signbit(state);
+    if (align_bits >= 0) {
+        int top = INT32_MIN;
+        for (int64_t i = 0; i < n; i++)
+            if (kept[i] != 0.0 && ilogb(kept[i]) > top)
+                top = ilogb(kept[i]);
+        if (top != INT32_MIN) {
+            int step = top - (int)align_bits - (int)sticky;
+            for (int64_t i = 0; i < n; i++) {
+                double q = ldexp(fabs(kept[i]), -step), m = floor(q);
+                if (sticky && m != q && fmod(m, 2.0) == 0.0)
+                    m += 1.0;
+                kept[i] = kept[i] == 0.0 ? kept[i] : copysign(ldexp(m, step), kept[i]);
+            }
+        }
+    }
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        s += kept[i]; /* exact */
+    if (s == 0.0)
+        s = all_neg_zero ? -0.0 : 0.0;
+    if (include_acc)
+        return double_of(round_bits(bits_of(s), 0, f));
+    return two_sum_round(state, s, f);
+}
+
+void psum_dpu_matmul(const float *a, const float *bt, double *out, int64_t M, int64_t N, int64_t K,
+                     const psum_fmt *accp, const psum_fmt *outerp, int64_t width, int64_t align_bits,
+                     int64_t include_acc, int64_t sticky, int64_t chunk, int threads)
+{
+    const psum_fmt f = *accp, outer_f = *outerp;
+    const int64_t step = chunk > 0 ? chunk : (K > 0 ? K : 1);
+    int nt = M * N * K > 65536 ? threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < M; i++) {
+        double t[64];
+        for (int64_t j = 0; j < N; j++) {
+            const float *ar = a + i * K, *br = bt + j * K;
+            double outer = 0.0, state = 0.0;
+            for (int64_t lo = 0; lo < K; lo += step) {
+                int64_t hi = lo + step < K ? lo + step : K;
+                state = 0.0;
+                for (int64_t g = lo; g < hi; g += width) {
+                    int64_t w = g + width < hi ? width : hi - g;
+                    for (int64_t k = 0; k < w; k++)
+                        t[k] = (double)ar[g + k] * (double)br[g + k];
+                    state = dpu_group(state, t, w, f, align_bits, include_acc, sticky);
+                }
+                if (chunk > 0)
+                    outer = two_sum_round(outer, state, outer_f);
+            }
+            out[i * N + j] = chunk > 0 ? outer : state;
+        }
+    }
+}
