@@ -23,7 +23,7 @@ from psum import golden
 from psum.formats import FloatFormat, IntFormat, parse
 from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_shape
 
-__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode"]
+__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode", "exact_product"]
 
 #: Bumped whenever generated hardware changes; part of synthesis cache keys.
 HWGEN_VERSION = "3"
@@ -232,20 +232,7 @@ class FloatMAC(wiring.Component):
         m.submodules.dec_a = da = FloatDecoder(fa, es)
         m.submodules.dec_b = db = FloatDecoder(fb, es)
         m.d.comb += [da.bits.eq(self.a), db.bits.eq(self.b)]
-        m.submodules.multiply = mul = Module()  # the multiplier, one level of the hierarchy
-        raw = Signal(wp, name="product_raw")
-        mul.d.comb += raw.eq(da.sig * db.sig)
-        top = raw[wp - 1]
-        prod = {name: Signal(es if name == "exp" else width, name=f"product_{name}")
-                for name, width in (("sign", 1), ("nan", 1), ("inf", 1), ("zero", 1), ("sig", wp), ("exp", 0))}
-        mul.d.comb += [
-            prod["sign"].eq(da.sign ^ db.sign),
-            prod["nan"].eq(da.nan | db.nan | (da.inf & db.zero) | (da.zero & db.inf)),
-            prod["sig"].eq(Mux(top, raw, raw << 1)[:wp]),
-            prod["exp"].eq(da.exp + db.exp + top),
-            prod["inf"].eq((da.inf | db.inf) & ~prod["nan"]),
-            prod["zero"].eq((da.zero | db.zero) & ~prod["nan"] & ~prod["inf"]),
-        ]
+        prod = exact_product(m, "multiply", "product", da, db, es)
         en, clear = self.en, self.clear
         if self.pipeline:  # register the product and the controls
             staged = {}
@@ -265,6 +252,30 @@ class FloatMAC(wiring.Component):
         m.submodules.dec_p = dp = FloatDecoder(self.product, es)
         m.d.comb += dp.bits.eq(bits)
         return _decoded(dp)
+
+
+def exact_product(m: Module, name: str, prefix: str, da: FloatDecoder, db: FloatDecoder, es) -> dict:
+    """The exact product of two decoded operands as an operand dict (sign, nan, inf,
+    zero, exp, sig: ``M_a + M_b + 2`` bits, its top bit the leading 1 of a nonzero
+    finite product), built in submodule ``name`` (the multiplier, one level of the
+    hierarchy), its signals named ``{prefix}_*``. IEEE rules: NaN for NaN or Inf x 0,
+    Inf for Inf x nonzero, the sign the XOR of the operands'."""
+    wp = len(da.sig) + len(db.sig)
+    m.submodules[name] = mul = Module()
+    raw = Signal(wp, name=f"{prefix}_raw")
+    mul.d.comb += raw.eq(da.sig * db.sig)
+    top = raw[wp - 1]
+    prod = {key: Signal(es if key == "exp" else width, name=f"{prefix}_{key}")
+            for key, width in (("sign", 1), ("nan", 1), ("inf", 1), ("zero", 1), ("sig", wp), ("exp", 0))}
+    mul.d.comb += [
+        prod["sign"].eq(da.sign ^ db.sign),
+        prod["nan"].eq(da.nan | db.nan | (da.inf & db.zero) | (da.zero & db.inf)),
+        prod["sig"].eq(Mux(top, raw, raw << 1)[:wp]),
+        prod["exp"].eq(da.exp + db.exp + top),
+        prod["inf"].eq((da.inf | db.inf) & ~prod["nan"]),
+        prod["zero"].eq((da.zero | db.zero) & ~prod["nan"] & ~prod["inf"]),
+    ]
+    return prod
 
 
 def encode(m: Module, name: str, x: dict, fmt: FloatFormat, width: int, es) -> Signal:

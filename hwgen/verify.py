@@ -16,12 +16,23 @@ from psum.formats import FloatFormat
 __all__ = ["expected", "simulate", "random_program"]
 
 
+def unpack(value: int, bits: int, count: int) -> list[int]:
+    """The ``count`` patterns of ``bits`` bits packed in ``value``, term 0 lowest."""
+    return [(value >> (i * bits)) & ((1 << bits) - 1) for i in range(count)]
+
+
 def _step(mac, acc: int, a: int, b: int, en: int, clear: int) -> int:
+    from hwgen.dpu import DotProductUnit
     from hwgen.mac import FloatMAC
 
     if not en:
         return 0 if clear else acc
     base = 0 if clear else acc
+    if isinstance(mac, DotProductUnit):
+        w = mac.width
+        return golden.dpu_step(mac.acc_format, base, unpack(a, mac.inputs.bits, w), unpack(b, mac.weights.bits, w),
+                               align_bits=mac.align_bits, include_acc=mac.include_acc, sticky=mac.sticky,
+                               inputs=mac.inputs, weights=mac.weights)
     if isinstance(mac, FloatMAC):
         return golden.mac_step(mac.acc_format, base, a, b, mac.inputs, mac.weights, mac.product)
     fmt = mac.acc_format
@@ -94,10 +105,13 @@ def random_program(mac, n: int, seed: int = 0) -> list[tuple[int, int, int, int]
     (NaN, Inf, subnormals included), values of moderate size, products that cancel the
     running sum (massive cancellation, exact zeros), corner values, long runs without
     clear (large exponent differences) and frequent clears."""
+    from hwgen.dpu import DotProductUnit
     from hwgen.mac import FloatMAC
 
     rng = random.Random(seed)
     program = []
+    if isinstance(mac, DotProductUnit):
+        return _dpu_program(mac, n, rng)
     if not isinstance(mac, FloatMAC):
         for _ in range(n):
             a = rng.choice([rng.getrandbits(mac.a_bits), (1 << (mac.a_bits - 1)), (1 << (mac.a_bits - 1)) - 1])
@@ -126,4 +140,36 @@ def random_program(mac, n: int, seed: int = 0) -> list[tuple[int, int, int, int]
         en, clear = int(rng.random() < 0.95), int(rng.random() < 0.08)
         program.append((a, b, en, clear))
         acc = _step(mac, acc, a, b, en, clear)
+    return program
+
+
+def _dpu_program(unit, n: int, rng: random.Random) -> list[tuple[int, int, int, int]]:
+    """Stimulus for a dot-product unit: per cycle W terms, each drawn as a float MAC's
+    (uniform patterns, moderate values over a spread of scales, corner values), some
+    cycles cancelling within the group or against the running sum."""
+    fa, fb, fc = unit.inputs, unit.weights, unit.acc_format
+    acc, program = 0, []
+    one_b = golden.round_to(fb, 1.0)
+    for _ in range(n):
+        terms = []
+        for _ in range(unit.width):
+            kind = rng.random()
+            if kind < 0.25:
+                terms.append((rng.getrandbits(fa.bits), rng.getrandbits(fb.bits)))
+            elif kind < 0.85:
+                scale = 2.0 ** rng.randint(-10, 6)
+                terms.append((golden.round_to(fa, rng.gauss(0, 1) * scale), golden.round_to(fb, rng.gauss(0, 1))))
+            else:
+                terms.append((_interesting(fa, rng), _interesting(fb, rng)))
+        if rng.random() < 0.2 and unit.width > 1:  # cancel the first term with the second
+            terms[1] = (terms[0][0] ^ (1 << (fa.bits - 1)), terms[0][1])
+        if rng.random() < 0.15:  # cancel (most of) the running sum
+            value = fc.decode(acc)
+            if not isinstance(value, float):
+                terms[0] = (golden.round_to(fa, -value * (1 + rng.choice([0, 2.0 ** -rng.randint(1, 20)]))), one_b)
+        a = sum(x << (i * fa.bits) for i, (x, _) in enumerate(terms))
+        b = sum(y << (i * fb.bits) for i, (_, y) in enumerate(terms))
+        en, clear = int(rng.random() < 0.95), int(rng.random() < 0.1)
+        program.append((a, b, en, clear))
+        acc = _step(unit, acc, a, b, en, clear)
     return program

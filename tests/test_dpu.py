@@ -209,3 +209,84 @@ def test_config_checks_the_unit():
     with pytest.raises(ValueError, match="positive integer"):
         DotUnit(0, 13)
     assert str(AccumConfig(acc="fp32", inputs="e4m3", unit=DotUnit(32, 13), chunk=128)).endswith("unit=W32 L13")
+
+
+# -- the RTL against the golden model ---------------------------------------------------------
+
+#: (inputs, acc, width, align_bits, include_acc, sticky): 8 units for the simulations.
+RTL_CONFIGS = [("e4m3", "fp32", 4, 13, True, False), ("e5m2", "fp32", 4, 13, False, False),
+               ("bf16", "bf16", 2, 8, True, True), ("e4m3", "e5m6", 8, 10, True, False),
+               ("bf16", "e4m7:rz", 3, 6, False, True), ("e4m3", "e3m2:sat:ftz", 2, 4, True, False),
+               ("fp16", "fp16", 1, 12, True, False), ("e4m3", "bf16", 4, 0, False, False)]
+
+
+@pytest.mark.parametrize("cfg", RTL_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_rtl_equals_golden_in_simulation(cfg):
+    from hwgen.dpu import DotProductUnit
+    from hwgen.verify import expected, random_program, simulate
+
+    inputs, acc, width, align_bits, include_acc, sticky = cfg
+    unit = DotProductUnit(inputs, acc, width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky)
+    program = random_program(unit, 250, seed=width * 31 + align_bits)
+    want, got = expected(unit, program), simulate(unit, program)
+    bad = [(i, hex(g), hex(w)) for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert not bad, bad[:5]
+
+
+# -- the RTL out of psum: Verilog under Icarus, synthesis, the CLI's checks -------------------
+
+iverilog = pytest.mark.skipif(__import__("shutil").which("iverilog") is None, reason="iverilog is not installed")
+
+
+@iverilog
+@pytest.mark.parametrize("args", [["--inputs", "e4m3", "--acc", "fp32", "--width", "4", "--align-bits", "13"],
+                                  ["--inputs", "bf16", "--acc", "e4m7:rz", "--width", "3", "--align-bits", "6",
+                                   "--acc-apart", "--sticky"],
+                                  ["--inputs", "e5m2", "--weights", "e4m3", "--acc", "e5m6:sat", "--width", "2",
+                                   "--align-bits", "9"]])
+def test_exported_unit_passes_its_testbench_under_iverilog(tmp_path, args):
+    import subprocess
+
+    from psum.cli import main
+
+    assert main(["verilog", *args, "-o", str(tmp_path / "u.v"), "--testbench", "--vectors", "600"]) == 0
+    assert "docs/semantics.md §11" in (tmp_path / "u.v").read_text()
+    subprocess.run(["iverilog", "-o", str(tmp_path / "tb"), str(tmp_path / "u.v"), str(tmp_path / "u_tb.v")],
+                   check=True, cwd=tmp_path)
+    proc = subprocess.run(["vvp", "-n", str(tmp_path / "tb")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "PASS: 600 vectors" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_synthesized_unit_reports_energy_per_cycle_and_per_mac(capsys):
+    import json
+
+    from psum.cli import main
+
+    assert main(["synth", "--inputs", "e4m3", "--acc", "e5m6", "--width", "2", "--align-bits", "8", "--streams",
+                 "64", "--k", "16", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["macs_per_cycle"] == 2 and report["synthesis"]["unit"].startswith("DotProductUnit")
+    e = report["energy"][0]
+    assert e["energy_per_term_pj"] == pytest.approx(e["energy_per_mac_pj"] / 2)
+
+
+def test_pack_terms():
+    from psum.cli.hardware import pack_terms
+
+    x = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint64)
+    assert pack_terms(x, 8, 2).tolist() == [[1 | 2 << 8, 3], [4 | 5 << 8, 6]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "4"], "needs --align-bits L"),
+    (["--align-bits", "4"], "--align-bits applies to dot-product units: give --width W too"),
+    (["--width", "4", "--align-bits", "4", "--int", "8"], "not an integer MAC"),
+    (["--width", "4", "--align-bits", "4", "--chunk", "8"], "--chunk applies to MACs"),
+    (["--width", "65", "--align-bits", "4"], "width must be an integer from 1 to 64"),
+])
+def test_unit_options_are_checked(capsys, args, message):
+    from psum.cli import main
+
+    assert main(["verilog", *args, "-o", "/tmp/psum-never-written.v"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from psum.cli._common import (PREPROCESSING, UsageError, command, dataset_arg, given, option, positive_float,
-                              positive_int, preprocessing_options, seed)
+from psum.cli._common import (PREPROCESSING, UsageError, command, dataset_arg, given, nonnegative_int, option,
+                              positive_float, positive_int, preprocessing_options, seed)
 
 #: Options of a floating-point MAC that an integer one (--int) does not have.
 FLOAT_MAC_ONLY = ("inputs", "weights", "product", "chunk", "chunk_acc")
@@ -29,6 +29,23 @@ def build_mac(args: argparse.Namespace):
         if fmt is not None and args.int is None:
             raise UsageError(f"{option(name)} {getattr(args, name)} is an integer format: an integer MAC is "
                              + (f"--int BITS --weight-int {fmt.bits}" if name == "weights" else f"--int {fmt.bits}"))
+    unit_options = given(args, "align_bits", "acc_apart", "sticky")
+    if args.width is None and unit_options:
+        raise UsageError(f"{option(unit_options[0])} applies to dot-product units: give --width W too")
+    if args.width is not None:
+        if args.int is not None:
+            raise UsageError("--width builds a floating-point dot-product unit, not an integer MAC (--int)")
+        for name in given(args, "product", "chunk", "pipeline"):
+            raise UsageError(f"{option(name)} applies to MACs, not to a dot-product unit (--width)")
+        if args.align_bits is None:
+            raise UsageError("a dot-product unit (--width) needs --align-bits L")
+        from hwgen.dpu import DotProductUnit
+
+        try:
+            return DotProductUnit(args.inputs, args.acc or "fp32", weights=args.weights, width=args.width,
+                                  align_bits=args.align_bits, include_acc=not args.acc_apart, sticky=args.sticky)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from None
     try:
         if args.int is not None:
             return IntMAC(args.int, args.int if args.weight_int is None else args.weight_int,
@@ -111,6 +128,20 @@ def _is_model_file(ref: str) -> bool:
     return is_model_file(ref)
 
 
+def pack_terms(x, bits: int, terms: int):
+    """(S, K) streams of ``bits``-bit patterns as (S, ceil(K / terms)) cycles of a
+    dot-product unit: ``terms`` consecutive patterns a cycle, term 0 in the low bits,
+    the last cycle padded with zero patterns (+0: a zero product)."""
+    import numpy as np
+
+    s, k = x.shape
+    cycles = -(-k // terms)
+    padded = np.zeros((s, cycles * terms), dtype=np.uint64)
+    padded[:, :k] = x
+    grouped = padded.reshape(s, cycles, terms)
+    return sum(grouped[:, :, i] << np.uint64(i * bits) for i in range(terms))
+
+
 @command("synth")
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import clock_check, synthesize
@@ -134,14 +165,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
         args.clock_mhz = args.target_mhz or DEFAULT_CLOCK_MHZ
     library = from_liberty(args.liberty) if args.liberty else embedded()
     result = synthesize(mac, library, cache=not args.no_cache, target_mhz=args.target_mhz)
-    finite = finite_patterns(getattr(mac, "inputs", None))
-    width_a, width_b = len(mac.a), len(mac.b)
+    terms = getattr(mac, "width", 1) if hasattr(mac, "align_bits") else 1  # MACs a cycle
+    if terms > 1 and args.parts:
+        raise UsageError("--parts splits MACs; a dot-product unit (--width) is reported whole")
+    width_a = len(mac.a) // terms
+    width_b = len(mac.b) // terms
     energies = []
-    rand_a = uniform_streams(width_a, finite, args.streams, args.k, seed=args.seed)
-    rand_b = uniform_streams(width_b, finite, args.streams, args.k, seed=args.seed + 1)
-    streams = [(rand_a, rand_b, f"uniform random finite patterns, K={args.k}")]
-    if args.activity:
-        streams.append(_activity_streams(args, mac))
+    streams = []
+    if max(len(mac.a), len(mac.b)) > 64:  # the gate-level simulator drives ports of up to 64 bits
+        skipped = f"not simulated: the unit's operand ports are {max(len(mac.a), len(mac.b))} bits wide, the " \
+                  "gate-level simulator drives at most 64"
+    else:
+        skipped = None
+        rand_a = uniform_streams(width_a, finite_patterns(getattr(mac, "inputs", None)), args.streams, args.k,
+                                 seed=args.seed)
+        rand_b = uniform_streams(width_b, finite_patterns(getattr(mac, "weights", None)), args.streams, args.k,
+                                 seed=args.seed + 1)
+        streams = [(rand_a, rand_b, f"uniform random finite patterns, K={args.k}")]
+        if args.activity:
+            streams.append(_activity_streams(args, mac))
+        if terms > 1:  # W consecutive terms a cycle
+            streams = [(pack_terms(a, width_a, terms), pack_terms(b, width_b, terms), label) for a, b, label in streams]
     for a, b, label in streams:
         for glitches in (False, True) if args.glitches else (False,):
             energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
@@ -153,8 +197,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
         sta = static_timing(result.netlist_verilog, library)
     timing = clock_check(sta.critical_path_ns if sta else result.critical_path_ns, args.clock_mhz)
-    report = {"synthesis": result.as_dict(), "energy": [{**e.as_dict(), "timing": timing} for e in energies],
-              "library_notes": list(library.notes)}
+    report = {"synthesis": result.as_dict(), "macs_per_cycle": terms,
+              "energy": [{**e.as_dict(), "energy_per_term_pj": e.energy_per_mac_pj / terms, "timing": timing}
+                         for e in energies], "library_notes": list(library.notes)}
+    if skipped:
+        report["energy_note"] = skipped
     if sta:
         report["sta"] = {"critical_path_ns": sta.critical_path_ns, "fmax_mhz": round(sta.fmax_mhz, 1),
                          "startpoint": sta.startpoint, "endpoint": sta.endpoint, "tool": sta.tool}
@@ -181,10 +228,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
         rows.append(("critical path (OpenSTA)", f"{sta.critical_path_ns:.3f} ns, f_max {sta.fmax_mhz:.1f} MHz "
                      f"({sta.startpoint} -> {sta.endpoint}; {sta.tool})"))
     met = f"slack {timing['slack_ns']:+.3f} ns" + ("" if timing["meets"] else ": the MAC does NOT meet this clock")
+    if skipped:
+        rows.append(("energy", skipped))
     for e in energies:
         delays = ", glitches counted (cell delays)" if e.delays != "zero" else ""
-        rows.append((f"energy/MAC, {e.operands}{delays}",
-                     f"{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
+        per = "" if terms == 1 else f"per cycle ({terms} MACs; {e.energy_per_mac_pj / terms:.4f} pJ per MAC) "
+        rows.append((f"energy/{'MAC' if terms == 1 else 'cycle'}, {e.operands}{delays}",
+                     f"{per}{e.energy_per_mac_pj:.4f} pJ (switching {e.switching_pj:.4f}, internal {e.internal_pj:.4f}, "
                      f"clock {e.clock_pj:.4f}, leakage {e.leakage_pj:.4f}); {e.power_mw:.3f} mW at "
                      f"{e.clock_mhz:g} MHz ({met}); {e.mac_cycles_per_s / 1e6:.3g} M MAC-cycles/s simulated"))
     width = max(len(k) for k, _ in rows)
@@ -213,6 +263,14 @@ def mac_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", action="store_true", help="register between multiplier and adder")
     p.add_argument("--chunk", type=positive_int, help="chunked MAC: spill the accumulator every CHUNK terms")
     p.add_argument("--chunk-acc", default="fp32", help="chunked MAC: outer accumulator (default fp32)")
+    p.add_argument("--width", type=positive_int, metavar="W",
+                   help="a fused dot-product unit of W terms a cycle (docs/semantics.md §11) instead of a MAC")
+    p.add_argument("--align-bits", type=nonnegative_int, metavar="L",
+                   help="dot-product unit: bits each term keeps below the largest exponent's leading bit")
+    p.add_argument("--acc-apart", action="store_true",
+                   help="dot-product unit: the accumulator is added whole, not aligned with the products")
+    p.add_argument("--sticky", action="store_true",
+                   help="dot-product unit: each term keeps one more bit, set when anything was dropped")
 
 
 def add_parsers(sub) -> None:
