@@ -63,9 +63,11 @@ def _source(dataset: str, split: str, data_dir: str | None, download: bool = Fal
 
 def _float_config(acc: str, policy: dict):
     from emulator import AccumConfig
+    from emulator.config import DotUnit
 
+    unit = DotUnit(**policy["unit"]) if policy.get("unit") else None  # a fused dot-product unit
     return AccumConfig(acc=acc, inputs=policy["inputs"], chunk=policy.get("chunk"),
-                       chunk_acc=policy.get("chunk_acc") or "fp32", order=policy.get("order", "im2col"))
+                       chunk_acc=policy.get("chunk_acc") or "fp32", order=policy.get("order", "im2col"), unit=unit)
 
 
 def _int_config(acc: str, policy: dict):

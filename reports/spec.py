@@ -64,6 +64,16 @@ class StudySpec:
     #: minimal MAC costed beside the main pair (reports.search.operand_searches).
     operand_formats: list[str] = field(default_factory=lambda: ["e4m3"])  # []: the main inputs only
     exp_bits: list[int] = field(default_factory=lambda: [4, 5, 6])  # studies/cifar10.toml: 3..8
+    #: Fused dot-product units (docs/semantics.md §11): per width W, the fewest align bits
+    #: within tolerance (reports.search.dpu_search), and the Hopper-like unit
+    #: (dpu_hopper_bits, truncation, accumulator aligned) with and without promotion
+    #: into fp32 every dpu_promote terms. [] : none.
+    dpu_widths: list[int] = field(default_factory=list)
+    dpu_inputs: str = "e4m3"
+    dpu_acc: str = "fp32"
+    dpu_align_range: tuple[int, int] = (0, 24)
+    dpu_hopper_bits: int = 13
+    dpu_promote: int = 128
     max_width: int = 24  # FP candidates: 1 + E + M <= max_width
     mode: str = ""  # appended to every FP candidate, e.g. ":sat" or ":ftz:rz"
     chunk: int | None = None
@@ -313,6 +323,7 @@ def _validate(spec: StudySpec) -> None:
             _fail(f"operand_formats must list floating-point formats, not {fmt}")
         if fmt == spec.inputs or spec.operand_formats.count(fmt) > 1:
             _fail(f"operand_formats lists {fmt} twice (the main inputs count once)")
+    _validate_dpu(spec)
     if spec.mode and not spec.mode.startswith(":"):
         _fail(f"mode is appended to every FP candidate and starts with ':' (':sat', ':ftz:rz'), not {spec.mode!r}")
     if not isinstance(spec.exp_bits, list) or not spec.exp_bits or not all(_is_int(e) for e in spec.exp_bits):
@@ -331,3 +342,41 @@ def _validate(spec: StudySpec) -> None:
                     check_config(AccumConfig(acc=acc, inputs=fmt, chunk=spec.chunk))
                 except (ValueError, TypeError) as exc:
                     _fail(f"candidate {acc} (exp_bits {exp_bits}, max_width {spec.max_width}, inputs {fmt}): {exc}")
+
+
+def _validate_dpu(spec: StudySpec) -> None:
+    """The dot-product unit keys: widths 1..64, a range of align bits, formats the unit's
+    emulation takes (emulator.dpu.check_dpu), a promotion a multiple of every width."""
+    from emulator import AccumConfig
+    from emulator.dpu import MAX_WIDTH, check_dpu
+    from emulator.matmul import check_config
+    from psum.formats import FloatFormat, parse
+
+    if not isinstance(spec.dpu_widths, list) or not all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in spec.dpu_widths):
+        _fail(f"dpu_widths must be a list of integers from 1 to {MAX_WIDTH}, not {spec.dpu_widths!r}")
+    if len(set(spec.dpu_widths)) != len(spec.dpu_widths):
+        _fail(f"dpu_widths lists a width twice: {spec.dpu_widths}")
+    bits = spec.dpu_align_range
+    if isinstance(bits, list):
+        bits = spec.dpu_align_range = tuple(bits)
+    if not isinstance(bits, tuple) or len(bits) != 2 or not all(_is_int(b) for b in bits) or not 0 <= bits[0] <= bits[1]:
+        _fail(f"dpu_align_range must be two integers [low, high], 0 <= low <= high, not {bits!r}")
+    _int_in("dpu_hopper_bits", spec.dpu_hopper_bits, 0)
+    _int_in("dpu_promote", spec.dpu_promote, 1)
+    if not spec.dpu_widths:
+        return
+    try:
+        inputs, acc = parse(spec.dpu_inputs), parse(spec.dpu_acc)
+    except (ValueError, TypeError) as exc:
+        _fail(f"dpu_inputs/dpu_acc: {exc}")
+    if not isinstance(inputs, FloatFormat) or not isinstance(acc, FloatFormat):
+        _fail(f"dpu_inputs and dpu_acc must be floating-point formats, not {spec.dpu_inputs} and {spec.dpu_acc}")
+    for width in spec.dpu_widths:
+        if spec.dpu_promote % width:
+            _fail(f"dpu_promote {spec.dpu_promote} must be a multiple of every width, not of {width}")
+        for align_bits in (bits[1], spec.dpu_hopper_bits):
+            try:
+                check_dpu(width, align_bits, inputs, inputs, spec.dpu_promote)
+                check_config(AccumConfig(acc=acc, inputs=inputs))
+            except ValueError as exc:
+                _fail(f"dot-product unit W={width} L={align_bits}: {exc}")

@@ -71,10 +71,15 @@ class PowerResult:
 
 
 def pack_lanes(values: np.ndarray, width: int) -> np.ndarray:
-    """(L, T) integers -> (T, width, L / 64) uint64 words: bit i of lane l's value at
-    cycle t is bit ``l % 64`` of word ``[t, i, l // 64]``."""
-    lanes, cycles = values.shape
-    bits = ((values.T[:, None, :] >> np.arange(width, dtype=np.uint64)[None, :, None]) & 1).astype(np.uint8)
+    """(L, T) integers, or (L, T, words) for ports wider than 64 bits (little-endian
+    uint64 words) -> (T, width, L / 64) uint64 words: bit i of lane l's value at cycle t
+    is bit ``l % 64`` of word ``[t, i, l // 64]``."""
+    lanes, cycles = values.shape[:2]
+    if values.ndim == 3:
+        bits = np.ascontiguousarray(np.stack([(values[:, :, i // 64] >> np.uint64(i % 64)) & np.uint64(1)
+                                              for i in range(width)], axis=-1).transpose(1, 2, 0).astype(np.uint8))
+    else:
+        bits = ((values.T[:, None, :] >> np.arange(width, dtype=np.uint64)[None, :, None]) & 1).astype(np.uint8)
     packed = np.packbits(bits.reshape(cycles, width, lanes // 64, 64), axis=-1, bitorder="little")
     return packed.view(np.uint64).reshape(cycles, width, lanes // 64)
 
@@ -128,12 +133,12 @@ def _drive(net: Netlist, sequences: dict, cycles: int, steps: int, lanes: int,
         t1 = min(t0 + block, steps)
         live = max(0, min(t1, cycles) - t0)
         packed = {name: pack_lanes(seq[:, t0:t0 + live], width[name]) for name, seq in sequences.items()
-                  if seq.ndim == 2 and live}
+                  if seq.ndim >= 2 and live}
         for i, t in enumerate(range(t0, t1)):
             ports = {}
             if t < cycles:
                 for name, seq in sequences.items():
-                    ports[name] = packed[name][i] if seq.ndim == 2 else [sim.ones if seq[t] else sim.zero]
+                    ports[name] = packed[name][i] if seq.ndim >= 2 else [sim.ones if seq[t] else sim.zero]
             sim.step(ports, sim.ones)
     return sim, time.monotonic() - start
 
@@ -200,7 +205,9 @@ def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.n
                     operands: str, clock_mhz: float = DEFAULT_CLOCK_MHZ, max_lanes: int = 16384,
                     wire_cap_ff_per_pin: float = WIRE_CAP_FF_PER_PIN, pipeline: bool = False,
                     components=None, glitches: bool = False) -> PowerResult:
-    """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K).
+    """Energy per MAC of the mapped netlist running the streams ``a``, ``b`` (S, K), or
+    (S, K, words) for operand ports wider than 64 bits (a dot-product unit's W terms;
+    "per MAC" then means per cycle).
 
     ``components``: a function from a cell's name to the part of the unit it belongs to
     (:func:`synth.components.component_of`); the result's ``components_pj`` then
@@ -208,11 +215,12 @@ def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.n
     ``glitches``: simulate with the cells' delays (:mod:`synth.timed`, inertial
     delays), counting every transition inside a cycle, not only the settled ones.
     """
-    if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 1:
-        raise ValueError(f"a and b must be (streams, K) arrays of the same shape, not {a.shape} and {b.shape}")
+    if a.shape[:2] != b.shape[:2] or a.ndim not in (2, 3) or b.ndim not in (2, 3) or a.shape[1] < 1:
+        raise ValueError(f"a and b must be (streams, K[, words]) arrays of the same streams and K, not {a.shape} and "
+                         f"{b.shape}")
     _check_clock(clock_mhz, wire_cap_ff_per_pin)
     net = Netlist(netlist_json, library)
-    streams, k = a.shape
+    streams, k = a.shape[:2]
     lanes = _lane_count(streams, max_lanes)
     rounds = -(-streams // lanes)
     order = np.resize(np.arange(streams), lanes * rounds).reshape(rounds, lanes)  # lane l, round r

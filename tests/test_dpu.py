@@ -290,3 +290,30 @@ def test_unit_options_are_checked(capsys, args, message):
     assert main(["verilog", *args, "-o", "/tmp/psum-never-written.v"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_wide_ports_drive_the_simulator_as_narrow_ones():
+    """Streams as (S, K, words) give the same packing and energy as (S, K) where both fit."""
+    from hwgen.dpu import DotProductUnit
+    from psum.cli.hardware import pack_terms
+    from synth.flow import synthesize
+    from synth.liberty import embedded
+    from synth.power import estimate_energy, finite_patterns, pack_lanes, uniform_streams
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 1 << 40, (128, 5), dtype=np.uint64)
+    assert np.array_equal(pack_lanes(x, 40), pack_lanes(x[:, :, None], 40))
+    terms = rng.integers(0, 1 << 10, (64, 7), dtype=np.uint64)  # 7 x 10 bits: a term straddles two words
+    packed = pack_terms(terms, 10, 7)
+    value = int(packed[5, 0, 0]) | int(packed[5, 0, 1]) << 64
+    assert value == sum(int(t) << (10 * i) for i, t in enumerate(terms[5]))
+
+    unit = DotProductUnit("e4m3", "e5m6", width=4, align_bits=6)
+    r = synthesize(unit)
+    finite = finite_patterns(unit.inputs)
+    a = pack_terms(uniform_streams(8, finite, 64, 32, seed=1), 8, 4)
+    b = pack_terms(uniform_streams(8, finite, 64, 32, seed=2), 8, 4)
+    narrow = estimate_energy(r.netlist, embedded(), a, b, unit=unit.describe(), operands="random")
+    wide = estimate_energy(r.netlist, embedded(), a[:, :, None], b[:, :, None], unit=unit.describe(),
+                           operands="random")
+    assert narrow.energy_per_mac_pj == wide.energy_per_mac_pj > 0

@@ -129,9 +129,10 @@ def _is_model_file(ref: str) -> bool:
 
 
 def pack_terms(x, bits: int, terms: int):
-    """(S, K) streams of ``bits``-bit patterns as (S, ceil(K / terms)) cycles of a
-    dot-product unit: ``terms`` consecutive patterns a cycle, term 0 in the low bits,
-    the last cycle padded with zero patterns (+0: a zero product)."""
+    """(S, K) streams of ``bits``-bit patterns as cycles of a dot-product unit:
+    ``terms`` consecutive patterns a cycle, term 0 in the low bits, the last cycle padded
+    with zero patterns (+0: a zero product). (S, ceil(K / terms)) when a cycle's
+    ``terms * bits`` fit 64 bits, else (S, cycles, words) little-endian uint64 words."""
     import numpy as np
 
     s, k = x.shape
@@ -139,7 +140,14 @@ def pack_terms(x, bits: int, terms: int):
     padded = np.zeros((s, cycles * terms), dtype=np.uint64)
     padded[:, :k] = x
     grouped = padded.reshape(s, cycles, terms)
-    return sum(grouped[:, :, i] << np.uint64(i * bits) for i in range(terms))
+    words = -(-terms * bits // 64)
+    out = np.zeros((s, cycles, words), dtype=np.uint64)
+    for i in range(terms):
+        first = i * bits
+        out[:, :, first // 64] |= grouped[:, :, i] << np.uint64(first % 64)
+        if first % 64 + bits > 64:  # straddles two words
+            out[:, :, first // 64 + 1] |= grouped[:, :, i] >> np.uint64(64 - first % 64)
+    return out[:, :, 0] if words == 1 else out
 
 
 @command("synth")
@@ -171,21 +179,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     width_a = len(mac.a) // terms
     width_b = len(mac.b) // terms
     energies = []
-    streams = []
-    if max(len(mac.a), len(mac.b)) > 64:  # the gate-level simulator drives ports of up to 64 bits
-        skipped = f"not simulated: the unit's operand ports are {max(len(mac.a), len(mac.b))} bits wide, the " \
-                  "gate-level simulator drives at most 64"
-    else:
-        skipped = None
-        rand_a = uniform_streams(width_a, finite_patterns(getattr(mac, "inputs", None)), args.streams, args.k,
-                                 seed=args.seed)
-        rand_b = uniform_streams(width_b, finite_patterns(getattr(mac, "weights", None)), args.streams, args.k,
-                                 seed=args.seed + 1)
-        streams = [(rand_a, rand_b, f"uniform random finite patterns, K={args.k}")]
-        if args.activity:
-            streams.append(_activity_streams(args, mac))
-        if terms > 1:  # W consecutive terms a cycle
-            streams = [(pack_terms(a, width_a, terms), pack_terms(b, width_b, terms), label) for a, b, label in streams]
+    rand_a = uniform_streams(width_a, finite_patterns(getattr(mac, "inputs", None)), args.streams, args.k,
+                             seed=args.seed)
+    rand_b = uniform_streams(width_b, finite_patterns(getattr(mac, "weights", None)), args.streams, args.k,
+                             seed=args.seed + 1)
+    streams = [(rand_a, rand_b, f"uniform random finite patterns, K={args.k}")]
+    if args.activity:
+        streams.append(_activity_streams(args, mac))
+    if terms > 1:  # W consecutive terms a cycle: (S, cycles[, words]) streams
+        streams = [(pack_terms(a, width_a, terms), pack_terms(b, width_b, terms), label) for a, b, label in streams]
     for a, b, label in streams:
         for glitches in (False, True) if args.glitches else (False,):
             energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
@@ -200,8 +202,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     report = {"synthesis": result.as_dict(), "macs_per_cycle": terms,
               "energy": [{**e.as_dict(), "energy_per_term_pj": e.energy_per_mac_pj / terms, "timing": timing}
                          for e in energies], "library_notes": list(library.notes)}
-    if skipped:
-        report["energy_note"] = skipped
     if sta:
         report["sta"] = {"critical_path_ns": sta.critical_path_ns, "fmax_mhz": round(sta.fmax_mhz, 1),
                          "startpoint": sta.startpoint, "endpoint": sta.endpoint, "tool": sta.tool}
@@ -228,8 +228,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
         rows.append(("critical path (OpenSTA)", f"{sta.critical_path_ns:.3f} ns, f_max {sta.fmax_mhz:.1f} MHz "
                      f"({sta.startpoint} -> {sta.endpoint}; {sta.tool})"))
     met = f"slack {timing['slack_ns']:+.3f} ns" + ("" if timing["meets"] else ": the MAC does NOT meet this clock")
-    if skipped:
-        rows.append(("energy", skipped))
     for e in energies:
         delays = ", glitches counted (cell delays)" if e.delays != "zero" else ""
         per = "" if terms == 1 else f"per cycle ({terms} MACs; {e.energy_per_mac_pj / terms:.4f} pJ per MAC) "
