@@ -143,6 +143,10 @@ def build(spec: StudySpec, unit: dict):
     if unit["family"] == "int":
         bits = unit.get("operand_bits", spec.int_bits)
         return IntMAC(bits, bits, unit["acc"])
+    if unit["family"] == "dpu":
+        from hwgen.dpu import DotProductUnit
+
+        return DotProductUnit(unit["inputs"], unit["acc"], width=unit["width"], align_bits=unit["align_bits"])
     inputs = unit.get("inputs", spec.inputs)  # an operand_formats MAC names its own
     if unit["chunk"]:
         return FloatMAC(inputs, unit["acc"], chunk=unit["chunk"], chunk_acc=unit["chunk_acc"])
@@ -170,7 +174,21 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str =
     if runner.spec.operand_formats:
         found["operand_hardware"] = [ctx.cost(unit, build(runner.spec, unit), log)
                                      for unit in operand_units(runner.spec, found)]
+    if found.get("dpu"):
+        found["dpu_hardware"] = [ctx.cost(unit, build(runner.spec, unit), log) for unit in dpu_units(runner.spec, found)]
     return rows
+
+
+def dpu_units(spec: StudySpec, found: dict) -> list[dict]:
+    """Per unit width, the unit with the fewest align bits within the tightest
+    tolerance, and the Hopper-like unit (``dpu_hopper_bits``)."""
+    tol = str(min(spec.tolerances))
+    out = []
+    for width, entry in found["dpu"]["widths"].items():
+        bits = {entry["scan"]["minima"][tol], spec.dpu_hopper_bits} - {None}
+        out += [{"family": "dpu", "acc": spec.dpu_acc, "inputs": spec.dpu_inputs, "width": int(width),
+                 "align_bits": b, "chunk": None, "chunk_acc": None} for b in sorted(bits)]
+    return out
 
 
 def operand_units(spec: StudySpec, found: dict) -> list[dict]:
@@ -211,6 +229,13 @@ class _Context:
         from emulator.streams import operand_streams
 
         spec = self.runner.spec
+        if unit["family"] == "dpu":  # the FP streams of its operand format, W consecutive terms a cycle
+            from synth.power import pack_terms
+            from psum.formats import parse
+
+            a, b = self.streams({"family": "fp", "inputs": unit["inputs"]})
+            bits = parse(unit["inputs"]).bits
+            return pack_terms(a, bits, unit["width"]), pack_terms(b, bits, unit["width"])
         key = (unit["family"], unit.get("inputs", spec.inputs))
         if key not in self._drawn:
             if unit["family"] == "int" and self.integer_net is not None:
@@ -259,8 +284,13 @@ class _Context:
         a, b = self.streams(unit)
         finite = finite_patterns(getattr(mac, "inputs", None))
         real = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands=self.operands)
-        ra = uniform_streams(len(mac.a), finite, spec.streams, 64, seed=spec.seed + 1)
-        rb = uniform_streams(len(mac.b), finite, spec.streams, 64, seed=spec.seed + 2)
+        terms = getattr(mac, "width", 1) if unit["family"] == "dpu" else 1  # MACs a cycle
+        ra = uniform_streams(len(mac.a) // terms, finite, spec.streams, 64, seed=spec.seed + 1)
+        rb = uniform_streams(len(mac.b) // terms, finite, spec.streams, 64, seed=spec.seed + 2)
+        if terms > 1:
+            from synth.power import pack_terms
+
+            ra, rb = pack_terms(ra, len(mac.a) // terms, terms), pack_terms(rb, len(mac.b) // terms, terms)
         rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
         glitchy = estimate_energy(r.netlist, lib, a[:GLITCH_LANES], b[:GLITCH_LANES], unit=mac.describe(),
                                   operands=self.operands, glitches=True, max_lanes=GLITCH_LANES)
@@ -275,6 +305,10 @@ class _Context:
 
             t = static_timing(r.netlist_verilog, lib)
             row |= {"sta_critical_path_ns": t.critical_path_ns, "sta_tool": t.tool}
+        if terms > 1:  # a dot-product unit: energies per MAC, W MACs a cycle
+            row |= {"macs_per_cycle": terms, "energy_cycle_pj": row["energy_pj"],
+                    **{key: row[key] / terms for key in ("energy_pj", "leakage_pj", "energy_glitch_pj",
+                                                         "energy_random_pj")}}
         if _is_main(spec, unit):
             split = costs_by_part(mac, lib, a, b, operands=self.operands)
             row |= {"parts": split["parts"], "parts_area_um2": split["area_um2"],

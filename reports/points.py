@@ -349,6 +349,9 @@ def describe(policy: dict) -> str:
     if policy["kind"] == "fp32":
         return "fp32"
     text = policy["acc"]
+    if policy.get("unit"):
+        u = policy["unit"]
+        text += f" on a W={u['width']} L={u['align_bits']} unit, {policy['inputs']} operands"
     if policy.get("chunk"):
         text += f" chunk {policy['chunk']} into {policy.get('chunk_acc') or 'fp32'}"
     if policy.get("order", "im2col") != "im2col":

@@ -314,6 +314,49 @@ def _operands(found: dict, spec) -> list[str]:
     return lines + [""]
 
 
+def _dpu(found: dict, spec) -> list[str]:
+    """Fused dot-product units: fewest align bits per width, the Hopper-like unit with
+    and without promotion, and the units' silicon against the sequential MAC."""
+    d = found.get("dpu")
+    if not d:
+        return []
+    tol = min(spec.tolerances)
+    hw = {(h["width"], h["align_bits"]): h for h in found.get("dpu_hardware", [])}
+    seq = found.get("operands", {}).get(d["inputs"])
+    seq_acc = best_fp(seq, tol) if seq else None
+    seq_hw = next((h for h in found.get("operand_hardware", []) if h.get("inputs") == d["inputs"]
+                   and h["acc"] == seq_acc), None)
+    lines = ["### Dot-product units (docs/semantics.md §11)", "",
+             f"{d['inputs']} operands, {d['acc']} accumulator; W products a step aligned with the accumulator to the "
+             f"largest exponent, each keeping L bits below its leading bit (truncated), summed exactly, rounded once. "
+             f"Judged against {d['inputs']} operands with a sequential {d['acc']} MAC (top-1 {_pct(d['reference'])} %), "
+             f"paired on the same images. *Hopper-like*: L = {spec.dpu_hopper_bits}, without and with promotion into "
+             f"fp32 every {spec.dpu_promote} terms. Silicon of the unit with the fewest L at tolerance {tol}: area, "
+             "OpenSTA path, energy per MAC (W MACs a cycle) on the real operand streams"
+             + (f"; against the sequential MAC of the same accuracy ({d['inputs']} operands, {seq_acc}: "
+                f"{seq_hw['area_um2']:.0f} um^2, {seq_hw['energy_pj']:.3f} pJ/MAC)" if seq_hw else "") + ".", "",
+             "| W | " + " | ".join(f"fewest L (tol {t})" for t in spec.tolerances) + " | its drop | Hopper-like drop "
+             "| with promotion | area um^2 | area / W | critical path ns | pJ/MAC | pJ/MAC with glitches "
+             "| area/W vs sequential | energy vs sequential |",
+             "|---|" + "---|" * len(spec.tolerances) + "---|---|---|---|---|---|---|---|---|---|"]
+    for width, entry in d["widths"].items():
+        minima = entry["scan"]["minima"]
+        fewest = minima[str(tol)]
+        judged = next((j for j in entry["scan"]["judged"] if j["align_bits"] == fewest), None)
+        h = hw.get((int(width), fewest))
+        cells = [str(width), *[str(minima[str(t)]) if minima[str(t)] is not None else "none" for t in spec.tolerances],
+                 _drop(judged), _drop(entry["hopper"]), _drop(entry["promoted"])]
+        if h:
+            per_lane = h["area_um2"] / int(width)
+            cells += [f"{h['area_um2']:.0f}", f"{per_lane:.0f}", f"{_critical(h):.2f}", f"{h['energy_pj']:.3f}",
+                      _value(h, "energy_glitch_pj"),
+                      f"{per_lane / seq_hw['area_um2']:.2f}" if seq_hw else "-", _ratio(h, seq_hw, "energy_pj")]
+        else:
+            cells += ["-"] * 7
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 _PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "normalize", "round", "outer adder",
                "register", "inputs")
 
@@ -635,7 +678,7 @@ def write_report(results: dict, spec, out: Path) -> None:
              f"{stats['computed']}, reused from the store {stats['reused']}; wall time {stats['seconds']} s.", ""]
     lines += _summary(results, spec)
     for model, found in results["models"].items():
-        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _clocked(found) + _operands(found, spec) + _breakdown(found, spec) + \
+        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _clocked(found) + _operands(found, spec) + _dpu(found, spec) + _breakdown(found, spec) + \
             _per_e(found, spec) + _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
         rows = _costed(found, spec)
         if rows:

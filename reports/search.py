@@ -16,7 +16,7 @@ import concurrent.futures as cf
 from reports.points import Judged, Runner
 from reports.spec import ModelRun
 
-__all__ = ["scan", "search_model", "mantissa", "exponent", "acc_bits", "pareto_front", "best_fp", "best_int", "int_summary"]
+__all__ = ["scan", "search_model", "dpu_search", "dpu_unit", "mantissa", "exponent", "acc_bits", "pareto_front", "best_fp", "best_int", "int_summary"]
 
 #: McNemar p-value below which two candidates are said to differ.
 SIGNIFICANT_P = 0.05
@@ -120,6 +120,9 @@ def search_model(runner: Runner, run: ModelRun, log) -> dict:
             policies = [{**int_ref[s], "acc": a} for a in spec.int_candidates(mode)]
             out["int"][f"{mode[1:] or 'wrap'} seed {s}"] = _summary(policies, scan(runner, run, policies, int_ref[s],
                                                                                    spec.window))
+    if spec.dpu_widths:
+        log(f"{run.name}: dot-product units of widths {spec.dpu_widths}")
+        out["dpu"] = dpu_search(runner, run, order)
     if spec.operand_formats:
         log(f"{run.name}: FP accumulators with operands {', '.join(spec.operand_formats)}")
         out["operands"] = {fmt: operand_search(runner, run, fmt, fp_ref) for fmt in spec.operand_formats}
@@ -154,6 +157,37 @@ def operand_search(runner: Runner, run: ModelRun, fmt: str, fp_ref: dict) -> dic
         return _summary(policies, scan(runner, run, policies, ref, spec.window))
 
     out["fp"] = {e: search_e(e) for e in spec.exp_bits}
+    return out
+
+
+def dpu_unit(width: int, align_bits: int) -> dict:
+    """A policy's dot-product unit: truncation, the accumulator aligned with the
+    products (the Hopper-like structure, docs/semantics.md §11)."""
+    return {"width": width, "align_bits": align_bits, "include_acc": True, "sticky": False}
+
+
+def dpu_search(runner: Runner, run: ModelRun, order: str) -> dict:
+    """Per unit width W of the spec: the fewest align bits within each tolerance of
+    ``dpu_inputs`` operands with a sequential ``dpu_acc`` accumulator (a scan over
+    ``dpu_align_range``, paired on the same images), and the unit with
+    ``dpu_hopper_bits`` without and with promotion into fp32 every ``dpu_promote``
+    terms, judged against the same reference."""
+    spec = runner.spec
+    ref = {"kind": "float", "acc": spec.dpu_acc, "inputs": spec.dpu_inputs, "chunk": None, "order": order}
+    low, high = spec.dpu_align_range
+    out = {"reference": runner.point(run, ref), "inputs": spec.dpu_inputs, "acc": spec.dpu_acc, "widths": {}}
+    for width in spec.dpu_widths:
+        bits = list(range(low, high + 1))
+        policies = [{**ref, "unit": dpu_unit(width, b)} for b in bits]
+        found = scan(runner, run, policies, ref, spec.window)
+        summary = _summary(policies, found)
+        summary["minima"] = {str(t): (None if i is None else bits[i]) for t, i in found["minima"].items()}
+        for judged, b in zip(summary["judged"], bits):
+            judged["align_bits"] = b
+        hopper = {**ref, "unit": dpu_unit(width, spec.dpu_hopper_bits)}
+        promoted = {**hopper, "chunk": spec.dpu_promote, "chunk_acc": "fp32"}
+        out["widths"][width] = {"scan": summary, "hopper": runner.judge(run, hopper, ref).as_dict(),
+                                "promoted": runner.judge(run, promoted, ref).as_dict()}
     return out
 
 

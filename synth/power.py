@@ -34,7 +34,7 @@ import numpy as np
 from synth.liberty import Library
 from synth.netlist import GateSimulator, Netlist
 
-__all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "uniform_streams",
+__all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "pack_terms", "uniform_streams",
            "finite_patterns", "DEFAULT_CLOCK_MHZ", "estimate_output_energy"]
 
 WIRE_CAP_FF_PER_PIN = 0.5
@@ -82,6 +82,26 @@ def pack_lanes(values: np.ndarray, width: int) -> np.ndarray:
         bits = ((values.T[:, None, :] >> np.arange(width, dtype=np.uint64)[None, :, None]) & 1).astype(np.uint8)
     packed = np.packbits(bits.reshape(cycles, width, lanes // 64, 64), axis=-1, bitorder="little")
     return packed.view(np.uint64).reshape(cycles, width, lanes // 64)
+
+
+def pack_terms(x, bits: int, terms: int):
+    """(S, K) streams of ``bits``-bit patterns as cycles of a dot-product unit:
+    ``terms`` consecutive patterns a cycle, term 0 in the low bits, the last cycle padded
+    with zero patterns (+0: a zero product). (S, ceil(K / terms)) when a cycle's
+    ``terms * bits`` fit 64 bits, else (S, cycles, words) little-endian uint64 words."""
+    s, k = x.shape
+    cycles = -(-k // terms)
+    padded = np.zeros((s, cycles * terms), dtype=np.uint64)
+    padded[:, :k] = x
+    grouped = padded.reshape(s, cycles, terms)
+    words = -(-terms * bits // 64)
+    out = np.zeros((s, cycles, words), dtype=np.uint64)
+    for i in range(terms):
+        first = i * bits
+        out[:, :, first // 64] |= grouped[:, :, i] << np.uint64(first % 64)
+        if first % 64 + bits > 64:  # straddles two words
+            out[:, :, first // 64 + 1] |= grouped[:, :, i] >> np.uint64(64 - first % 64)
+    return out[:, :, 0] if words == 1 else out
 
 
 def finite_patterns(fmt):

@@ -271,7 +271,7 @@ def test_synthesized_unit_reports_energy_per_cycle_and_per_mac(capsys):
 
 
 def test_pack_terms():
-    from psum.cli.hardware import pack_terms
+    from synth.power import pack_terms
 
     x = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint64)
     assert pack_terms(x, 8, 2).tolist() == [[1 | 2 << 8, 3], [4 | 5 << 8, 6]]
@@ -295,7 +295,7 @@ def test_unit_options_are_checked(capsys, args, message):
 def test_wide_ports_drive_the_simulator_as_narrow_ones():
     """Streams as (S, K, words) give the same packing and energy as (S, K) where both fit."""
     from hwgen.dpu import DotProductUnit
-    from psum.cli.hardware import pack_terms
+    from synth.power import pack_terms
     from synth.flow import synthesize
     from synth.liberty import embedded
     from synth.power import estimate_energy, finite_patterns, pack_lanes, uniform_streams

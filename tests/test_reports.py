@@ -54,13 +54,22 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     root, ckpt = tiny
     spec = tiny_spec(root, ckpt, exp_bits=[3], max_width=7, int_width_range=(10, 12), per_layer=True,
                      synth=True, streams=64, calibration_seeds=[0, 1], chunk_sizes=[16], orders=["im2col", "nhwc"],
-                     prediction=True, tolerances=[2.0, 10.0], operand_formats=["e4m3"])
+                     prediction=True, tolerances=[2.0, 10.0], operand_formats=["e4m3"], dpu_widths=[2, 4],
+                     dpu_align_range=(0, 6), dpu_hopper_bits=3, dpu_promote=8)
     results = run_study(spec, tmp_path / "out", log=lambda *_: None)
     found = results["models"]["lenet5"]
     e4m3 = found["operands"]["e4m3"]  # its own search, against its own reference, which is judged against bf16's
     assert e4m3["against_main"]["paired"]["n"] == 64 and set(e4m3["fp"]) == {3}
     for judged in e4m3["fp"][3]["judged"]:
         assert judged["paired"]["n"] == judged["images"]
+    dpu = found["dpu"]  # fused units: a scan of align bits per width, the Hopper-like unit with and without promotion
+    for width, entry in dpu["widths"].items():
+        bits = [j["align_bits"] for j in entry["scan"]["judged"]]
+        assert bits == list(range(len(bits))) and entry["promoted"]["paired"]["n"] == 64
+        fewest = entry["scan"]["minima"]["2.0"]
+        if fewest is not None:
+            unit = next(h for h in found["dpu_hardware"] if h["width"] == width and h["align_bits"] == fewest)
+            assert unit["macs_per_cycle"] == width and unit["energy_pj"] == pytest.approx(unit["energy_cycle_pj"] / width)
     costed = {h["acc"]: h for h in found["operand_hardware"]}
     assert "fp32" in costed and all(h["inputs"] == "e4m3" and "inputs=e4m3" in h["unit"] for h in costed.values())
     assert {a for a in e4m3["fp"][3]["minima"].values() if a} <= set(costed)
@@ -93,7 +102,7 @@ def test_study_end_to_end_with_hardware_and_report(tiny, tmp_path):
     for heading in ("## Cross-network summary", "### Minimal accumulators (the central comparison)", "area FP/INT",
                     "### INT accumulators per calibration seed", "### Chunk-size sweep", "### Accumulation order",
                     "### Prediction beside measurement", "**Decision rule**", "energy FP/INT at iso clock",
-                    "energy FP/INT with glitches", "### Operand formats: FP minima beside the INT minimum", *(("#### The central pairs synthesized for a clock",) if timed else ())):
+                    "energy FP/INT with glitches", "### Operand formats: FP minima beside the INT minimum", "### Dot-product units", *(("#### The central pairs synthesized for a clock",) if timed else ())):
         assert heading in report
     assert ("Critical paths from static timing with OpenSTA" in report) == timed
     for name in ("results.csv", "judged.csv", "results.json", "lenet5_pareto_area.png", "lenet5_pareto_energy.png",

@@ -128,33 +128,11 @@ def _is_model_file(ref: str) -> bool:
     return is_model_file(ref)
 
 
-def pack_terms(x, bits: int, terms: int):
-    """(S, K) streams of ``bits``-bit patterns as cycles of a dot-product unit:
-    ``terms`` consecutive patterns a cycle, term 0 in the low bits, the last cycle padded
-    with zero patterns (+0: a zero product). (S, ceil(K / terms)) when a cycle's
-    ``terms * bits`` fit 64 bits, else (S, cycles, words) little-endian uint64 words."""
-    import numpy as np
-
-    s, k = x.shape
-    cycles = -(-k // terms)
-    padded = np.zeros((s, cycles * terms), dtype=np.uint64)
-    padded[:, :k] = x
-    grouped = padded.reshape(s, cycles, terms)
-    words = -(-terms * bits // 64)
-    out = np.zeros((s, cycles, words), dtype=np.uint64)
-    for i in range(terms):
-        first = i * bits
-        out[:, :, first // 64] |= grouped[:, :, i] << np.uint64(first % 64)
-        if first % 64 + bits > 64:  # straddles two words
-            out[:, :, first // 64 + 1] |= grouped[:, :, i] >> np.uint64(64 - first % 64)
-    return out[:, :, 0] if words == 1 else out
-
-
 @command("synth")
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import clock_check, synthesize
     from synth.liberty import embedded, from_liberty
-    from synth.power import estimate_energy, finite_patterns, uniform_streams
+    from synth.power import estimate_energy, finite_patterns, pack_terms, uniform_streams
     from synth.timed import GLITCH_LANES
 
     mac = build_mac(args)

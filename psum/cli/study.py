@@ -26,7 +26,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                          "run the points")
     limit = {"limit": args.limit} if given(args, "limit") else {}
     sweep = {"chunk_sizes": args.chunk_sizes} if given(args, "chunk_sizes") else {}
-    overrides = {"inputs": args.inputs, "operand_formats": args.operand_formats, "mode": args.mode, "chunk": args.chunk, "int_bits": args.int_bits,
+    overrides = {"inputs": args.inputs, "operand_formats": args.operand_formats, "dpu_widths": args.dpu_widths,
+                 "dpu_inputs": args.dpu_inputs, "dpu_acc": args.dpu_acc, "dpu_hopper_bits": args.dpu_hopper_bits,
+                 "dpu_promote": args.dpu_promote,
+                 "dpu_align_range": tuple(args.dpu_align_range) if args.dpu_align_range else None, "mode": args.mode, "chunk": args.chunk, "int_bits": args.int_bits,
                  "max_width": args.max_width, "streams": args.streams, "orders": args.orders,
                  "calibration_seeds": args.calibration_seeds, "batch_size": args.batch_size,
                  "int_width_range": tuple(args.int_width_range) if args.int_width_range else None,
@@ -70,6 +73,8 @@ TOML keys of --config (default): models ([[models]] tables: name, checkpoint, da
 and for a network of one's own factory ("FILE.py:NAME" or a .tflite/.onnx file; name then
 labels it; a file needs no checkpoint) and a folder
 dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), operand_formats (["e4m3"]), exp_bits ([4, 5, 6]),
+dpu_widths ([]), dpu_inputs ("e4m3"), dpu_acc ("fp32"), dpu_align_range ([0, 24]), dpu_hopper_bits (13),
+dpu_promote (128),
 max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
 tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
 window (2), calibration_seeds ([0, 1, 2]), chunk_sizes ([16, 64]), orders (["im2col",
@@ -118,6 +123,16 @@ def add_parser(sub) -> None:
     st.add_argument("--operand-formats", nargs="*", metavar="FMT",
                     help="more FP operand formats (default e4m3; none given: no other): each gets its own "
                     "network-level FP search and its minimal MAC costed beside the main pair")
+    st.add_argument("--dpu-widths", type=positive_int, nargs="*", metavar="W",
+                    help="fused dot-product units of these widths: fewest align bits each, and the Hopper-like unit "
+                    "with and without promotion (default none; docs/semantics.md §11)")
+    st.add_argument("--dpu-inputs", help="the units' operand format (default e4m3)")
+    st.add_argument("--dpu-acc", help="the units' accumulator (default fp32)")
+    st.add_argument("--dpu-align-range", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                    help="align bits searched (default 0 24)")
+    st.add_argument("--dpu-hopper-bits", type=int, metavar="L", help="the Hopper-like unit's align bits (default 13)")
+    st.add_argument("--dpu-promote", type=positive_int, metavar="C",
+                    help="the Hopper-like unit's promotion into fp32 every C terms (default 128)")
     st.add_argument("--mode", help="appended to every FP candidate, e.g. :sat or :ftz:rz (default none)")
     st.add_argument("--max-width", type=positive_int, help="FP candidates: 1 + E + M <= this (default 24)")
     st.add_argument("--chunk", type=positive_int,
