@@ -20,7 +20,7 @@ import yaml
 
 from accel.workload import Layer, zigzag_layer
 
-__all__ = ["ARCHITECTURES", "Architecture", "LayerCost", "MacCost", "accelerator_yaml", "evaluate_layer",
+__all__ = ["ARCHITECTURES", "Architecture", "LayerCost", "MacCost", "MappingError", "accelerator_yaml", "evaluate_layer",
            "register_port_bits"]
 
 FOLDER = Path(__file__).resolve().parent / "architectures"
@@ -29,6 +29,10 @@ ARCHITECTURES = {"os16": ("os16.yaml", "os16_mapping.yaml"), "ws16": ("ws16.yaml
                  "tpu128": ("tpu128.yaml", "tpu128_mapping.yaml")}
 #: The memory that stands for each PE's accumulator register (psum's MAC's own register).
 PSUM_REGISTER = "psum_reg"
+
+
+class MappingError(ValueError):
+    """ZigZag could not map a layer on an architecture (one line, for the CLI)."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,14 @@ def evaluate_layer(layer: Layer, arch: Architecture, mac: MacCost, *, operand_bi
         acc_file.write_text(yaml.safe_dump(accelerator_yaml(arch, mac, output_bits), sort_keys=False))
         workload = [zigzag_layer(layer, 0, operand_bits=operand_bits, psum_bits=mac.psum_bits,
                                  output_bits=output_bits)]
-        cmes = _run_zigzag(workload, str(acc_file), str(arch.mapping), folder)
+        from zigzag.opt.loma.engine import NoValidLoopOrderingFoundException
+
+        try:
+            cmes = _run_zigzag(workload, str(acc_file), str(arch.mapping), folder)
+        except (NoValidLoopOrderingFoundException, AssertionError) as exc:  # ZigZag's own failures
+            text = str(exc).strip().splitlines()
+            raise MappingError(f"ZigZag found no mapping of layer {layer.name} on {arch.name} with {mac.acc} "
+                               f"({type(exc).__name__}: {text[0] if text else 'no message'})") from None
     cme = _first(cmes)
     memory: dict[str, dict[str, float]] = {}
     held: dict[str, float] = {}

@@ -134,16 +134,23 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     """:func:`matmul` with its formats given as one :class:`AccumConfig`."""
     _check_operands(a, b, floating=True)
     check_config(cfg, a.dtype)
-    if cfg.unit is not None:  # a fused dot-product unit (emulator.dpu)
-        from emulator.dpu import dpu_matmul
-
-        if a.device.type != "cpu":
-            raise ValueError("dot-product units (AccumConfig.unit) are emulated on the CPU only")
+    if cfg.unit is not None:  # a fused dot-product unit (emulator.dpu; on CUDA its Triton kernel)
         lead, k = a.shape[:-1], a.shape[-1]
         u = cfg.unit
-        out = dpu_matmul(a.detach().reshape(math.prod(lead), k), b.detach(), cfg.acc, width=u.width,
-                         align_bits=u.align_bits, include_acc=u.include_acc, sticky=u.sticky, inputs=cfg.inputs,
-                         weights=cfg.weights, chunk=cfg.chunk, chunk_acc=cfg.chunk_acc)
+        if a.device.type == "cuda":
+            from emulator.device import load_gpu_backend
+
+            load_gpu_backend()
+            from emulator.triton_kernels import triton_dpu_matmul
+
+            a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()
+            out = triton_dpu_matmul(a2, quantize(b.detach(), cfg.weights).float(), cfg)
+        else:
+            from emulator.dpu import dpu_matmul
+
+            out = dpu_matmul(a.detach().reshape(math.prod(lead), k), b.detach(), cfg.acc, width=u.width,
+                             align_bits=u.align_bits, include_acc=u.include_acc, sticky=u.sticky, inputs=cfg.inputs,
+                             weights=cfg.weights, chunk=cfg.chunk, chunk_acc=cfg.chunk_acc)
         return out.to(a.dtype).reshape(*lead, b.shape[1])
     kernel = _backend(a, 0)
     lead, k = a.shape[:-1], a.shape[-1]

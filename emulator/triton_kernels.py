@@ -41,7 +41,7 @@ from emulator.config import AccumConfig, IntAccumConfig
 from emulator.matmul import _lanes_on_rows, narrow_lanes, register_backend
 from psum.formats import FloatFormat
 
-__all__ = ["triton_quantize", "triton_matmul", "triton_int_matmul", "format_constants",
+__all__ = ["triton_quantize", "triton_matmul", "triton_int_matmul", "triton_dpu_matmul", "format_constants",
            "BlockConfig"]
 
 _SIGN64 = tl.constexpr(-(1 << 63))  # the float64 sign bit as an int64
@@ -393,6 +393,113 @@ def _int_matmul_kernel(at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
     tl.store(out_ptr + offs, result, mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
+# -- fused dot-product units (psum_dpu_matmul of psum_cpu.c; docs/semantics.md §11) -------------
+
+_NO_EXP = tl.constexpr(-(1 << 20))  # the exponent of a zero term: below every real one
+
+
+@triton.jit
+def _exponent(x):
+    """floor(log2 |x|) of nonzero normal float64 values (products of float32 numbers and
+    accumulator values always are); _NO_EXP for zeros."""
+    bits = x.to(tl.int64, bitcast=True)
+    e = ((bits >> 52) & 0x7FF) - 1023
+    return tl.where(x == 0, _NO_EXP, e)
+
+
+@triton.jit
+def _pow2(e):
+    """2^e as a float64, for -1022 <= e <= 1023."""
+    return ((e + 1023) << 52).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _kept(x, scale, unit, STICKY: tl.constexpr):
+    """``x`` truncated toward zero to a multiple of ``unit`` (= 1 / scale); with STICKY
+    the multiple made odd when anything was dropped. Zeros keep their sign."""
+    q = tl.abs(x) * scale  # exact: a power of two
+    n = tl.floor(q)
+    if STICKY:
+        even = (n - 2.0 * tl.floor(n * 0.5)) == 0
+        n = tl.where((n != q) & even, n + 1.0, n)
+    m = n * unit
+    return tl.where(x < 0, -m, tl.where(x == 0, x, m))
+
+
+@triton.jit
+def _dpu_kernel(at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
+                W: tl.constexpr, L: tl.constexpr, INCLUDE: tl.constexpr, STICKY: tl.constexpr,
+                CHUNKED: tl.constexpr,
+                A_MAN: tl.constexpr, A_EMIN: tl.constexpr, A_SUB: tl.constexpr, A_NE: tl.constexpr,
+                A_MAX: tl.constexpr, A_OVF: tl.constexpr, A_INF: tl.constexpr, A_MINN: tl.constexpr,
+                A_MINS: tl.constexpr, A_HALFS: tl.constexpr, A_FTZUP: tl.constexpr, A_NAN: tl.constexpr,
+                O_MAN: tl.constexpr, O_EMIN: tl.constexpr, O_SUB: tl.constexpr, O_NE: tl.constexpr,
+                O_MAX: tl.constexpr, O_OVF: tl.constexpr, O_INF: tl.constexpr, O_MINN: tl.constexpr,
+                O_MINS: tl.constexpr, O_HALFS: tl.constexpr, O_FTZUP: tl.constexpr, O_NAN: tl.constexpr,
+                WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A BLOCK_M x BLOCK_N tile of outputs, each the dot product on a W-term unit: per
+    group the largest exponent (a first pass over its terms), then the kept terms added
+    exactly (a second pass), one rounding; promotion into the outer format every CHUNK
+    terms when CHUNKED."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    outer = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
+    state = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
+    exact = tl.zeros((BLOCK_M, BLOCK_N), tl.int64)  # sticky direction 0: the double is the exact value
+    for k0 in range(0, K, CHUNK):
+        state = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
+        end = tl.minimum(k0 + CHUNK, K)
+        for g in range(k0, end, W):
+            hi = tl.minimum(g + W, end)
+            special = (state != state) | (tl.abs(state) == float("inf"))
+            top = tl.full((BLOCK_M, BLOCK_N), _NO_EXP, tl.int64)
+            if INCLUDE:
+                top = _exponent(state)
+            for k in range(g, hi):
+                kk = _index(k, WIDE)
+                av = tl.load(at_ptr + kk * MP + rm).to(tl.float64)
+                bw = tl.load(b_ptr + kk * NP + rn).to(tl.float64)
+                p = av[:, None] * bw[None, :]
+                special = special | (p != p) | (tl.abs(p) == float("inf"))
+                top = tl.maximum(top, _exponent(p))
+            e = tl.maximum(top - L - STICKY, -1000)
+            scale, unit = _pow2(-e), _pow2(e)
+            total = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
+            raw = state
+            negative_zeros = tl.full((BLOCK_M, BLOCK_N), 1, tl.int1)
+            if INCLUDE:
+                total = _kept(state, scale, unit, STICKY)
+                negative_zeros = (state == 0) & (state.to(tl.int64, bitcast=True) < 0)
+            for k in range(g, hi):
+                kk = _index(k, WIDE)
+                av = tl.load(at_ptr + kk * MP + rm).to(tl.float64)
+                bw = tl.load(b_ptr + kk * NP + rn).to(tl.float64)
+                p = av[:, None] * bw[None, :]
+                raw = raw + p
+                total = total + _kept(p, scale, unit, STICKY)  # exact (the caller's bounds)
+                negative_zeros = negative_zeros & (p == 0) & (p.to(tl.int64, bitcast=True) < 0)
+            total = tl.where(total == 0, tl.where(negative_zeros, -0.0, 0.0), total)
+            if INCLUDE:
+                r = _round_bits(total.to(tl.int64, bitcast=True), exact, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF,
+                                A_INF, A_MINN, A_MINS, A_HALFS, A_FTZUP, A_NAN).to(tl.float64, bitcast=True)
+            else:
+                r = _two_sum_round(state, total, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF, A_INF, A_MINN,
+                                   A_MINS, A_HALFS, A_FTZUP, A_NAN)
+            r_special = _round_bits(raw.to(tl.int64, bitcast=True), exact, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX,
+                                    A_OVF, A_INF, A_MINN, A_MINS, A_HALFS, A_FTZUP,
+                                    A_NAN).to(tl.float64, bitcast=True)
+            state = tl.where(special, r_special, r)
+        if CHUNKED:
+            outer = _two_sum_round(outer, state, O_MAN, O_EMIN, O_SUB, O_NE, O_MAX, O_OVF, O_INF, O_MINN,
+                                   O_MINS, O_HALFS, O_FTZUP, O_NAN)
+    if CHUNKED:
+        result = outer
+    else:
+        result = state
+    offs = rm[:, None] * N + rn[None, :]
+    tl.store(out_ptr + offs, result, mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
 # -- Python side ---------------------------------------------------------------------------
 
 
@@ -568,6 +675,30 @@ def triton_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig,
             BLOCK_N=blocks.block_n, num_warps=blocks.num_warps)
 
     return _run(a, b, blocks, torch.int32, torch.int64, launch)
+
+
+def triton_dpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
+                      blocks: BlockConfig | None = None) -> torch.Tensor:
+    """:func:`emulator.dpu.dpu_matmul` in Triton, for ``cfg.unit``: ``a`` (M, K) and
+    ``b`` (K, N) float32 holding values of the input formats; (M, N) float64 results."""
+    from emulator.dpu import check_dpu
+
+    unit = cfg.unit
+    check_dpu(unit.width, unit.align_bits, cfg.inputs, cfg.weights, cfg.chunk)
+    if unit.align_bits is None:
+        raise ValueError("the Triton unit kernel takes a bounded align_bits")
+    constants = {**format_constants(cfg.acc, "A"), **format_constants(cfg.chunk_acc if cfg.chunk else cfg.acc, "O")}
+
+    def launch(ops: _Operands, out: torch.Tensor, blocks: BlockConfig) -> None:
+        _dpu_kernel[ops.grid](
+            *ops.args(out, cfg.chunk), W=unit.width, L=unit.align_bits, INCLUDE=unit.include_acc,
+            STICKY=int(unit.sticky), CHUNKED=cfg.chunk is not None, **constants, WIDE=ops.wide,
+            BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, num_warps=blocks.num_warps, enable_fp_fusion=False)
+
+    blocks = blocks or BlockConfig(16, 32)
+    if _lanes_on_rows(a.shape[0], b.shape[1], blocks.block_n):  # dot products are symmetric in a and b
+        return triton_dpu_matmul(b.t(), a.t(), cfg, blocks).t()
+    return _run(a, b, blocks, torch.float32, torch.float64, launch)
 
 
 register_backend("cuda", triton_matmul, triton_int_matmul)

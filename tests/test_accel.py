@@ -165,3 +165,17 @@ def test_a_layer_that_fits_the_array_whole():
         narrow = evaluate_layer(fc, Architecture.named("tpu128"), MacCost("e4m3", psum_bits, 1.0, 500.0),
                                 operand_bits=16, output_bits=16)
         assert narrow.psum_bits_held["psum_reg"] == 10 * psum_bits
+
+
+def test_a_layer_zigzag_cannot_map_is_a_clear_error():
+    import copy
+
+    from accel.engine import MappingError
+
+    arch = Architecture.named("tpu128")
+    small = copy.deepcopy(arch.accelerator)
+    small["memories"]["local_buffer_256KB"]["size"] = 32 * 1024 * 8  # a 128x128 weight tile fills it whole
+    conv = Layer("conv", k=128, c=128, g=1, oy=7, ox=7, fy=3, fx=3, stride=(1, 1), padding=(1, 1), iy=7, ix=7)
+    with pytest.raises(MappingError, match="ZigZag found no mapping of layer conv on tpu128 with fp32"):
+        evaluate_layer(conv, replace(arch, accelerator=small), MacCost("fp32", 32, 2.0, 4000.0), operand_bits=16,
+                       output_bits=16)

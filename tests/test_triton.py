@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton")
@@ -328,6 +328,35 @@ def test_kernel_argument_errors():
         tk.BlockConfig(block_m=48)
 
 
+# -- fused dot-product units -------------------------------------------------------------------
+
+DPU_CONFIGS = [(4, 13, True, False, "fp32", "e4m3"), (4, 13, False, False, "fp32", "e5m2"),
+               (8, 10, True, True, "e5m10", "bf16"), (16, 14, True, False, "fp32", "e4m3"),
+               (32, 20, False, True, "bf16", "bf16"), (4, 3, True, False, "e4m3", "bf16"),
+               (8, 0, False, False, "e4m7:rz", "bf16"), (2, 6, True, True, "e3m2:sat:ftz", "e4m3")]
+
+
+@settings(max_examples=25, deadline=None)
+@given(cfg=st.sampled_from(DPU_CONFIGS), m=st.integers(1, 5), n=st.integers(1, 40), k=st.integers(0, 40),
+       seed=st.integers(0, 2**32 - 1), specials=st.booleans(), promote=st.booleans())
+def test_dpu_kernel_equals_cpu_kernel(cfg, m, n, k, seed, specials, promote):
+    """The Triton unit kernel (interpreter here) against the CPU kernel, itself held to the
+    golden model in test_dpu.py: the same bits, specials and promotion included."""
+    from emulator.config import DotUnit
+    from emulator.dpu import dpu_matmul
+
+    width, align_bits, include_acc, sticky, acc, inputs = cfg
+    rng = np.random.default_rng(seed)
+    a, b = values(rng, (m, k), specials), values(rng, (k, n), specials)
+    chunk = 2 * width if promote else None
+    config = AccumConfig(acc=acc, inputs=inputs, chunk=chunk, unit=DotUnit(width, align_bits, include_acc, sticky))
+    want = dpu_matmul(a, b, acc, width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky,
+                      inputs=inputs, chunk=chunk)
+    aq, bq = quantize(a.double(), inputs).float(), quantize(b.double(), inputs).float()
+    got = tk.triton_dpu_matmul(aq.to(DEVICE), bq.to(DEVICE), config).cpu()
+    assert identical(got, want), (cfg, got, want)
+
+
 # -- the real compiler ---------------------------------------------------------------------
 
 _COMPILE_SCRIPT = r"""
@@ -369,6 +398,11 @@ for name, cfg in [("int_wrap", IntAccumConfig(acc="int16")), ("int_sat_chunked",
                         {"BITS": cfg.acc.bits, "SAT": cfg.acc.overflow == "saturate", "OUTER_BITS": 32,
                          "OUTER_SAT": False, "CHUNKED": cfg.chunk is not None, "WIDE": False,
                          "BLOCK_M": 64, "BLOCK_N": 32})
+for name, w, bits, include, sticky, chunked in [("dpu_hopper", 32, 13, 1, 0, 0), ("dpu_apart_sticky_promoted", 4, 9, 0, 1, 1)]:
+    out[name] = compile(tk._dpu_kernel, ptr, {**tk.format_constants(tk.FloatFormat(8, 23), "A"),
+                                              **tk.format_constants(tk.FloatFormat(8, 23), "O"), "W": w, "L": bits,
+                                              "INCLUDE": include, "STICKY": sticky, "CHUNKED": chunked, "WIDE": False,
+                                              "BLOCK_M": 16, "BLOCK_N": 32})
 out["quantize"] = compile(tk._quantize_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32"},
                           {**tk.format_constants(tk.FloatFormat(4, 3), "F"), "BLOCK": 1024})
 print(json.dumps(out))
@@ -387,7 +421,8 @@ def test_kernels_compile_for_a_gpu_without_fused_or_flushed_arithmetic():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {"narrow", "narrow_checked", "narrow_int_rounding", "narrow_ftz_rz_chunked",
-                           "wide_fast", "wide_unfused", "int_wrap", "int_sat_chunked", "quantize"}
+                           "wide_fast", "wide_unfused", "int_wrap", "int_sat_chunked", "quantize", "dpu_hopper",
+                           "dpu_apart_sticky_promoted"}
     for name, info in result.items():
         assert info["cubin_bytes"] > 0, name
         assert info["fma"] == 0 and info["ftz"] == 0, (name, info)

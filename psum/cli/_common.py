@@ -21,7 +21,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 # Matched by name so that this module imports none of those packages.
 USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError", "LibraryError", "SynthToolError",
                "YosysError", "NetlistError", "DeviceError", "CacheError", "StudyLocked", "StoreMismatch",
-               "ModelImportError", "StaError", "AccelError"}
+               "ModelImportError", "StaError", "AccelError", "MappingError"}
 
 #: Seeds psum accepts: what both torch and numpy generators take.
 SEED_RANGE = (0, 2**63 - 1)
