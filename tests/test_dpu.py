@@ -317,3 +317,22 @@ def test_wide_ports_drive_the_simulator_as_narrow_ones():
     wide = estimate_energy(r.netlist, embedded(), a[:, :, None], b[:, :, None], unit=unit.describe(),
                            operands="random")
     assert narrow.energy_per_mac_pj == wide.energy_per_mac_pj > 0
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+@pytest.mark.parametrize("align_bits", [0, 5, 13, 40])
+def test_kernel_truncation_at_every_distance(sticky, align_bits):
+    """A term 2^-d (1 + 2^-7) beside 1 for every distance d, so that the kept multiple's
+    position crosses each bit of the double's pattern, its implicit bit and beyond."""
+    ds = list(range(0, 75))
+    a = torch.tensor([[1.0, -(2.0 ** -d) * (1 + 2 ** -7)] for d in ds], dtype=torch.float64)  # (D, 2)
+    b = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
+    for include_acc in (True, False):
+        got = dpu_matmul(a, b, "fp32", width=2, align_bits=align_bits, include_acc=include_acc, sticky=sticky,
+                         inputs="fp32")
+        for i, d in enumerate(ds):
+            pa = [golden.round_to("fp32", float(v)) for v in a[i].tolist()]
+            want = golden.decode("fp32", golden.dpu_dot(pa, [golden.round_to("fp32", 1.0)] * 2, acc="fp32", width=2,
+                                                        align_bits=align_bits, include_acc=include_acc,
+                                                        sticky=sticky, inputs="fp32"))
+            assert got[i, 0].item() == float(want), (d, include_acc, got[i, 0].item(), want)

@@ -1115,6 +1115,40 @@ void psum_conv2d(const float *x, const float *w, float *out, int64_t N, int64_t 
  * every bit (width 1 only: the MAC step). chunk > 0 promotes into outer every chunk
  * terms (a multiple of width). Parallel over rows of a; each dot product in order. */
 
+/* floor(log2 |x|) of a finite nonzero double, from its exponent field (ilogb for
+ * subnormal doubles). */
+static inline int64_t dpu_exponent(double x)
+{
+    int64_t field = (int64_t)((bits_of(x) >> 52) & 0x7ff);
+    return field ? field - 1023 : (int64_t)ilogb(x);
+}
+
+/* x (finite) truncated toward zero to a multiple of 2^step, on its bit pattern; with
+ * sticky, the multiple made odd when anything below it was dropped. Zeros pass through. */
+static inline double dpu_keep(double x, int64_t step, int64_t sticky)
+{
+    uint64_t u = bits_of(x);
+    if ((u & ~PSUM_SIGN) == 0)
+        return x;
+    int64_t field = (int64_t)((u >> 52) & 0x7ff);
+    if (field == 0) { /* a subnormal double: the slow, exact route */
+        double q = ldexp(fabs(x), (int)-step), n = floor(q);
+        if (sticky && n != q && fmod(n, 2.0) == 0.0)
+            n += 1.0;
+        return copysign(ldexp(n, (int)step), x);
+    }
+    int64_t c = step - (field - 1023 - 52); /* pattern bits below the kept multiple */
+    if (c <= 0)
+        return x;
+    if (c > 52) /* |x| < 2^step: nothing kept, or the odd 1 with sticky */
+        return sticky ? copysign(ldexp(1.0, (int)step), x) : copysign(0.0, x);
+    uint64_t low = u & (((uint64_t)1 << c) - 1);
+    uint64_t kept = u - low;
+    if (sticky && low != 0 && c < 52) /* at c = 52 the kept multiple is the implicit 1: odd */
+        kept |= (uint64_t)1 << c;
+    return double_of(kept);
+}
+
 static double dpu_group(double state, const double *t, int64_t w, const psum_fmt f, int64_t align_bits,
                         int64_t include_acc, int64_t sticky)
 {
@@ -1137,18 +1171,16 @@ static double dpu_group(double state, const double *t, int64_t w, const psum_fmt
     if (include_acc)
         all_neg_zero &= state == 0.0 && signbit(state);
     if (align_bits >= 0) {
-        int top = INT32_MIN;
+        int64_t top = INT64_MIN;
         for (int64_t i = 0; i < n; i++)
-            if (kept[i] != 0.0 && ilogb(kept[i]) > top)
-                top = ilogb(kept[i]);
-        if (top != INT32_MIN) {
-            int step = top - (int)align_bits - (int)sticky;
-            for (int64_t i = 0; i < n; i++) {
-                double q = ldexp(fabs(kept[i]), -step), m = floor(q);
-                if (sticky && m != q && fmod(m, 2.0) == 0.0)
-                    m += 1.0;
-                kept[i] = kept[i] == 0.0 ? kept[i] : copysign(ldexp(m, step), kept[i]);
+            if (kept[i] != 0.0) {
+                int64_t e = dpu_exponent(kept[i]);
+                top = e > top ? e : top;
             }
+        if (top != INT64_MIN) {
+            int64_t step = top - align_bits - sticky;
+            for (int64_t i = 0; i < n; i++)
+                kept[i] = dpu_keep(kept[i], step, sticky);
         }
     }
     double s = 0.0;
