@@ -238,12 +238,16 @@ def test_rtl_equals_golden_in_simulation(cfg):
 iverilog = pytest.mark.skipif(__import__("shutil").which("iverilog") is None, reason="iverilog is not installed")
 
 
+def _cli_args(cfg) -> list[str]:
+    inputs, acc, width, align_bits, include_acc, sticky = cfg
+    return (["--inputs", inputs, "--acc", acc, "--width", str(width), "--align-bits", str(align_bits)]
+            + ([] if include_acc else ["--acc-apart"]) + (["--sticky"] if sticky else []))
+
+
 @iverilog
-@pytest.mark.parametrize("args", [["--inputs", "e4m3", "--acc", "fp32", "--width", "4", "--align-bits", "13"],
-                                  ["--inputs", "bf16", "--acc", "e4m7:rz", "--width", "3", "--align-bits", "6",
-                                   "--acc-apart", "--sticky"],
-                                  ["--inputs", "e5m2", "--weights", "e4m3", "--acc", "e5m6:sat", "--width", "2",
-                                   "--align-bits", "9"]])
+@pytest.mark.parametrize("args", [_cli_args(c) for c in RTL_CONFIGS] + [
+    ["--inputs", "e5m2", "--weights", "e4m3", "--acc", "e5m6:sat", "--width", "2", "--align-bits", "9"]],
+    ids=lambda a: "-".join(a[1::2] if "--weights" not in a else a))
 def test_exported_unit_passes_its_testbench_under_iverilog(tmp_path, args):
     import subprocess
 
