@@ -189,9 +189,9 @@ def _plot(model: str, runs: list[dict], path: Path) -> None:
     labels = [f"{r['architecture']}\n{r['acc']}" for r in runs]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(runs)), 4.5))
     bottom = [0.0] * len(runs)
-    for part in parts:
+    for i, part in enumerate(parts):  # tab20: a distinct color for each of up to 20 parts
         values = [totals(r)["parts"].get(part, 0.0) / 1e6 for r in runs]
-        ax.bar(labels, values, bottom=bottom, label=part)
+        ax.bar(labels, values, bottom=bottom, label=part, color=plt.cm.tab20(i % 20))
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_ylabel("energy per image (uJ)")
     ax.set_title(f"{model}: energy by part, per architecture and accumulator")
