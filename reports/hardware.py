@@ -315,7 +315,7 @@ class _Context:
                     "parts_energy_pj": split["energy_pj"]}
             row["output"] = output_cost(spec, unit, mac, lib, a, b, self.operands)
         self.runner.store.put(key, "hardware", fields, row)
-        log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {real.energy_per_mac_pj:.3f} pJ/MAC "
+        log(f"  {mac.describe()}: {r.area_um2:.0f} um^2, {row['energy_pj']:.3f} pJ/MAC "
             f"[{time.monotonic() - start:.1f} s]")
         return row
 
