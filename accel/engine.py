@@ -48,6 +48,9 @@ class MacCost:
 
 @dataclass(frozen=True)
 class Architecture:
+    """A reference architecture: ZigZag's accelerator description (parsed YAML, with a
+    32-bit partial-sum register psum rewrites per MAC) and its mapping file."""
+
     name: str
     accelerator: dict
     mapping: Path
@@ -101,9 +104,6 @@ class LayerCost:
     @property
     def total_pj(self) -> float:
         return self.mac_pj + sum(sum(v.values()) for v in self.memory.values())
-
-
-_OPERAND = {"O": "O", "W": "W", "I": "I"}
 
 
 def _run_zigzag(workload: list[dict], accelerator: str, mapping: str, folder: Path):
