@@ -11,8 +11,9 @@ Hopper's FP8 accumulation). Bit-exact with :func:`psum.golden.dpu_dot`.
 The arithmetic runs in doubles, in the CPU kernel (``psum_dpu_matmul``, psum_cpu.c; one
 dot product per thread's row, in order) and, as a second implementation the tests hold
 against both, in float64 tensors (:func:`dpu_matmul_reference`): operands are float32
-numbers (their products are exact), alignment is a scaling by a power of two and a
-floor, and the W + 1 kept terms, integers times one unit below ``2^(align_bits + 2)``,
+numbers (their products are exact), alignment truncates each term to a multiple of a
+power of two (the kernel masks the double's pattern; the reference scales and floors),
+and the W + 1 kept terms, integers times one unit below ``2^(align_bits + 2)``,
 add exactly while ``align_bits + 2 + log2(W + 1) <= 53`` and W <= 64 (checked). The
 rounding into the accumulator is of the exact sum, or, with the accumulator outside the
 alignment, of acc + sum through TwoSum (one rounding of the exact value).
