@@ -4,10 +4,12 @@ One script for a short lease of a GPU machine; it installs nothing and runs from
 repository root (``PYTHONPATH=.``). In order, it prints and writes to ``--out``:
 
 1. exactness: the Triton kernels against the CPU kernel, bit for bit, for 14 float
-   accumulators (every mode), chunked and unfused MACs and 6 integer accumulators, on
-   random shapes with special operands; the count of differing outputs (must be 0);
+   accumulators (every mode), chunked and unfused MACs, 6 integer accumulators and 3
+   fused dot-product units (docs/semantics.md §11), on random shapes with special
+   operands; the count of differing outputs (must be 0);
 2. speed on one layer shape: GMAC/s of the Triton kernel for a few accumulators and
-   launch shapes, against native ``torch.matmul`` in fp32 and bf16 on the same GPU;
+   launch shapes and of a Hopper-like unit (W = 32, L = 13, e4m3 operands), against
+   native ``torch.matmul`` in fp32 and bf16 on the same GPU;
 3. the wall time to evaluate LeNet5 and ResNet18-CIFAR on N images (synthetic unless
    ``--data-dir`` holds CIFAR-10) with an e4m7 accumulator, with the CPU kernel's time
    on a slice of the images for comparison.
@@ -29,6 +31,8 @@ import numpy as np
 import torch
 
 from emulator import AccumConfig, IntAccumConfig, Policy, convert, quantize
+from emulator.config import DotUnit
+from emulator.dpu import dpu_matmul
 from emulator import triton_kernels as tk
 from emulator.matmul import _cpu_int_matmul, _cpu_matmul, narrow_lanes
 from emulator.models import build, count_macs
@@ -100,6 +104,17 @@ def check_exactness(device: torch.device, shapes, seed: int) -> dict:
             diff = int((got != want).sum())
             rows.append({"config": str(cfg), "shape": [m, k, n], "differ": diff})
             total_outputs, total_diff = total_outputs + m * n, total_diff + diff
+    for unit, chunk in ((DotUnit(32, 13), None), (DotUnit(32, 13), 128), (DotUnit(8, 10, False, True), None)):
+        cfg = AccumConfig(acc="fp32", inputs="e4m3", unit=unit, chunk=chunk)  # fused dot-product units
+        m, k, n = shapes[0]
+        a = quantize(random_values(rng, (m, k), True), cfg.inputs)
+        b = quantize(random_values(rng, (k, n), True), cfg.weights)
+        want = dpu_matmul(a, b, "fp32", width=unit.width, align_bits=unit.align_bits, include_acc=unit.include_acc,
+                          sticky=unit.sticky, inputs="e4m3", chunk=chunk)
+        got = tk.triton_dpu_matmul(a.to(device), b.to(device), cfg).cpu()
+        diff = int(((got.view(torch.int64) != want.view(torch.int64)) & ~(got.isnan() & want.isnan())).sum())
+        rows.append({"config": str(cfg), "shape": [m, k, n], "differ": diff})
+        total_outputs, total_diff = total_outputs + m * n, total_diff + diff
     return {"cases": rows, "outputs": total_outputs, "differ": total_diff}
 
 
@@ -124,6 +139,12 @@ def measure_speed(device: torch.device, shape, repeat: int, launch_shapes) -> di
     ai, bi = a.mul(100).round().to(torch.int32), b.mul(100).round().to(torch.int32)
     s = seconds(lambda: tk.triton_int_matmul(ai, bi, cfg), device, repeat)
     out["triton"].append({"acc": "int32", "blocks": repr(tk.BlockConfig()), "gmacs": macs / s / 1e9})
+    cfg = AccumConfig(acc="fp32", inputs="e4m3", unit=DotUnit(32, 13))  # a Hopper-like fused unit
+    a8, b8 = quantize(a, "e4m3"), quantize(b, "e4m3")
+    s = seconds(lambda: tk.triton_dpu_matmul(a8, b8, cfg), device, repeat)
+    out["triton"].append({"acc": "fp32 on a W=32 L=13 unit, e4m3 operands", "blocks": repr(tk.BlockConfig(16, 32)),
+                          "gmacs": macs / s / 1e9})
+    print(f"  W=32 L=13 unit: {macs / s / 1e9:9.1f} GMAC/s", flush=True)
     return out
 
 
