@@ -55,10 +55,15 @@ def scan(runner: Runner, run: ModelRun, policies: list[dict], reference: dict, w
             for b in judged[i + 1:]:
                 if a.within(t) and not b.within(t):
                     paired = runner.compare(run, a, b)
-                    entry = {"tolerance": t, "passes": a.policy["acc"], "fails": b.policy["acc"],
+                    entry = {"tolerance": t, "passes": _label(a.policy), "fails": _label(b.policy),
                              "drops": [a.paired.drop, b.paired.drop], "mcnemar_p": paired.p_value}
                     out["nonmonotone" if paired.p_value < SIGNIFICANT_P else "flat"].append(entry)
     return out
+
+
+def _label(policy: dict) -> str:
+    """What a scan varies in ``policy``: its accumulator, or a unit's align bits."""
+    return f"L={policy['unit']['align_bits']}" if policy.get("unit") else policy["acc"]
 
 
 def _summary(policies: list[dict], found: dict) -> dict:
