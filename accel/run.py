@@ -32,18 +32,12 @@ def engine_version() -> str:
     return f"zigzag-dse {version('zigzag-dse')}"
 
 
-def _bits(acc: str) -> int:
-    from reports.search import acc_bits
-
-    return acc_bits(acc)
-
-
 def macs_of_study(results: dict, model: str) -> list[tuple[str, MacCost, int]]:
     """(label, MAC, operand bits) of a study's network: fp32 and its FP minimum (the
     main inputs' bits), int32 and its INT minimum (the INT operands' bits), at the
     study's tightest tolerance, costed as its hardware stage costed them."""
     from psum.formats import parse
-    from reports.search import best_fp, best_int
+    from reports.search import acc_bits, best_fp, best_int
 
     spec, found = results["spec"], results["models"][model]
     tol = min(spec["tolerances"])
@@ -62,7 +56,7 @@ def macs_of_study(results: dict, model: str) -> list[tuple[str, MacCost, int]]:
         if row is None:
             raise AccelError(f"the study's {model} costed no unchunked {acc} MAC")
         label = f"{acc} ({'reference' if acc in ('fp32', 'int32') else 'minimum'})"
-        out.append((label, MacCost(acc, _bits(acc), row["energy_pj"], row["area_um2"]), operand_bits))
+        out.append((label, MacCost(acc, acc_bits(acc), row["energy_pj"], row["area_um2"]), operand_bits))
     return out
 
 

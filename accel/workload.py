@@ -45,13 +45,13 @@ class Layer:
 
 def layers_of(model, image_size: int) -> list[Layer]:
     """The Conv2d/Linear layers of ``model`` in forward order, on one image."""
-    import torch
     from torch import nn
+
+    from emulator.models import visit_layers
 
     found: list[Layer] = []
 
-    def record(mod, inputs, out, name):
-        x = inputs[0]
+    def record(name, mod, x, out):
         if isinstance(mod, nn.Conv2d):
             g = mod.groups
             pad = mod.padding if isinstance(mod.padding, tuple) else (0, 0)
@@ -60,17 +60,7 @@ def layers_of(model, image_size: int) -> list[Layer]:
         else:
             found.append(Layer(name, mod.out_features, mod.in_features, 1, 1, 1, 1, 1, (1, 1), (0, 0), 1, 1))
 
-    handles = [m.register_forward_hook(lambda mod, i, o, name=name: record(mod, i, o, name))
-               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    visit_layers(model, image_size, record)
     return found
 
 

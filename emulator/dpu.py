@@ -28,7 +28,7 @@ import torch
 from emulator.matmul import round_sum
 from emulator.quantize import as_float_format, quantize
 
-__all__ = ["dpu_matmul", "dpu_matmul_reference", "check_dpu", "MAX_WIDTH"]
+__all__ = ["dpu_matmul", "cpu_dpu_matmul", "dpu_matmul_reference", "check_dpu", "MAX_WIDTH"]
 
 #: The widest unit emulated (the kernel's group buffer).
 MAX_WIDTH = 64
@@ -80,20 +80,32 @@ def dpu_matmul(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width: int, alig
     64.0
     """
     from emulator import _native
+    from emulator.config import AccumConfig, DotUnit
 
     acc_fmt, in_fmt, w_fmt, outer_fmt = _formats(acc, inputs, weights, chunk_acc)
     check_dpu(width, align_bits, in_fmt, w_fmt, chunk)
     _check_shapes(a, b)
-    for name, fmt in (("acc", acc_fmt), ("chunk_acc", outer_fmt)):
+    for fmt in (acc_fmt, outer_fmt):
         _native.check_fits(fmt, "float64")
-    aq = quantize(a.detach().double().cpu(), in_fmt).float().contiguous()
-    bt = quantize(b.detach().double().cpu(), w_fmt).float().t().contiguous()  # (N, K)
+    cfg = AccumConfig(acc=acc_fmt, inputs=in_fmt, weights=w_fmt, chunk=chunk, chunk_acc=outer_fmt,
+                      unit=DotUnit(width, align_bits, include_acc, sticky))
+    return cpu_dpu_matmul(quantize(a.detach().double().cpu(), in_fmt).float(),
+                          quantize(b.detach().double().cpu(), w_fmt).float(), cfg, threads)
+
+
+def cpu_dpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg, threads: int | None = None) -> torch.Tensor:
+    """The CPU kernel ``psum_dpu_matmul`` for ``cfg.unit``: ``a`` (M, K) and ``b`` (K, N)
+    float32 already rounded to the input formats; (M, N) float64 results."""
+    from emulator import _native
+
+    u = cfg.unit
+    aq, bt = a.contiguous(), b.t().contiguous()  # bt: (N, K), each dot product's terms in a row
     (m, k), n = aq.shape, bt.shape[0]
     out = torch.empty(m, n, dtype=torch.float64)
     _native.library().psum_dpu_matmul(
-        aq.data_ptr(), bt.data_ptr(), out.data_ptr(), m, n, k, _native.format_params(acc_fmt),
-        _native.format_params(outer_fmt), width, -1 if align_bits is None else align_bits, int(include_acc),
-        int(sticky), chunk or 0, threads or torch.get_num_threads())
+        aq.data_ptr(), bt.data_ptr(), out.data_ptr(), m, n, k, _native.format_params(cfg.acc),
+        _native.format_params(cfg.chunk_acc), u.width, -1 if u.align_bits is None else u.align_bits,
+        int(u.include_acc), int(u.sticky), cfg.chunk or 0, threads or torch.get_num_threads())
     return out
 
 

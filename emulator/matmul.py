@@ -33,7 +33,8 @@ def register_backend(device_type: str, float_kernel: FloatKernel, int_kernel: In
     """Make ``matmul``/``int_matmul`` run on tensors of ``device_type`` with these kernels.
 
     A float kernel takes ``a`` (M, K) and ``b`` (K, N) float32 tensors already rounded to
-    the input formats, and the config; it returns the (M, N) float64 results. An int
+    the input formats, and the config (a sequential MAC, or a dot-product unit:
+    ``cfg.unit``); it returns the (M, N) float64 results. An int
     kernel takes int32 tensors and returns int64 accumulator values.
     """
     _BACKENDS[device_type] = (float_kernel, int_kernel)
@@ -134,24 +135,6 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     """:func:`matmul` with its formats given as one :class:`AccumConfig`."""
     _check_operands(a, b, floating=True)
     check_config(cfg, a.dtype)
-    if cfg.unit is not None:  # a fused dot-product unit (emulator.dpu; on CUDA its Triton kernel)
-        lead, k = a.shape[:-1], a.shape[-1]
-        u = cfg.unit
-        if a.device.type == "cuda":
-            from emulator.device import load_gpu_backend
-
-            load_gpu_backend()
-            from emulator.triton_kernels import triton_dpu_matmul
-
-            a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()
-            out = triton_dpu_matmul(a2, quantize(b.detach(), cfg.weights).float(), cfg)
-        else:
-            from emulator.dpu import dpu_matmul
-
-            out = dpu_matmul(a.detach().reshape(math.prod(lead), k), b.detach(), cfg.acc, width=u.width,
-                             align_bits=u.align_bits, include_acc=u.include_acc, sticky=u.sticky, inputs=cfg.inputs,
-                             weights=cfg.weights, chunk=cfg.chunk, chunk_acc=cfg.chunk_acc)
-        return out.to(a.dtype).reshape(*lead, b.shape[1])
     kernel = _backend(a, 0)
     lead, k = a.shape[:-1], a.shape[-1]
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
@@ -245,7 +228,12 @@ def _mac_params(cfg: AccumConfig) -> _native.MacParams:
 
 def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The CPU backend: (M, N) results of ``dtype`` (float64, or float32 written by the
-    kernel itself when the result format fits it)."""
+    kernel itself when the result format fits it). A config with a dot-product unit runs
+    the unit's kernel (:func:`emulator.dpu.cpu_dpu_matmul`)."""
+    if cfg.unit is not None:
+        from emulator.dpu import cpu_dpu_matmul
+
+        return cpu_dpu_matmul(a, b, cfg).to(dtype)
     a, b, transposed = _orient(a, b)
     out = torch.empty(1, a.shape[0], b.shape[1], dtype=dtype)
     _rounded_matmul_into(a, b[None], out, cfg)

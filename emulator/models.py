@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 __all__ = ["LeNet5", "AlexNetCifar", "ResNet18", "MODELS", "ModelSpec", "build", "count_macs", "layer_macs",
+           "visit_layers",
            "is_entry_point", "entry_point", "architecture_digest", "label", "is_model_file", "preprocessing",
            "has_integer_reading",
            "MODEL_FILES"]
@@ -368,17 +369,26 @@ def label(ref: str) -> str:
 def layer_macs(model: nn.Module, image_size: int) -> dict[str, int]:
     """Multiply-accumulates per image of each Conv2d/Linear layer, in forward order."""
     macs: dict[str, int] = {}
-    handles = [m.register_forward_hook(
-        lambda mod, inputs, out, name=name: macs.__setitem__(name, out[0].numel() * mod.weight[0].numel()))
-        for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    visit_layers(model, image_size, lambda name, mod, x, out: macs.__setitem__(name, out[0].numel()
+                                                                             * mod.weight[0].numel()))
+    return macs
+
+
+def visit_layers(model: nn.Module, image_size: int, record) -> None:
+    """Call ``record(name, module, input, output)`` for each Conv2d/Linear of ``model``,
+    in forward order, on one zero image (eval mode, no gradients; the model's mode and
+    hooks restored afterwards)."""
+    handles = [m.register_forward_hook(lambda mod, inputs, out, name=name: record(name, mod, inputs[0], out))
+               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return macs
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
 
 
 def layer_table(model: nn.Module, image_size: int) -> list[dict]:
@@ -388,7 +398,7 @@ def layer_table(model: nn.Module, image_size: int) -> list[dict]:
     per image (``outputs * K``)."""
     rows: list[dict] = []
 
-    def record(mod, inputs, out, name):
+    def record(name, mod, x, out):
         kind = type(mod).__name__
         if isinstance(mod, nn.Conv2d):
             kind += " " + "x".join(map(str, mod.kernel_size))
@@ -404,17 +414,7 @@ def layer_table(model: nn.Module, image_size: int) -> list[dict]:
         rows.append({"name": name, "kind": kind, "k": k, "output": list(out.shape[1:]),
                      "outputs": out[0].numel(), "macs": out[0].numel() * k})
 
-    handles = [m.register_forward_hook(lambda mod, i, o, name=name: record(mod, i, o, name))
-               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    visit_layers(model, image_size, record)
     return rows
 
 

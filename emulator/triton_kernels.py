@@ -645,6 +645,8 @@ def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
                   blocks: BlockConfig | None = None) -> torch.Tensor:
     """The float backend (see :func:`emulator.matmul.register_backend`): ``a`` (M, K) and
     ``b`` (K, N) float32 holding values of the input formats; (M, N) float64 results."""
+    if cfg.unit is not None:  # a fused dot-product unit
+        return triton_dpu_matmul(a, b, cfg, blocks)
     narrow = narrow_lanes(cfg)
     unused = cfg.acc  # the product and outer constants are compiled out when not used
     constants = {**format_constants(cfg.acc, "A"),
@@ -695,10 +697,7 @@ def triton_dpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
             STICKY=int(unit.sticky), CHUNKED=cfg.chunk is not None, **constants, WIDE=ops.wide,
             BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, num_warps=blocks.num_warps, enable_fp_fusion=False)
 
-    blocks = blocks or BlockConfig(16, 32)
-    if _lanes_on_rows(a.shape[0], b.shape[1], blocks.block_n):  # dot products are symmetric in a and b
-        return triton_dpu_matmul(b.t(), a.t(), cfg, blocks).t()
-    return _run(a, b, blocks, torch.float32, torch.float64, launch)
+    return _run(a, b, blocks or BlockConfig(16, 32), torch.float32, torch.float64, launch)
 
 
 register_backend("cuda", triton_matmul, triton_int_matmul)

@@ -64,6 +64,11 @@ class DotProductUnit(wiring.Component):
     def result_format(self):
         return self.acc_format
 
+    @property
+    def macs_per_cycle(self) -> int:
+        """Terms a cycle (energy per cycle over this is energy per MAC)."""
+        return self.width
+
     def describe(self) -> str:
         text = (f"DotProductUnit inputs={self.inputs} weights={self.weights} acc={self.acc_format} "
                 f"W={self.width} L={self.align_bits}")

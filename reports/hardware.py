@@ -162,21 +162,20 @@ def hardware(runner: Runner, run: ModelRun, found: dict, log, lib, timing: str =
     from emulator.tflite_import import TFLiteIntNet
 
     ctx = _Context(runner, run, lib, timing)
-    rows, built = [], []
+    costed = []  # (unit, mac, row)
     for unit in units(runner.spec, found):
         if ctx.integer_net is not None and unit["family"] == "int":  # the file's operands: stored values minus zero points
             unit = {**unit, "operand_bits": TFLiteIntNet.OPERAND_BITS}
         mac = build(runner.spec, unit)
-        rows.append(ctx.cost(unit, mac, log))
-        built.append((unit, mac, ctx.fields(mac)))
+        costed.append((unit, mac, ctx.cost(unit, mac, log)))
     if timing == "sta":
-        found["clocked"] = clock_targets(ctx, found, rows, built, log)
+        found["clocked"] = clock_targets(ctx, found, costed, log)
     if runner.spec.operand_formats:
         found["operand_hardware"] = [ctx.cost(unit, build(runner.spec, unit), log)
                                      for unit in operand_units(runner.spec, found)]
     if found.get("dpu"):
         found["dpu_hardware"] = [ctx.cost(unit, build(runner.spec, unit), log) for unit in dpu_units(runner.spec, found)]
-    return rows
+    return [row for _, _, row in costed]
 
 
 def dpu_units(spec: StudySpec, found: dict) -> list[dict]:
@@ -270,7 +269,7 @@ class _Context:
         the main searches also by part and with its output stage."""
         from synth.components import costs_by_part
         from synth.flow import synthesize
-        from synth.power import estimate_energy, finite_patterns, uniform_streams
+        from synth.power import estimate_energy, random_operands
         from synth.timed import GLITCH_LANES
 
         spec, lib = self.runner.spec, self.lib
@@ -282,15 +281,9 @@ class _Context:
         start = time.monotonic()
         r = synthesize(mac, lib)
         a, b = self.streams(unit)
-        finite = finite_patterns(getattr(mac, "inputs", None))
         real = estimate_energy(r.netlist, lib, a, b, unit=mac.describe(), operands=self.operands)
-        terms = getattr(mac, "width", 1) if unit["family"] == "dpu" else 1  # MACs a cycle
-        ra = uniform_streams(len(mac.a) // terms, finite, spec.streams, 64, seed=spec.seed + 1)
-        rb = uniform_streams(len(mac.b) // terms, finite, spec.streams, 64, seed=spec.seed + 2)
-        if terms > 1:
-            from synth.power import pack_terms
-
-            ra, rb = pack_terms(ra, len(mac.a) // terms, terms), pack_terms(rb, len(mac.b) // terms, terms)
+        terms = getattr(mac, "macs_per_cycle", 1)
+        ra, rb = random_operands(mac, spec.streams, 64, spec.seed + 1)
         rand = estimate_energy(r.netlist, lib, ra, rb, unit=mac.describe(), operands="uniform random")
         glitchy = estimate_energy(r.netlist, lib, a[:GLITCH_LANES], b[:GLITCH_LANES], unit=mac.describe(),
                                   operands=self.operands, glitches=True, max_lanes=GLITCH_LANES)
@@ -324,30 +317,30 @@ class _Context:
 FIXED_TARGET_MHZ = 500.0
 
 
-def clock_targets(ctx: _Context, found: dict, rows: list[dict], built: list, log) -> list[dict]:
+def clock_targets(ctx: _Context, found: dict, costed: list[tuple], log) -> list[dict]:
     """Timing-driven synthesis of each tolerance's central pair (FP minimum, INT
     minimum): both MACs synthesized for the fastest clock the slower of the two meets
     under OpenSTA (each then free to trade its slack for area) and for
     :data:`FIXED_TARGET_MHZ`; area, OpenSTA path and zero-delay energy on the real
-    streams at that clock. One entry per tolerance and target."""
+    streams at that clock. ``costed``: (unit, mac, hardware row) of every MAC costed.
+    One entry per tolerance and target."""
     from reports.search import best_fp, best_int
     from synth.flow import synthesize
     from synth.power import estimate_energy
 
     runner, lib, spec = ctx.runner, ctx.lib, ctx.runner.spec
-    by_row = {id(row): (unit, mac, fields) for row, (unit, mac, fields) in zip(rows, built)}
     out = []
     for tol in spec.tolerances:
         fp, it = best_fp(found, tol), best_int(found, tol)
-        pair = [next((r for r in rows if r["family"] == fam and r["acc"] == acc and _is_main(spec, r)), None)
-                for fam, acc in (("fp", fp), ("int", it))]
-        if None in pair or not all(r.get("sta_critical_path_ns") for r in pair):
+        pair = [next((c for c in costed if c[2]["family"] == fam and c[2]["acc"] == acc and _is_main(spec, c[2])),
+                     None) for fam, acc in (("fp", fp), ("int", it))]
+        if None in pair or not all(row.get("sta_critical_path_ns") for _, _, row in pair):
             continue
-        iso = math.floor(10 * 1e3 / max(r["sta_critical_path_ns"] for r in pair)) / 10  # 0.1 MHz below the slower
+        iso = math.floor(10 * 1e3 / max(row["sta_critical_path_ns"] for _, _, row in pair)) / 10  # 0.1 MHz below
         for kind, target in (("iso", iso), ("fixed", FIXED_TARGET_MHZ)):
             entry = {"tolerance": tol, "target": kind, "clock_mhz": target}
-            for row in pair:
-                unit, mac, fields = by_row[id(row)]
+            for unit, mac, row in pair:
+                fields = ctx.fields(mac)
                 key = point_key({**fields, "target_mhz": target})
                 cost = runner.store.get(key)
                 if cost is None:

@@ -34,7 +34,7 @@ import numpy as np
 from synth.liberty import Library
 from synth.netlist import GateSimulator, Netlist
 
-__all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "pack_terms", "uniform_streams",
+__all__ = ["PowerResult", "estimate_energy", "WIRE_CAP_FF_PER_PIN", "pack_lanes", "pack_terms", "random_operands", "uniform_streams",
            "finite_patterns", "DEFAULT_CLOCK_MHZ", "estimate_output_energy"]
 
 WIRE_CAP_FF_PER_PIN = 0.5
@@ -102,6 +102,20 @@ def pack_terms(x, bits: int, terms: int):
         if first % 64 + bits > 64:  # straddles two words
             out[:, :, first // 64 + 1] |= grouped[:, :, i] >> np.uint64(64 - first % 64)
     return out[:, :, 0] if words == 1 else out
+
+
+def random_operands(mac, count: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniformly random finite operand streams for ``mac``: (count, k) patterns of its
+    ``a`` (seed ``seed``) and ``b`` (seed ``seed + 1``) formats; for a unit taking
+    ``mac.macs_per_cycle`` terms a cycle, ``k`` terms each packed that many a cycle
+    (:func:`pack_terms`)."""
+    terms = getattr(mac, "macs_per_cycle", 1)
+    width_a, width_b = len(mac.a) // terms, len(mac.b) // terms
+    a = uniform_streams(width_a, finite_patterns(getattr(mac, "inputs", None)), count, k, seed=seed)
+    b = uniform_streams(width_b, finite_patterns(getattr(mac, "weights", None)), count, k, seed=seed + 1)
+    if terms > 1:
+        a, b = pack_terms(a, width_a, terms), pack_terms(b, width_b, terms)
+    return a, b
 
 
 def finite_patterns(fmt):

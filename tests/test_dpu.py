@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from emulator.dpu import dpu_matmul, dpu_matmul_reference
 from oracles import same_value
+from test_matmul import values  # operands over several scales, zeros, optional specials
 from psum import golden
 from psum.formats import parse
 
@@ -114,17 +115,6 @@ CONFIGS = [(1, None, True, False, "bf16", "bf16"), (4, 13, True, False, "fp32", 
            (2, 6, True, True, "e3m2:sat:ftz", "e4m3"), (3, 25, True, False, "fp16", "fp16")]
 
 
-def _values(rng, shape, specials: bool) -> torch.Tensor:
-    x = rng.standard_normal(shape) * np.exp2(rng.integers(-10, 6, shape))
-    x[rng.random(shape) < 0.1] = 0.0
-    x[rng.random(shape) < 0.05] = -0.0
-    if specials:
-        x[rng.random(shape) < 0.03] = np.inf
-        x[rng.random(shape) < 0.02] = -np.inf
-        x[rng.random(shape) < 0.02] = np.nan
-    return torch.from_numpy(x)
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
 @settings(max_examples=8, deadline=None)
 @given(m=st.integers(1, 3), n=st.integers(1, 3), k=st.integers(0, 40), seed=st.integers(0, 2**32 - 1),
@@ -132,7 +122,7 @@ def _values(rng, shape, specials: bool) -> torch.Tensor:
 def test_kernel_equals_reference_equals_golden(cfg, m, n, k, seed, specials, promote):
     width, align_bits, include_acc, sticky, acc, inputs = cfg
     rng = np.random.default_rng(seed)
-    a, b = _values(rng, (m, k), specials), _values(rng, (k, n), specials)
+    a, b = values(rng, (m, k), specials), values(rng, (k, n), specials)
     chunk = 2 * width if promote else None
     kw = dict(width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky, inputs=inputs, chunk=chunk)
     got = dpu_matmul(a, b, acc, **kw)
@@ -168,7 +158,7 @@ def test_emulation_refuses_what_float64_cannot_carry_exactly():
 def test_kernel_on_large_blocks_and_threads():
     """Many rows (the kernel's threads, the reference's row blocks): the same bits."""
     rng = np.random.default_rng(5)
-    a, b = _values(rng, (3000, 96), False), _values(rng, (96, 7), False)
+    a, b = values(rng, (3000, 96), False), values(rng, (96, 7), False)
     kw = dict(width=16, align_bits=13, include_acc=True, inputs="e4m3", chunk=32)
     got = dpu_matmul(a, b, "fp32", threads=2, **kw)
     reference = dpu_matmul_reference(a, b, "fp32", **kw)

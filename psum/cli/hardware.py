@@ -132,7 +132,7 @@ def _is_model_file(ref: str) -> bool:
 def cmd_synth(args: argparse.Namespace) -> int:
     from synth.flow import clock_check, synthesize
     from synth.liberty import embedded, from_liberty
-    from synth.power import estimate_energy, finite_patterns, pack_terms, uniform_streams
+    from synth.power import estimate_energy, pack_terms, random_operands
     from synth.timed import GLITCH_LANES
 
     mac = build_mac(args)
@@ -151,21 +151,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
         args.clock_mhz = args.target_mhz or DEFAULT_CLOCK_MHZ
     library = from_liberty(args.liberty) if args.liberty else embedded()
     result = synthesize(mac, library, cache=not args.no_cache, target_mhz=args.target_mhz)
-    terms = getattr(mac, "width", 1) if hasattr(mac, "align_bits") else 1  # MACs a cycle
+    terms = getattr(mac, "macs_per_cycle", 1)
     if terms > 1 and args.parts:
         raise UsageError("--parts splits MACs; a dot-product unit (--width) is reported whole")
-    width_a = len(mac.a) // terms
-    width_b = len(mac.b) // terms
     energies = []
-    rand_a = uniform_streams(width_a, finite_patterns(getattr(mac, "inputs", None)), args.streams, args.k,
-                             seed=args.seed)
-    rand_b = uniform_streams(width_b, finite_patterns(getattr(mac, "weights", None)), args.streams, args.k,
-                             seed=args.seed + 1)
-    streams = [(rand_a, rand_b, f"uniform random finite patterns, K={args.k}")]
+    streams = [(*random_operands(mac, args.streams, args.k, args.seed), f"uniform random finite patterns, K={args.k}")]
     if args.activity:
-        streams.append(_activity_streams(args, mac))
-    if terms > 1:  # W consecutive terms a cycle: (S, cycles[, words]) streams
-        streams = [(pack_terms(a, width_a, terms), pack_terms(b, width_b, terms), label) for a, b, label in streams]
+        a, b, label = _activity_streams(args, mac)
+        if terms > 1:  # W consecutive terms a cycle: (S, cycles[, words]) streams
+            a, b = pack_terms(a, len(mac.a) // terms, terms), pack_terms(b, len(mac.b) // terms, terms)
+        streams.append((a, b, label))
     for a, b, label in streams:
         for glitches in (False, True) if args.glitches else (False,):
             energies.append(estimate_energy(result.netlist, library, a, b, unit=mac.describe(), operands=label,
