@@ -12,7 +12,8 @@ The arithmetic runs in doubles, in the CPU kernel (``psum_dpu_matmul``, psum_cpu
 dot product per thread's row, in order) and, as a second implementation the tests hold
 against both, in float64 tensors (:func:`dpu_matmul_reference`): operands are float32
 numbers (their products are exact), alignment truncates each term to a multiple of a
-power of two (the kernel masks the double's pattern; the reference scales and floors),
+power of two (the kernel scales by a power of two and converts to int64, eight output
+columns to a vector, or masks the double's pattern; the reference scales and floors),
 and the W + 1 kept terms, integers times one unit below ``2^(align_bits + 2)``,
 add exactly while ``align_bits + 2 + log2(W + 1) <= 53`` and W <= 64 (checked). The
 rounding into the accumulator is of the exact sum, or, with the accumulator outside the
@@ -167,6 +168,8 @@ def _group(state: torch.Tensor, products: torch.Tensor, fmt, align_bits: int | N
     and the group's exact products (M, w, N) -> the new accumulators."""
     every = torch.cat([products, state[:, None, :]], dim=1)
     special = ~torch.isfinite(every).all(dim=1)
+    if align_bits is None:  # every bit kept (width 1): acc + p, one rounding of the exact sum
+        return round_sum(state, products[:, 0, :], fmt)
     aligned = every if include_acc else products
     if align_bits is not None:
         aligned = _truncate(aligned, align_bits, sticky)

@@ -165,6 +165,39 @@ def test_kernel_on_large_blocks_and_threads():
     assert torch.equal(got.view(torch.int64), reference.view(torch.int64))
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_kernel_lanes_mixed_with_specials_equal_the_reference(cfg):
+    """Nineteen columns (the kernel's blocks of eight, the last partial), NaN and Inf in
+    some dot products only: each lane that leaves the fast route is recomputed alone and
+    the others keep their fast results, bit for bit the reference's."""
+    width, align_bits, include_acc, sticky, acc, inputs = cfg
+    rng = np.random.default_rng(sum(map(ord, str(cfg))))
+    a, b = values(rng, (5, 37), False), values(rng, (37, 19), False)
+    a[1, 3], b[5, 2], b[8, 11], b[9, 11] = math.inf, math.nan, math.inf, -math.inf
+    b[:, 17] = -0.0  # a column of -0 products: the signs of zero sums
+    for chunk in (None, 2 * width):
+        kw = dict(width=width, align_bits=align_bits, include_acc=include_acc, sticky=sticky, inputs=inputs,
+                  chunk=chunk)
+        got, reference = dpu_matmul(a, b, acc, **kw), dpu_matmul_reference(a, b, acc, **kw)
+        same = (got.view(torch.int64) == reference.view(torch.int64)) | (got.isnan() & reference.isnan())
+        assert bool(same.all()), (cfg, chunk, (~same).nonzero().tolist())
+
+
+def test_every_bit_kept_is_one_rounding_of_the_exact_sum():
+    """W = 1 with every bit kept: 2^24 + 2 then (1 - 2^-15)(1 + 2^-15) = 1 - 2^-30 in fp32.
+    The exact sum 2^24 + 3 - 2^-30 lies below the tie between 2^24 + 2 and 2^24 + 4, so it
+    rounds to 2^24 + 2; a double sum first would give the tie itself, and ties to even
+    2^24 + 4 (golden.dot, the sequential MAC, agrees)."""
+    a = torch.tensor([[2.0 ** 24 + 2, 1 - 2.0 ** -15]])
+    b = torch.tensor([[1.0], [1 + 2.0 ** -15]])
+    bits = [[golden.round_to("fp32", Fraction(v)) for v in col] for col in (a[0].tolist(), b[:, 0].tolist())]
+    assert value("fp32", golden.dot(*bits, acc="fp32", inputs="fp32")) == 2 ** 24 + 2
+    for emulation in (dpu_matmul, dpu_matmul_reference):
+        for include_acc in (True, False):
+            assert emulation(a, b, "fp32", width=1, align_bits=None, include_acc=include_acc,
+                             inputs="fp32").item() == 2 ** 24 + 2, (emulation, include_acc)
+
+
 def test_a_converted_convolution_runs_on_the_unit():
     """EmulatedConv2d with a DotUnit: every output the golden unit's dot product of its
     im2col column (channel, kernel row, kernel column order) and its filter."""

@@ -1113,7 +1113,14 @@ void psum_conv2d(const float *x, const float *w, float *out, int64_t N, int64_t 
  * align_bits + 2 + log2(width + 1) <= 53); the sum is rounded once into acc (with the
  * accumulator apart: acc + sum, one rounding of the exact TwoSum). align_bits < 0 keeps
  * every bit (width 1 only: the MAC step). chunk > 0 promotes into outer every chunk
- * terms (a multiple of width). Parallel over rows of a; each dot product in order. */
+ * terms (a multiple of width).
+ *
+ * The kernel computes DPU_LANES columns of b at once, one vector lane each (every step
+ * computed for every lane, then selected): a kept term is the integer trunc(t * 2^-step)
+ * (exact scaling), summed in int64. Lanes that leave this fast route (NaN or Inf, a
+ * subnormal double, an out-of-range unit) are recomputed by the scalar dpu_group, which
+ * truncates on the double's bit pattern. Parallel over rows of a; each dot product in
+ * order. */
 
 /* floor(log2 |x|) of a finite nonzero double, from its exponent field (ilogb for
  * subnormal doubles). */
@@ -1170,7 +1177,9 @@ static double dpu_group(double state, const double *t, int64_t w, const psum_fmt
         all_neg_zero &= t[i] == 0.0 && signbit(t[i]);
     if (include_acc)
         all_neg_zero &= state == 0.0 && signbit(state);
-    if (align_bits >= 0) {
+    if (align_bits < 0) /* every bit kept (width 1): acc + p, one rounding of the exact sum */
+        return two_sum_round(state, t[0], f);
+    {
         int64_t top = INT64_MIN;
         for (int64_t i = 0; i < n; i++)
             if (kept[i] != 0.0) {
@@ -1193,6 +1202,142 @@ static double dpu_group(double state, const double *t, int64_t w, const psum_fmt
     return two_sum_round(state, s, f);
 }
 
+/* Columns of b a lane block computes at once: one AVX-512 vector of doubles. */
+#define DPU_LANES 8
+
+/* DPU_LANES lanes as one vector (GCC/Clang vector extensions: AVX-512 where the machine
+ * has it, narrower vectors or scalar code elsewhere). Comparisons give -1 (true) or 0. */
+typedef int64_t dpu_vi __attribute__((vector_size(8 * DPU_LANES)));
+typedef double dpu_vd __attribute__((vector_size(8 * DPU_LANES)));
+
+static inline dpu_vi dpu_select(dpu_vi mask, dpu_vi yes, dpu_vi no) { return (mask & yes) | (~mask & no); }
+
+/* Scaled terms x (|x| < 2^63) truncated toward zero to integers; with sticky, made odd
+ * when anything was dropped (round to odd). Lanes holding NaN or Inf give garbage that
+ * the caller discards. */
+static inline dpu_vi dpu_kept_units(dpu_vd x, int64_t sticky)
+{
+    dpu_vi n = __builtin_convertvector(x, dpu_vi);
+    if (sticky) { /* on the magnitude: -(|n| | 1) for negative terms */
+        dpu_vi dropped = (dpu_vi)(__builtin_convertvector(n, dpu_vd) != x), neg = (dpu_vi)(x < 0.0);
+        n = (((n ^ neg) - neg) | (dropped & 1));
+        n = (n ^ neg) - neg;
+    }
+    return n;
+}
+
+/* The w products a[k] * bp[k * DPU_LANES + l] of lane l, exact in double. */
+static inline dpu_vd dpu_products(const float *a, const double *bp, int64_t k)
+{
+    dpu_vd b;
+    memcpy(&b, bp + k * DPU_LANES, sizeof b);
+    return (double)a[k] * b;
+}
+
+/* One group of w terms for DPU_LANES dot products at once: lane l's products are
+ * a[k] * bp[k * DPU_LANES + l] (float32 numbers: exact, never subnormal doubles), state[l]
+ * its accumulator, updated in place (dpu_group's arithmetic on every lane). Lanes with a
+ * NaN or Inf, a subnormal double accumulator or a kept unit below 2^-1022 (none arise
+ * from an accumulator that fits float64, but the kernel takes any) are recomputed by
+ * dpu_group. */
+static void dpu_group_lanes(double *restrict state, const float *a, const double *restrict bp, int64_t w,
+                            const psum_fmt f, int64_t align_bits, int64_t include_acc, int64_t sticky)
+{
+    const dpu_vi zero = {0};
+    dpu_vd acc;
+    dpu_vi largest = zero;
+    memcpy(&acc, state, sizeof acc);
+    for (int64_t k = 0; k < w; k++) { /* magnitude patterns order as magnitudes; NaN above Inf */
+        dpu_vi m = (dpu_vi)dpu_products(a, bp, k) & INT64_MAX;
+        largest = dpu_select(m > largest, m, largest);
+    }
+    dpu_vi u = (dpu_vi)acc, mag = u & INT64_MAX, fld = (u >> 52) & 0x7ff;
+    dpu_vi top = largest >> 52; /* the largest product's exponent field: 0x7ff for NaN or Inf */
+    dpu_vi slow = (top == 0x7ff) | (fld == 0x7ff) | ((fld == 0) & (mag != 0));
+    if (include_acc)
+        top = dpu_select(fld > top, fld, top);
+    double out[DPU_LANES];
+    if (align_bits < 0) { /* every bit kept (width 1): acc + p, one rounding of the exact sum */
+        for (int l = 0; l < DPU_LANES; l++)
+            out[l] = two_sum_round(state[l], (double)a[0] * bp[l], f);
+    } else {
+        /* Kept terms as integer multiples n of the unit 2^step: n = trunc(t * 2^-step)
+         * (scaling by a power of two is exact; |n| < 2^(align_bits + sticky + 1)), with
+         * sticky made odd when the truncation dropped anything; their sum is exact in
+         * int64 and, below 2^53 (the caller's bound), in the double it is turned into. */
+        const dpu_vi one_pattern = zero + ((int64_t)1023 << 52);
+        dpu_vi step_field = top - align_bits - sticky; /* the biased exponent of 2^step */
+        dpu_vi usable = (step_field >= 1) & (step_field <= 2045) & (zero - (align_bits + sticky <= 52)); /* -1: true */
+        slow |= (top != 0) & ~usable;
+        dpu_vd scale = (dpu_vd)dpu_select(usable, (2046 - step_field) << 52, one_pattern); /* 2^-step */
+        dpu_vd unit = (dpu_vd)dpu_select(usable, step_field << 52, one_pattern);         /* 2^step */
+        dpu_vi total = zero;
+        for (int64_t k = 0; k < w; k++)
+            total += dpu_kept_units(dpu_products(a, bp, k) * scale, sticky);
+        if (include_acc)
+            total += dpu_kept_units(acc * scale, sticky);
+        dpu_vd sum = __builtin_convertvector(total, dpu_vd) * unit; /* exact */
+        dpu_vi bits = (dpu_vi)sum, is_zero = (dpu_vi)(sum == 0.0);
+        int64_t zeros[DPU_LANES];
+        memcpy(zeros, &is_zero, sizeof zeros);
+        int64_t any_zero = 0;
+        for (int l = 0; l < DPU_LANES; l++)
+            any_zero |= zeros[l];
+        if (any_zero) { /* an exactly zero sum is -0 only when every addend was -0 */
+            dpu_vi neg0 = include_acc ? ((dpu_vi)acc == INT64_MIN) : zero - 1;
+            for (int64_t k = 0; k < w; k++)
+                neg0 &= (dpu_vi)dpu_products(a, bp, k) == INT64_MIN;
+            bits = dpu_select(is_zero, neg0 & INT64_MIN, bits);
+        }
+        int64_t b[DPU_LANES];
+        memcpy(b, &bits, sizeof b);
+        if (include_acc)
+            for (int l = 0; l < DPU_LANES; l++)
+                out[l] = double_of(round_bits((uint64_t)b[l], 0, f));
+        else
+            for (int l = 0; l < DPU_LANES; l++)
+                out[l] = two_sum_round(state[l], double_of((uint64_t)b[l]), f);
+    }
+    int64_t slow_lanes[DPU_LANES];
+    memcpy(slow_lanes, &slow, sizeof slow_lanes);
+    for (int l = 0; l < DPU_LANES; l++) {
+        if (slow_lanes[l]) {
+            double terms[64];
+            for (int64_t k = 0; k < w; k++)
+                terms[k] = (double)a[k] * bp[k * DPU_LANES + l];
+            out[l] = dpu_group(state[l], terms, w, f, align_bits, include_acc, sticky);
+        }
+        state[l] = out[l];
+    }
+}
+
+/* Rows a[i0..i1) against one block of DPU_LANES columns of b (packed: bp[k * DPU_LANES +
+ * l]), each dot product in order, promoted every `step` terms when chunk > 0. */
+static void dpu_rows(const float *a, const double *restrict bp, double *out, int64_t i0, int64_t i1, int64_t N,
+                     int64_t K, int64_t j0, int64_t lanes, const psum_fmt f, const psum_fmt outer_f, int64_t width,
+                     int64_t align_bits, int64_t include_acc, int64_t sticky, int64_t chunk, int64_t step)
+{
+    double state[DPU_LANES], outer[DPU_LANES];
+    for (int64_t i = i0; i < i1; i++) {
+        const float *ar = a + i * K;
+        for (int l = 0; l < DPU_LANES; l++)
+            outer[l] = state[l] = 0.0;
+        for (int64_t lo = 0; lo < K; lo += step) {
+            int64_t hi = lo + step < K ? lo + step : K;
+            for (int l = 0; l < DPU_LANES; l++)
+                state[l] = 0.0;
+            for (int64_t g = lo; g < hi; g += width)
+                dpu_group_lanes(state, ar + g, bp + g * DPU_LANES, g + width < hi ? width : hi - g, f, align_bits,
+                                include_acc, sticky);
+            if (chunk > 0)
+                for (int l = 0; l < DPU_LANES; l++)
+                    outer[l] = two_sum_round(outer[l], state[l], outer_f);
+        }
+        for (int64_t l = 0; l < lanes; l++)
+            out[i * N + j0 + l] = chunk > 0 ? outer[l] : state[l];
+    }
+}
+
 void psum_dpu_matmul(const float *a, const float *bt, double *out, int64_t M, int64_t N, int64_t K,
                      const psum_fmt *accp, const psum_fmt *outerp, int64_t width, int64_t align_bits,
                      int64_t include_acc, int64_t sticky, int64_t chunk, int threads)
@@ -1200,25 +1345,18 @@ void psum_dpu_matmul(const float *a, const float *bt, double *out, int64_t M, in
     const psum_fmt f = *accp, outer_f = *outerp;
     const int64_t step = chunk > 0 ? chunk : (K > 0 ? K : 1);
     int nt = M * N * K > 65536 ? threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < M; i++) {
-        double t[64];
-        for (int64_t j = 0; j < N; j++) {
-            const float *ar = a + i * K, *br = bt + j * K;
-            double outer = 0.0, state = 0.0;
-            for (int64_t lo = 0; lo < K; lo += step) {
-                int64_t hi = lo + step < K ? lo + step : K;
-                state = 0.0;
-                for (int64_t g = lo; g < hi; g += width) {
-                    int64_t w = g + width < hi ? width : hi - g;
-                    for (int64_t k = 0; k < w; k++)
-                        t[k] = (double)ar[g + k] * (double)br[g + k];
-                    state = dpu_group(state, t, w, f, align_bits, include_acc, sticky);
-                }
-                if (chunk > 0)
-                    outer = two_sum_round(outer, state, outer_f);
-            }
-            out[i * N + j] = chunk > 0 ? outer : state;
+    double *bp = malloc(sizeof(double) * (size_t)(K > 0 ? K : 1) * DPU_LANES);
+    for (int64_t j0 = 0; j0 < N; j0 += DPU_LANES) {
+        int64_t lanes = N - j0 < DPU_LANES ? N - j0 : DPU_LANES;
+        for (int64_t k = 0; k < K; k++) /* unused lanes multiply zeros */
+            for (int64_t l = 0; l < DPU_LANES; l++)
+                bp[k * DPU_LANES + l] = l < lanes ? (double)bt[(j0 + l) * K + k] : 0.0;
+#pragma omp parallel num_threads(nt)
+        {
+            int64_t tn = omp_get_thread_num(), tk = omp_get_num_threads();
+            dpu_rows(a, bp, out, M * tn / tk, M * (tn + 1) / tk, N, K, j0, lanes, f, outer_f, width, align_bits,
+                     include_acc, sticky, chunk, step);
         }
     }
+    free(bp);
 }
