@@ -91,6 +91,11 @@ class Policy:
             raise TypeError(f"policy default must be an AccumConfig, IntAccumConfig or None, not {self.default!r}")
         object.__setattr__(self, "layers", items)
 
+    def __str__(self) -> str:
+        """The default config, then each selector's: ``acc=e4m7 inputs=bf16 + fc=float``."""
+        text = "float" if self.default is None else str(self.default)
+        return text + "".join(f" + {n}={c if c is not None else 'float'}" for n, c in self.layers)
+
     def match(self, name: str, module: nn.Module | None = None) -> str | None:
         """The entry of ``layers`` that decides layer ``name`` (the float ``module``, for
         type selectors), or None for the default."""

@@ -6,6 +6,12 @@ afterwards in fp32 (the output stage, docs/semantics.md §8). Weights stay float
 parameters; they are rounded to the weight format (or quantized to integers) at each
 forward pass, so a layer can be retargeted by changing its ``config``.
 
+Gradients (fine-tuning through the emulated accumulation, docs/semantics.md §12): the
+forward value is the emulated one, bit for bit; the backward pass is the float layer's
+(``F.linear``/``F.conv2d`` of the layer's float32 weights and inputs), a straight-through
+estimator of the operand rounding, the integer quantization and the accumulator: the
+gradient of the exact dot product.
+
 Integer layers (:class:`~emulator.config.IntAccumConfig`) quantize symmetrically:
 weights per output channel, ``w_int = round(w / s_w[o])`` with
 ``s_w[o] = max|w[o]| / (2^(b-1) - 1)``; activations per tensor with a calibrated scale
@@ -40,8 +46,55 @@ def _quantized(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x / scale).clamp_(-limit, limit)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """The emulated layer's value forward, the float layer's gradient backward."""
+
+    @staticmethod
+    def forward(ctx, layer, x, weight, bias):
+        ctx.layer = layer
+        ctx.save_for_backward(x, weight, bias)
+        with torch.no_grad():
+            return layer._emulated(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            leaves = [t.detach().float().requires_grad_(t.requires_grad) if t is not None else None
+                      for t in (x, weight, bias)]
+            y = ctx.layer._float(*leaves)
+            wanted = [t for t in leaves if t is not None and t.requires_grad]
+            grad = grad.float() * ctx.layer._in_range(*leaves[:2])
+            found = iter(torch.autograd.grad(y, wanted, grad) if wanted else ())
+        grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
+        return (None, *[g if g is None else g.to(t.dtype) for g, t in zip(grads, (x, weight, bias))])
+
+
 class _Emulated(nn.Module):
-    """What both layer types share: the config, the integer scales, the observer."""
+    """What both layer types share: the config, the integer scales, the observer, and
+    the straight-through gradient (module docstring)."""
+
+    def _in_range(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | float:
+        """1 where the output's gradient passes, 0 where it stops: for an integer
+        accumulator, where the exact sum of the integer operands lies outside the
+        accumulator's range, so that the output is wrapped or saturated (the gradient of
+        a clip); float accumulators pass all. The exact sums are integers below 2^53,
+        exact in float64."""
+        cfg = self.config
+        if not isinstance(cfg, IntAccumConfig) or self.act_scale is None:
+            return 1.0
+        with torch.no_grad():
+            w2 = weight.reshape(weight.shape[0], -1)
+            w_int = _quantized(w2, self._weight_scale(w2)[:, None], cfg.weight_bits).view_as(weight)
+            x_int = _quantized(x, self.act_scale, cfg.act_bits)
+            exact = self._float(x_int.double(), w_int.double(), None)
+            return ((exact >= cfg.acc.min_value) & (exact <= cfg.acc.max_value)).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = [t for t in (self.weight, self.bias) if t is not None]
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)):
+            return _StraightThrough.apply(self, x, self.weight, self.bias)
+        return self._emulated(x)
 
     @property
     def config(self) -> Config:
@@ -125,7 +178,11 @@ class EmulatedLinear(_Emulated):
         new.layer_name = name or new.layer_name
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _float(self, x, weight, bias) -> torch.Tensor:
+        """The float layer the gradient is taken of."""
+        return F.linear(x, weight, bias)
+
+    def _emulated(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         y = self._dot(x.reshape(-1, self.in_features), self.weight, self.layer_name)  # (R, O)
         if self.bias is not None:
@@ -181,7 +238,11 @@ class EmulatedConv2d(_Emulated):
         new.layer_name = name or new.layer_name
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _float(self, x, weight, bias) -> torch.Tensor:
+        """The float layer the gradient is taken of."""
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _emulated(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         kh, kw = self.kernel_size
         out_h = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1

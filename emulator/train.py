@@ -27,7 +27,11 @@ from torch import nn
 from emulator import checkpoint
 from emulator.models import build
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "train", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf: the weights are lost for this learning rate."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class _Progress:
 
 
 def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progress: bool = True,
-          command: str = "", log=print, device: str | torch.device | None = None) -> dict:
+          command: str = "", log=print, device: str | torch.device | None = None, init: str | Path | None = None,
+          policy=None, calibration=None) -> dict:
     """Train ``cfg.model`` on ``source`` and write the checkpoint ``out``.
 
     Resumes from ``<out>.partial`` when one with the same configuration exists. Returns
@@ -103,6 +108,14 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     ``device`` "cuda" trains on a GPU (bf16 autocast there, deterministic cuDNN
     algorithms; the result is not bit-identical to a CPU run, and a resumed GPU run
     draws dropout from CUDA's generator, which is not checkpointed).
+
+    Fine-tuning (:func:`emulator.finetune.finetune`): ``init`` starts from that
+    checkpoint's weights; ``policy`` (an :class:`emulator.Policy`) trains through the
+    emulated accumulation (forward bit for bit the policy's, backward the float layer's
+    gradient: docs/semantics.md §12) and evaluates under it; ``calibration`` (a function
+    of the model) fixes integer layers' activation scales before each epoch and before
+    the evaluation. The checkpoint holds the float network's weights, loadable by
+    ``psum eval``.
     """
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
@@ -114,7 +127,16 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     partial = out.with_name(out.name + ".partial")
     torch.manual_seed(cfg.seed)
     model, dataset = build(cfg.model, cfg.dataset)
+    float_keys = set(model.state_dict())
+    if init is not None:
+        checkpoint.load_model(init, model)
+    if policy is not None:
+        from emulator.convert import convert
+
+        model = convert(model, policy)
     model.to(device)
+    recalibrate = calibration or (lambda m: None)
+    recalibrate(model)  # before a resumed state is loaded: integer layers' scale buffers exist
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=True)
     n = len(source) if cfg.limit is None else min(cfg.limit, len(source))
@@ -122,6 +144,8 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     total = steps_per_epoch * cfg.epochs
     step = 0
     config = dict(asdict(cfg), dataset=dataset)
+    if init is not None or policy is not None:
+        config.update(init=str(init), policy=str(policy))
     if partial.exists():
         blob = checkpoint.read(partial)
         if blob["meta"].get("train_config") != config:
@@ -147,6 +171,8 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     started = time.monotonic()
     while step < total:
         epoch, skip = divmod(step, steps_per_epoch)
+        if skip == 0 and step > 0:
+            recalibrate(model)
         model.train()
         batches = source.batches(cfg.batch_size, shuffle=True, augment=True,
                                  seed=cfg.seed * 1000 + epoch, limit=n)
@@ -162,6 +188,11 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if not (torch.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
+                raise TrainingDiverged(f"training diverged at step {step + 1}/{total} (epoch {epoch + 1}): loss "
+                                       f"{loss.item():.4g}, and the weights are no longer finite; lower --lr ("
+                                       + (f"{partial.name} holds the weights of an earlier step)" if partial.exists()
+                                          else "no partial checkpoint was written yet)"))
             step += 1
             running, seen = running + loss.item() * len(y), seen + len(y)
             bar.update(step, f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.3f}")
@@ -175,14 +206,18 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     from psum import __version__
 
     meta["psum_version"] = __version__
+    if policy is not None:
+        meta.update(finetuned_for=str(policy), init=str(init))
     with torch.no_grad():  # the checkpoint holds bf16 weights: evaluate exactly those
         for p in model.state_dict().values():
             if p.is_floating_point():
                 p.copy_(p.to(torch.bfloat16).float())
+    recalibrate(model)
     if test_source is not None:
         result = evaluate(model, test_source, progress=progress)
         meta["accuracy"] = result.top1
         meta["test_images"] = result.total
-    checkpoint.save(out, model.state_dict(), meta, weights_dtype=torch.bfloat16)
+    weights = {k: v for k, v in model.state_dict().items() if k in float_keys}  # the float network's
+    checkpoint.save(out, weights, meta, weights_dtype=torch.bfloat16)
     partial.unlink(missing_ok=True)
     return meta

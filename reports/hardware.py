@@ -33,8 +33,9 @@ def library(spec: StudySpec):
 
 
 def units(spec: StudySpec, found: dict) -> list[dict]:
-    """The MACs a model's searches name: the references, every FP and INT minimum, and
-    per chunk size the chunked MAC with an fp32 outer and with the narrowest outer."""
+    """The MACs a model's searches name: the references, every FP and INT minimum (the
+    fine-tuned ones too), and per chunk size the chunked MAC with an fp32 outer and with
+    the narrowest outer."""
     fp = {("fp32", None, None)}
     for summary in found["fp"].values():
         fp |= {(a, *spec.main_chunk()) for a in summary["minima"].values() if a}
@@ -49,6 +50,11 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
     for name, summary in found["int"].items():
         if name.endswith(f"seed {spec.calibration_seeds[0]}"):
             ints |= {a for a in summary["minima"].values() if a}
+    tuned = found.get("finetune", {})  # the fine-tuned minima (reports.finetune)
+    if tuned.get("fp"):
+        fp.add((tuned["fp"]["finetuned_minimum"], *spec.main_chunk()))
+    if tuned.get("int"):
+        ints.add(tuned["int"]["finetuned_minimum"])
     rows = [{"family": "fp", "acc": a, "chunk": c, "chunk_acc": o} for a, c, o in sorted(fp, key=str)]
     return rows + [{"family": "int", "acc": a, "chunk": None, "chunk_acc": None} for a in sorted(ints)]
 

@@ -263,6 +263,9 @@ class Runner:
         self.computed = self.reused = 0
         self.screened = {"rejected": 0, "image_evaluations_saved": 0}  # by this study, stored or not
         self.touched: dict[str, tuple[dict, dict]] = {}  # this run's points, by key
+        #: fine-tuned checkpoints by content digest: a policy's "finetuned" entry names one
+        #: (reports.finetune), which its points evaluate instead of the model's checkpoint
+        self.checkpoints: dict[str, str] = {}
 
     def _indices(self, run: ModelRun, stage: str) -> np.ndarray:
         images = self.images[run.name]
@@ -299,7 +302,9 @@ class Runner:
             self.reused += 1
             self.touched[key] = (fields, found)
             return found
-        task = {"model": run.ref, "dataset": run.dataset, "checkpoint": str(run.checkpoint), "policy": policy,
+        tuned = policy.get("finetuned")
+        checkpoint = self.checkpoints[tuned["digest"]] if tuned else str(run.checkpoint)
+        task = {"model": run.ref, "dataset": run.dataset, "checkpoint": checkpoint, "policy": policy,
                 "indices": self._indices(run, stage).tolist(), "seed": self.spec.seed,
                 "data_dir": self.spec.data_dir, "download": self.spec.download, "batch_size": self.spec.batch_size,
                 "threads": self.threads, "device": self.spec.device, "expect": fields["data"],
@@ -358,6 +363,8 @@ def describe(policy: dict) -> str:
         text += f" {policy['order']}"
     if policy["kind"] == "int":
         text += f" (int{policy['bits']}, calibration seed {policy['calibration_seed']})"
+    if policy.get("finetuned"):
+        text += f", fine-tuned {policy['finetuned']['epochs']} epochs"
     if policy.get("layers"):
         text += " with " + ", ".join(f"{n}={a}" for n, a in policy["layers"].items())
     return text

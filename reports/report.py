@@ -357,6 +357,50 @@ def _dpu(found: dict, spec) -> list[str]:
     return lines + [""]
 
 
+def _finetune(found: dict, spec) -> list[str]:
+    """Zero-shot against fine-tuned minimal accumulators (reports.finetune): every
+    candidate below the zero-shot minimum, both ways, paired; the control; the silicon
+    of the two minima."""
+    f = found.get("finetune")
+    if not f:
+        return []
+    lines = ["### Fine-tuning through the accumulator (docs/semantics.md §12)", ""]
+    if f.get("skipped"):
+        return lines + [f"Not run: {f['skipped']}.", ""]
+    tol = f["tolerance"]
+    lines += [f"Each accumulator below the zero-shot minimum (tolerance {tol}) fine-tuned {f['epochs']} epochs "
+              f"(peak learning rate {f['lr']}, seed {f['seed']}; forward the emulated accumulator, backward the float "
+              "gradient) from the trained network, then judged against the *original* network's reference on the same "
+              "images; *gain*: fine-tuned against zero-shot, paired (95% Newcombe). *Control*: fine-tuned through the "
+              "reference accumulator itself: the gain that more training alone gives.", "",
+              "| family | accumulator | zero-shot drop | fine-tuned drop | gain | within tol | fine-tuning s |",
+              "|---|---|---|---|---|---|---|"]
+    for family in ("fp", "int"):
+        entry = f.get(family)
+        if not entry:
+            continue
+        for row in [*entry["candidates"], {**entry["control"], "acc": entry["control"]["acc"] + " (control)"}]:
+            g = row["gain"]
+            lines.append(f"| {family.upper()} | {row['acc']} | {_drop(row['zero_shot'])} | {_drop(row['finetuned'])} "
+                         f"| {g['gain']:+.2f} [{g['gain_ci95'][0]:+.2f}, {g['gain_ci95'][1]:+.2f}] "
+                         f"| {'yes' if row['finetuned']['within'][str(tol)] else 'no'} "
+                         f"| {row['train_seconds'] if row['train_seconds'] is not None else '-'} |")
+    lines += ["", "| family | zero-shot minimum | fine-tuned minimum | area um^2 | pJ/MAC | area ratio | energy ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for family in ("fp", "int"):
+        entry = f.get(family)
+        if not entry:
+            continue
+        zero, tuned = entry["zero_shot_minimum"], entry["finetuned_minimum"]
+        hw = (lambda a: _main_fp(found, spec, a)) if family == "fp" else (lambda a: _hw_of(found, "int", a))
+        hz, ht = hw(zero), hw(tuned)
+        cost = f"{hz['area_um2']:.0f} -> {ht['area_um2']:.0f} | {hz['energy_pj']:.3f} -> {ht['energy_pj']:.3f}" \
+            if hz and ht else "- | -"
+        lines.append(f"| {family.upper()} | {zero} | {tuned} | {cost} | {_ratio(ht, hz, 'area_um2')} "
+                     f"| {_ratio(ht, hz, 'energy_pj')} |")
+    return lines + [""]
+
+
 _PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "normalize", "round", "outer adder",
                "register", "inputs")
 
@@ -678,7 +722,7 @@ def write_report(results: dict, spec, out: Path) -> None:
              f"{stats['computed']}, reused from the store {stats['reused']}; wall time {stats['seconds']} s.", ""]
     lines += _summary(results, spec)
     for model, found in results["models"].items():
-        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _clocked(found) + _operands(found, spec) + _dpu(found, spec) + _breakdown(found, spec) + \
+        lines += [f"## {model}", "", _what_ran(model, results, spec), ""] + _baselines(found) + _central(found, spec) + _clocked(found) + _operands(found, spec) + _dpu(found, spec) + _finetune(found, spec) + _breakdown(found, spec) + \
             _per_e(found, spec) + _ints(found, spec) + _per_layer(found) + _chunks(found, spec) + _orders(found, spec) + _prediction(found)
         rows = _costed(found, spec)
         if rows:

@@ -74,6 +74,13 @@ class StudySpec:
     dpu_align_range: tuple[int, int] = (0, 24)
     dpu_hopper_bits: int = 13
     dpu_promote: int = 128
+    #: Fine-tuning through the emulated accumulation (docs/semantics.md §12,
+    #: reports.finetune): below the zero-shot FP and INT minima (tightest tolerance),
+    #: up to finetune_steps narrower accumulators, each fine-tuned for finetune_epochs
+    #: epochs at peak learning rate finetune_lr and judged against the reference. 0: none.
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.005
+    finetune_steps: int = 3
     max_width: int = 24  # FP candidates: 1 + E + M <= max_width
     mode: str = ""  # appended to every FP candidate, e.g. ":sat" or ":ftz:rz"
     chunk: int | None = None
@@ -324,6 +331,11 @@ def _validate(spec: StudySpec) -> None:
         if fmt == spec.inputs or spec.operand_formats.count(fmt) > 1:
             _fail(f"operand_formats lists {fmt} twice (the main inputs count once)")
     _validate_dpu(spec)
+    _int_in("finetune_epochs", spec.finetune_epochs, 0)
+    _int_in("finetune_steps", spec.finetune_steps, 1)
+    lr = spec.finetune_lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        _fail(f"finetune_lr must be a positive finite number, not {lr!r}")
     if spec.mode and not spec.mode.startswith(":"):
         _fail(f"mode is appended to every FP candidate and starts with ':' (':sat', ':ftz:rz'), not {spec.mode!r}")
     if not isinstance(spec.exp_bits, list) or not spec.exp_bits or not all(_is_int(e) for e in spec.exp_bits):

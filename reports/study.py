@@ -138,6 +138,10 @@ def _run_locked(spec: StudySpec, out: Path, executor, data: dict[str, RunData], 
                    "data": {name: asdict(d) for name, d in data.items()}}
         for run in spec.models:
             found = search_model(runner, run, log)
+            if spec.finetune_epochs:
+                from reports.finetune import finetune_search
+
+                found["finetune"] = finetune_search(runner, run, found, out / "finetuned", log)
             if spec.prediction:
                 from reports.prediction import predict
 

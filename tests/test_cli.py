@@ -127,6 +127,30 @@ def test_train_then_eval_end_to_end(npz_data, tmp_path, capsys):
                for r in out["results"])
 
 
+def test_eval_runs_a_dot_product_unit(npz_data, tmp_path, capsys):
+    """psum eval --width W --align-bits L: the network on the unit's kernel, labelled
+    with the unit, and the same accuracy as the unit run through the Python API."""
+    from emulator import AccumConfig, Policy, convert, checkpoint, data
+    from emulator.config import DotUnit
+    from emulator.evaluate import evaluate
+    from emulator.models import build
+
+    ckpt = tmp_path / "l5.pt"
+    assert main(["train", "lenet5", "--data-dir", str(npz_data), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(ckpt), "--quiet", "--limit", "32"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "lenet5", "--checkpoint", str(ckpt), "--data-dir", str(npz_data), "--acc", "e5m7",
+                 "--inputs", "e4m3", "--width", "8", "--align-bits", "4", "--sticky", "--chunk", "16", "--json",
+                 "--quiet", "--no-baselines"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["policy"] == "acc=e5m7 inputs=e4m3 chunk=16 chunk_acc=fp32 unit=W8 L4 sticky"
+    model, dataset = build("lenet5", "cifar10")
+    checkpoint.load_model(ckpt, model)
+    unit = Policy(AccumConfig(acc="e5m7", inputs="e4m3", chunk=16, unit=DotUnit(8, 4, True, True)))
+    want = evaluate(convert(model, unit), data.load(dataset, "test", npz_data), progress=False)
+    assert (row["correct"], row["total"]) == (want.correct, want.total)
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--checkpoint", "/nonexistent.pt"], "checkpoint /nonexistent.pt does not exist"),
     (["--checkpoint", "X", "--layer", "features.0"], "--layer takes NAME=SPEC"),

@@ -164,6 +164,13 @@ def test_other_commands_refuse_repeated_options(capsys, args):
     (["--acc", "e4m7", "int24"], "use --int-acc for 'int24'"),
     (["--acc", "e4m7", "e4m7"], "names a format twice"),
     (["--no-baselines"], "nothing to evaluate"),
+    (["--acc", "fp32", "--align-bits", "8"], "--align-bits applies to dot-product units: give --width W too"),
+    (["--acc", "fp32", "--sticky"], "--sticky applies to dot-product units"),
+    (["--acc", "fp32", "--width", "8"], "a dot-product unit (--width) needs --align-bits L"),
+    (["--int-acc", "int16", "--width", "8", "--align-bits", "8"], "--width applies to floating-point accumulators"),
+    (["--acc", "fp32", "--width", "8", "--align-bits", "8", "--chunk", "12"], "multiple of the unit's width 8"),
+    (["--acc", "fp32", "--width", "8", "--align-bits", "8", "--product", "bf16"], "keeps its products exact"),
+    (["--acc", "fp32", "--width", "32", "--align-bits", "48"], "would not be exact in float64"),
 ])
 def test_eval_options_that_do_not_apply_are_refused(tiny, capsys, extra, fragment):
     assert_one_line(*cli(capsys, *eval_args(tiny, *extra)), fragment)

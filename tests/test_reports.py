@@ -182,3 +182,64 @@ def test_spec_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "psum", "study", "--model", "lenet5", "--checkpoint",
                            str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_study_finetunes_below_the_zero_shot_minima(tiny, tmp_path, monkeypatch):
+    """The fine-tuning stage: each candidate below a minimum fine-tuned once (a rerun
+    trains nothing), its point the fine-tuned network's own accuracy on the decision
+    images, paired with the original network's reference and with its zero-shot point.
+    (The tiny network passes every accumulator; the minima are set to leave room below.)"""
+    import numpy as np
+
+    import reports.finetune
+    from emulator import checkpoint, convert, data
+    from emulator.evaluate import evaluate
+    from emulator.models import build
+    from reports.points import _policy
+
+    monkeypatch.setattr(reports.finetune, "best_fp", lambda found, tol: "e4m3")
+    monkeypatch.setattr(reports.finetune, "best_int", lambda found, tol: "int12")
+    root, ckpt = tiny
+    spec = tiny_spec(root, ckpt, exp_bits=[4], max_width=9, int_width_range=(8, 14), finetune_epochs=1,
+                     finetune_steps=2, finetune_lr=0.01)
+    out = tmp_path / "out"
+    results = run_study(spec, out, log=lambda *_: None)
+    tuned = results["models"]["lenet5"]["finetune"]
+    assert set(tuned) >= {"fp", "int"} and tuned["epochs"] == 1
+    decision = np.random.default_rng(spec.seed).permutation(96)[:64]
+    for family in ("fp", "int"):
+        entry = tuned[family]
+        assert len(entry["candidates"]) == 2 and entry["control"]["acc"] in ("fp32", "int32")
+        assert [c["acc"] for c in entry["candidates"]] == (["e4m2", "e4m1"] if family == "fp" else ["int11", "int10"])
+        for row in [*entry["candidates"], entry["control"]]:
+            for judged in (row["zero_shot"], row["finetuned"]):
+                assert judged["stage"] == "decision" and judged["paired"]["n"] == 64
+            g = row["gain"]
+            assert g["gain_ci95"][0] <= g["gain"] <= g["gain_ci95"][1]
+            assert g["gain"] == pytest.approx(row["zero_shot"]["paired"]["drop"] - row["finetuned"]["paired"]["drop"])
+            meta = checkpoint.read(out / "finetuned" / row["checkpoint"])["meta"]
+            assert meta["epochs"] == 1 and meta["init"] == str(ckpt)
+        row = entry["candidates"][0]
+        if family == "fp":  # the fine-tuned point is that checkpoint's accuracy under the accumulator
+            model, _ = build("lenet5", "cifar10")
+            checkpoint.load_model(out / "finetuned" / row["checkpoint"], model)
+            policy = _policy({"kind": "float", "acc": row["acc"], "inputs": "bf16", "chunk": None, "order": "im2col"})
+            want = evaluate(convert(model, policy), data.load("cifar10", "test", root / "data"), indices=decision)
+            assert row["finetuned"]["top1"] == want.top1
+    report = (out / "report.md").read_text()
+    assert "### Fine-tuning through the accumulator" in report and "(control)" in report
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "finetuned").glob("*.pt")}
+    again = run_study(spec, out, log=lambda *_: None)
+    assert again["stats"]["computed"] == 0 and again["models"]["lenet5"]["finetune"] == tuned
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "finetuned").glob("*.pt")} == stamps
+
+
+def test_finetuned_minima_are_costed():
+    from reports.hardware import units
+
+    spec = StudySpec(operand_formats=[], chunk_sizes=[])
+    found = {"fp": {4: {"minima": {"0.5": "e4m5", "1.0": "e4m4"}}}, "int": {"wrap seed 0": {"minima": {"0.5": "int18",
+                                                                                                     "1.0": "int17"}}},
+             "finetune": {"fp": {"finetuned_minimum": "e4m2"}, "int": {"finetuned_minimum": "int15"}}}
+    named = {(u["family"], u["acc"]) for u in units(spec, found)}
+    assert {("fp", "e4m2"), ("int", "int15"), ("fp", "e4m5"), ("int", "int18")} <= named

@@ -1,6 +1,6 @@
 """The ``psum`` command line.
 
-One module per group of commands (:mod:`~psum.cli.formats`, :mod:`~psum.cli.network`,
+One module per group of commands (:mod:`~psum.cli.formats`, :mod:`~psum.cli.network`, :mod:`~psum.cli.finetune`,
 :mod:`~psum.cli.hardware`, :mod:`~psum.cli.study`, :mod:`~psum.cli.accel`), each registering its commands in
 :data:`COMMANDS`; each command gets the parsed arguments and returns an exit code. The
 layers below (emulator, hwgen, synth, reports) are imported lazily, inside the commands.
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from psum import __version__
-from psum.cli import accel, formats, hardware, network, study
+from psum.cli import accel, finetune, formats, hardware, network, study
 from psum.cli._common import COMMANDS, USER_ERRORS, Parser, UsageError, first_line
 from psum.cli.formats import format_properties, format_table
 from psum.cli.hardware import build_mac
@@ -37,6 +37,7 @@ def build_parser() -> Parser:
     sub.required = True
     formats.add_parser(sub)
     network.add_parsers(sub)
+    finetune.add_parsers(sub)
     hardware.add_parsers(sub)
     study.add_parser(sub)
     accel.add_parser(sub)

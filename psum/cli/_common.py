@@ -21,7 +21,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 # Matched by name so that this module imports none of those packages.
 USER_ERRORS = {"DataError", "CheckpointError", "KernelBuildError", "LibraryError", "SynthToolError",
                "YosysError", "NetlistError", "DeviceError", "CacheError", "StudyLocked", "StoreMismatch",
-               "ModelImportError", "StaError", "AccelError", "MappingError"}
+               "ModelImportError", "StaError", "AccelError", "MappingError", "TrainingDiverged"}
 
 #: Seeds psum accepts: what both torch and numpy generators take.
 SEED_RANGE = (0, 2**63 - 1)
@@ -172,6 +172,31 @@ def given(args: argparse.Namespace, *names: str) -> list[str]:
 
 def option(dest: str) -> str:
     return "--" + dest.replace("_", "-")
+
+
+#: The options of a fused dot-product unit (docs/semantics.md §11), besides --width.
+UNIT_OPTIONS = ("align_bits", "acc_apart", "sticky")
+
+
+def unit_options(p: argparse.ArgumentParser) -> None:
+    """--width, --align-bits, --acc-apart, --sticky: a fused dot-product unit."""
+    p.add_argument("--width", type=positive_int, metavar="W",
+                   help="a fused dot-product unit of W terms a cycle (docs/semantics.md §11) instead of a MAC")
+    p.add_argument("--align-bits", type=nonnegative_int, metavar="L",
+                   help="dot-product unit: bits each term keeps below the largest exponent's leading bit")
+    p.add_argument("--acc-apart", action="store_true",
+                   help="dot-product unit: the accumulator is added whole, not aligned with the products")
+    p.add_argument("--sticky", action="store_true",
+                   help="dot-product unit: each term keeps one more bit, set when anything was dropped")
+
+
+def check_unit_options(args: argparse.Namespace) -> None:
+    """Unit options need --width; a unit wider than one term needs --align-bits."""
+    unit = given(args, *UNIT_OPTIONS)
+    if args.width is None and unit:
+        raise UsageError(f"{option(unit[0])} applies to dot-product units: give --width W too")
+    if args.width is not None and args.width > 1 and args.align_bits is None:
+        raise UsageError("a dot-product unit (--width) needs --align-bits L")
 
 
 # -- datasets ------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from psum.cli._common import (PREPROCESSING, UsageError, command, dataset_arg, given, nonnegative_int, option,
-                              positive_float, positive_int, preprocessing_options, seed)
+from psum.cli._common import (PREPROCESSING, UsageError, check_unit_options, command, dataset_arg, given,
+                              nonnegative_int, option, positive_float, positive_int, preprocessing_options, seed,
+                              unit_options)
 
 #: Options of a floating-point MAC that an integer one (--int) does not have.
 FLOAT_MAC_ONLY = ("inputs", "weights", "product", "chunk", "chunk_acc")
@@ -29,9 +30,7 @@ def build_mac(args: argparse.Namespace):
         if fmt is not None and args.int is None:
             raise UsageError(f"{option(name)} {getattr(args, name)} is an integer format: an integer MAC is "
                              + (f"--int BITS --weight-int {fmt.bits}" if name == "weights" else f"--int {fmt.bits}"))
-    unit_options = given(args, "align_bits", "acc_apart", "sticky")
-    if args.width is None and unit_options:
-        raise UsageError(f"{option(unit_options[0])} applies to dot-product units: give --width W too")
+    check_unit_options(args)
     if args.width is not None:
         if args.int is not None:
             raise UsageError("--width builds a floating-point dot-product unit, not an integer MAC (--int)")
@@ -234,14 +233,7 @@ def mac_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", action="store_true", help="register between multiplier and adder")
     p.add_argument("--chunk", type=positive_int, help="chunked MAC: spill the accumulator every CHUNK terms")
     p.add_argument("--chunk-acc", default="fp32", help="chunked MAC: outer accumulator (default fp32)")
-    p.add_argument("--width", type=positive_int, metavar="W",
-                   help="a fused dot-product unit of W terms a cycle (docs/semantics.md §11) instead of a MAC")
-    p.add_argument("--align-bits", type=nonnegative_int, metavar="L",
-                   help="dot-product unit: bits each term keeps below the largest exponent's leading bit")
-    p.add_argument("--acc-apart", action="store_true",
-                   help="dot-product unit: the accumulator is added whole, not aligned with the products")
-    p.add_argument("--sticky", action="store_true",
-                   help="dot-product unit: each term keeps one more bit, set when anything was dropped")
+    unit_options(p)
 
 
 def add_parsers(sub) -> None:

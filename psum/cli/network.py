@@ -7,8 +7,8 @@ import argparse
 import json
 import sys
 
-from psum.cli._common import (UsageError, command, dataset_arg, given, image_limit, option, parse_spec,
-                              positive_float, positive_int, preprocessing_options, seed)
+from psum.cli._common import (UsageError, check_unit_options, command, dataset_arg, given, image_limit, option,
+                              parse_spec, positive_float, positive_int, preprocessing_options, seed, unit_options)
 from psum.formats import FloatFormat, IntFormat
 
 
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- psum eval -------------------------------------------------------------------------------
 
 #: Options that only a floating-point MAC has, and only an integer one.
-FLOAT_ONLY = ("inputs", "weights", "product")
+FLOAT_ONLY = ("inputs", "weights", "product", "width")
 INT_ONLY = ("weight_bits", "act_bits", "calib_batches", "seed")
 
 
@@ -140,6 +140,7 @@ def _check_applicable(args: argparse.Namespace, overrides: dict[str, str]) -> No
     for name in given(args, *INT_ONLY):
         if IntFormat not in kinds:
             raise UsageError(f"{option(name)} applies to integer accumulators (--int-acc), and none is asked for")
+    check_unit_options(args)
     if given(args, "chunk_acc") and args.chunk is None:
         raise UsageError("--chunk-acc applies to chunked accumulation: give --chunk too")
     if args.chunk_acc is not None:
@@ -152,11 +153,33 @@ def _check_applicable(args: argparse.Namespace, overrides: dict[str, str]) -> No
                              "floating-point MAC (--acc) is a floating-point format such as fp32")
 
 
+def accum_config(args: argparse.Namespace, fmt, where: str):
+    """The AccumConfig (a float ``fmt``) or IntAccumConfig the MAC options ask for, checked
+    against what the emulator can run."""
+    from emulator import AccumConfig, IntAccumConfig
+    from emulator.config import DotUnit
+    from emulator.matmul import check_config
+
+    try:
+        if isinstance(fmt, IntFormat):
+            cfg = IntAccumConfig(acc=fmt, weight_bits=args.weight_bits, act_bits=args.act_bits,
+                                 chunk=args.chunk, chunk_acc=args.chunk_acc or "int32", order=args.order)
+        else:
+            unit = None if args.width is None else DotUnit(args.width, args.align_bits, not args.acc_apart,
+                                                             args.sticky)
+            cfg = AccumConfig(acc=fmt, inputs=args.inputs or "bf16", weights=args.weights,
+                              product=args.product, chunk=args.chunk, chunk_acc=args.chunk_acc or "fp32",
+                              order=args.order, unit=unit)
+        check_config(cfg)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    return cfg
+
+
 def build_policies(args: argparse.Namespace) -> list[tuple[str, object]]:
     """(label, Policy) for every policy the eval options ask for; every config is checked
     against what the emulator can run before any model or data is loaded."""
-    from emulator import AccumConfig, IntAccumConfig, Policy
-    from emulator.matmul import check_config
+    from emulator import IntAccumConfig, Policy
 
     overrides = _layer_overrides(args.layer)
     _check_applicable(args, overrides)
@@ -170,21 +193,7 @@ def build_policies(args: argparse.Namespace) -> list[tuple[str, object]]:
             raise UsageError(f"{flag} names a format twice: {' '.join(specs)}")
 
     def layer_config(spec: str, where: str):
-        if spec == "float":
-            return None
-        fmt = parse_spec(spec, where)
-        try:
-            if isinstance(fmt, IntFormat):
-                cfg = IntAccumConfig(acc=fmt, weight_bits=args.weight_bits, act_bits=args.act_bits,
-                                     chunk=args.chunk, chunk_acc=args.chunk_acc or "int32", order=args.order)
-            else:
-                cfg = AccumConfig(acc=fmt, inputs=args.inputs or "bf16", weights=args.weights,
-                                  product=args.product, chunk=args.chunk, chunk_acc=args.chunk_acc or "fp32",
-                                  order=args.order)
-            check_config(cfg)
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"{where}: {exc}") from None
-        return cfg
+        return None if spec == "float" else accum_config(args, parse_spec(spec, where), where)
 
     policies = []
     for flag, spec in [("--acc", s) for s in args.acc or []] + [("--int-acc", s) for s in args.int_acc or []]:
@@ -302,6 +311,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- parsers --------------------------------------------------------------------------------
 
 
+def mac_options(p: argparse.ArgumentParser) -> None:
+    """What a MAC computes besides its accumulator format (:func:`accum_config`); the
+    integer ones (--weight-bits, --act-bits) are added by each command."""
+    p.add_argument("--inputs", help="float MACs: activation format (default bf16)")
+    p.add_argument("--weights", help="float MACs: weight format (default: as --inputs)")
+    p.add_argument("--product", help="float MACs: round products to this format (unfused MAC)")
+    p.add_argument("--chunk", type=positive_int, help="chunk size of chunked accumulation (with --width: promotion "
+                   "into --chunk-acc every CHUNK terms, a multiple of W)")
+    p.add_argument("--chunk-acc", help="outer accumulator when chunked (default fp32 for float MACs, "
+                   "int32 for integer ones)")
+    unit_options(p)
+    p.add_argument("--order", default="im2col", choices=["im2col", "nhwc"], help="(default im2col)")
+
+
 #: What MODEL may be, in every command's help.
 MODEL_HELP = ("a registered network (psum models) or one of your own: FILE.py:NAME or package.module:NAME, "
               "NAME a model class or a function returning the nn.Module (called with num_classes= where it takes it), "
@@ -356,13 +379,7 @@ def add_parsers(sub) -> None:
     ev.add_argument("--batch-size", type=positive_int, default=250, help="(default 250)")
     ev.add_argument("--acc", nargs="+", metavar="SPEC", help="floating-point accumulator(s)")
     ev.add_argument("--int-acc", nargs="+", metavar="SPEC", help="integer accumulator(s): int32, int16:sat")
-    ev.add_argument("--inputs", help="float MACs: activation format (default bf16)")
-    ev.add_argument("--weights", help="float MACs: weight format (default: as --inputs)")
-    ev.add_argument("--product", help="float MACs: round products to this format (unfused MAC)")
-    ev.add_argument("--chunk", type=positive_int, help="chunk size of chunked accumulation")
-    ev.add_argument("--chunk-acc", help="outer accumulator when chunked (default fp32 for float MACs, "
-                    "int32 for integer ones)")
-    ev.add_argument("--order", default="im2col", choices=["im2col", "nhwc"], help="(default im2col)")
+    mac_options(ev)
     ev.add_argument("--layer", action="append", metavar="NAME=SPEC",
                     help="per-layer accumulator: NAME a layer name, a glob or a type selector (type:Linear, type:Conv2d, "
                          "type:depthwise, type:grouped, type:pointwise); SPEC 'float' keeps it float; repeatable")
