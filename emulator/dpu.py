@@ -131,7 +131,7 @@ def dpu_matmul_reference(a: torch.Tensor, b: torch.Tensor, acc="fp32", *, width:
     _check_shapes(a, b)
     aq = quantize(a.detach().double().cpu(), in_fmt)
     bq = quantize(b.detach().double().cpu(), w_fmt)
-    (m, k), n = aq.shape, bq.shape[1]
+    m, n = aq.shape[0], bq.shape[1]
     rows = max(1, BLOCK_ELEMENTS // max(1, width * n))  # rows per block: bounded memory
     out = torch.empty(m, n, dtype=torch.float64)
     for r in range(0, m, rows):

@@ -75,11 +75,11 @@ class _Emulated(nn.Module):
     the straight-through gradient (module docstring)."""
 
     def _in_range(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | float:
-        """1 where the output's gradient passes, 0 where it stops: for an integer
-        accumulator, where the exact sum of the integer operands lies outside the
-        accumulator's range, so that the output is wrapped or saturated (the gradient of
-        a clip); float accumulators pass all. The exact sums are integers below 2^53,
-        exact in float64."""
+        """Where the output's gradient passes (1) and where it stops (0). Float
+        accumulators pass it everywhere; an integer accumulator stops it where the exact
+        sum of the integer operands lies outside its range, so that the output was
+        wrapped or saturated (the gradient of a clip). The exact sums are integers below
+        2^53, exact in float64."""
         cfg = self.config
         if not isinstance(cfg, IntAccumConfig) or self.act_scale is None:
             return 1.0

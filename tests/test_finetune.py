@@ -11,8 +11,7 @@ from conftest import tiny_lenet5
 from emulator import AccumConfig, IntAccumConfig, Policy, calibrate, checkpoint, convert, data
 from emulator.config import DotUnit
 from emulator.finetune import finetune
-from emulator.models import build
-from emulator.train import TrainConfig, TrainingDiverged
+from emulator.train import TrainConfig
 from psum.cli import main
 
 CONFIGS = [AccumConfig(acc="e4m3"), AccumConfig(acc="e5m2:sat", chunk=4), IntAccumConfig(acc="int12"),

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from psum.cli._common import UsageError, check_unit_options, command, dataset_arg, given, option, parse_spec, \
-    positive_float, positive_int, seed
-from psum.cli.network import MODEL_HELP, _build, accum_config, data_options, mac_options
+    positive_float
+from psum.cli.network import _build, accum_config, data_options, mac_options, training_options
 from psum.formats import FloatFormat, IntFormat
 
 #: MAC options that only a floating-point, and only an integer, accumulator has.
@@ -88,14 +88,5 @@ def add_parsers(sub) -> None:
     mac_options(ft)
     ft.add_argument("--weight-bits", type=int, default=8, help="integer MACs: weight bits (default 8)")
     ft.add_argument("--act-bits", type=int, default=8, help="integer MACs: activation bits (default 8)")
-    ft.add_argument("--epochs", type=positive_int, default=2, help="(default 2)")
-    ft.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
-    ft.add_argument("--lr", type=positive_float, default=0.005, help="peak learning rate (default 0.005)")
+    training_options(ft, epochs=2, lr=0.005, out="checkpoints/MODEL-DATASET-ft-ACC.pt")
     ft.add_argument("--warmup", type=positive_float, default=0.1, help="epochs of linear warm-up (default 0.1)")
-    ft.add_argument("--seed", type=seed, default=0, help="batch order and augmentation (default 0)")
-    ft.add_argument("--limit", type=positive_int, help="train on N images only")
-    ft.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints "
-                    "(default 200)")
-    ft.add_argument("--no-bf16", action="store_true", help="the rest of the network in fp32, not BF16 autocast")
-    ft.add_argument("--out", help="checkpoint path (default checkpoints/MODEL-DATASET-ft-ACC.pt)")
-    ft.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")

@@ -7,7 +7,7 @@ import argparse
 import json
 
 from psum.cli._common import (PREPROCESSING, UsageError, check_unit_options, command, dataset_arg, given,
-                              nonnegative_int, option, positive_float, positive_int, preprocessing_options, seed,
+                              option, positive_float, positive_int, preprocessing_options, seed,
                               unit_options)
 
 #: Options of a floating-point MAC that an integer one (--int) does not have.

@@ -311,6 +311,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- parsers --------------------------------------------------------------------------------
 
 
+def training_options(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: str) -> None:
+    """psum train's recipe options (and psum finetune's), with these defaults."""
+    p.add_argument("--epochs", type=positive_int, default=epochs, help=f"(default {epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
+    p.add_argument("--lr", type=positive_float, default=lr, help=f"peak learning rate (default {lr})")
+    p.add_argument("--seed", type=seed, default=0, help="batch order, augmentation, initialization (default 0)")
+    p.add_argument("--limit", type=positive_int, help="train on N images only")
+    p.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints "
+                   "(default 200)")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32, not with BF16 autocast")
+    p.add_argument("--out", help=f"checkpoint path (default {out})")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+
 def mac_options(p: argparse.ArgumentParser) -> None:
     """What a MAC computes besides its accumulator format (:func:`accum_config`); the
     integer ones (--weight-bits, --act-bits) are added by each command."""
@@ -357,16 +371,7 @@ def add_parsers(sub) -> None:
                         "checkpoints periodically to OUT.partial and resumes from it.")
     tr.add_argument("model", help=MODEL_HELP)
     data_options(tr)
-    tr.add_argument("--epochs", type=positive_int, default=30, help="(default 30)")
-    tr.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
-    tr.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default 0.05)")
-    tr.add_argument("--seed", type=seed, default=0, help="(default 0)")
-    tr.add_argument("--limit", type=positive_int, help="train on N images only")
-    tr.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints "
-                    "(default 200)")
-    tr.add_argument("--no-bf16", action="store_true", help="train in fp32")
-    tr.add_argument("--out", help="checkpoint path (default checkpoints/MODEL-DATASET.pt)")
-    tr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    training_options(tr, epochs=30, lr=0.05, out="checkpoints/MODEL-DATASET.pt")
 
     ev = sub.add_parser("eval", help="accuracy under emulated accumulation",
                         description="Top-1 (top-5 on ImageNet) with 95% Wilson intervals: fp32, "

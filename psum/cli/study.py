@@ -10,7 +10,7 @@ from psum.cli._common import (PREPROCESSING, UsageError, command, given, image_l
 
 @command("study")
 def cmd_study(args: argparse.Namespace) -> int:
-    from reports.study import ModelRun, StudySpec, run_study
+    from reports.study import StudySpec, run_study
 
     for name in given(args, "checkpoint", "dataset", *PREPROCESSING):
         if not args.model:
