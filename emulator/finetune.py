@@ -56,7 +56,8 @@ def finetune(cfg: TrainConfig, init: str | Path, policy, source, out: str | Path
     network's weights, with ``finetuned_for`` (the policy) and ``init`` in its metadata
     and, given ``test_source``, the test accuracy under the policy. Integer layers are
     calibrated by ``calibration`` (default :data:`CALIBRATION`). ``options`` are
-    :func:`~emulator.train.train`'s (test_source, progress, command, log, device)."""
+    :func:`~emulator.train.train`'s (test_source, progress, command, log, device, and
+    overflow_penalty for integer accumulators)."""
     configs = [policy.default, *dict(policy.layers).values()]
     integer = any(isinstance(c, IntAccumConfig) for c in configs)
     recipe = calibration or CALIBRATION

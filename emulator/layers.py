@@ -90,9 +90,26 @@ class _Emulated(nn.Module):
             exact = self._float(x_int.double(), w_int.double(), None)
             return ((exact >= cfg.acc.min_value) & (exact <= cfg.acc.max_value)).float()
 
+    def overflow(self, x: torch.Tensor) -> torch.Tensor | None:
+        """How far this integer layer's dot products of ``x`` reach beyond the
+        accumulator's range, differentiably (WrapNet's overflow penalty, Ni et al., ICLR
+        2021): the mean over outputs of ``max(0, |A| / limit - 1)``, ``A`` the dot product
+        in integer units estimated in float (``x / s_a`` against ``w / s_w``) and
+        ``limit`` the accumulator's largest value. None for float accumulators."""
+        cfg = self.config
+        if not isinstance(cfg, IntAccumConfig) or self.act_scale is None:
+            return None
+        w2 = self.weight.reshape(self.weight.shape[0], -1)
+        w_units = (w2 / self._weight_scale(w2)[:, None]).view_as(self.weight)
+        units = self._float(x.float() / self.act_scale, w_units, None)
+        return torch.relu(units.abs() / cfg.acc.max_value - 1).mean()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = [t for t in (self.weight, self.bias) if t is not None]
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)):
+            if self.training and self.penalize_overflow:
+                with torch.autocast(x.device.type, enabled=False):
+                    self.last_overflow = self.overflow(x)
             return _StraightThrough.apply(self, x, self.weight, self.bias)
         return self._emulated(x)
 
@@ -115,6 +132,8 @@ class _Emulated(nn.Module):
         self.register_buffer("act_scale", None)
         self.register_buffer("act_absmax", None)  # running max |x| while observing
         self.observing = False
+        # fine-tuning of integer layers: the training forward records overflow(x) here
+        self.penalize_overflow, self.last_overflow = False, None
 
     def _observe(self, x: torch.Tensor) -> None:
         current = x.detach().abs().max().to(torch.float32)

@@ -100,7 +100,7 @@ class _Progress:
 
 def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progress: bool = True,
           command: str = "", log=print, device: str | torch.device | None = None, init: str | Path | None = None,
-          policy=None, calibration=None) -> dict:
+          policy=None, calibration=None, overflow_penalty: float = 0.0) -> dict:
     """Train ``cfg.model`` on ``source`` and write the checkpoint ``out``.
 
     Resumes from ``<out>.partial`` when one with the same configuration exists. Returns
@@ -114,8 +114,9 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     emulated accumulation (forward bit for bit the policy's, backward the float layer's
     gradient: docs/semantics.md §12) and evaluates under it; ``calibration`` (a function
     of the model) fixes integer layers' activation scales before each epoch and before
-    the evaluation. The checkpoint holds the float network's weights, loadable by
-    ``psum eval``.
+    the evaluation; ``overflow_penalty`` (lambda) adds lambda times the sum of integer
+    layers' :meth:`~emulator.layers.EmulatedConv2d.overflow` to the loss. The
+    checkpoint holds the float network's weights, loadable by ``psum eval``.
     """
     from emulator.device import resolve_device
     from emulator.evaluate import evaluate
@@ -130,10 +131,17 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     float_keys = set(model.state_dict())
     if init is not None:
         checkpoint.load_model(init, model)
+    penalized = []
     if policy is not None:
-        from emulator.convert import convert
+        from emulator.convert import convert, emulated_layers
 
         model = convert(model, policy)
+        from emulator.config import IntAccumConfig
+
+        if overflow_penalty:
+            penalized = [m for _, m in emulated_layers(model) if isinstance(m.config, IntAccumConfig)]
+        for m in penalized:
+            m.penalize_overflow = True
     model.to(device)
     recalibrate = calibration or (lambda m: None)
     recalibrate(model)  # before a resumed state is loaded: integer layers' scale buffers exist
@@ -146,6 +154,8 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
     config = dict(asdict(cfg), dataset=dataset)
     if init is not None or policy is not None:
         config.update(init=str(init), policy=str(policy))
+    if overflow_penalty:
+        config.update(overflow_penalty=overflow_penalty)
     if partial.exists():
         blob = checkpoint.read(partial)
         if blob["meta"].get("train_config") != config:
@@ -185,8 +195,12 @@ def train(cfg: TrainConfig, source, out: str | Path, *, test_source=None, progre
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = loss_fn(model(x), y)
+            objective = loss
+            if penalized:  # the integer layers' overflow, recorded by this forward pass
+                objective = loss + overflow_penalty * sum(m.last_overflow for m in penalized
+                                                          if m.last_overflow is not None)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()
             if not (torch.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
                 raise TrainingDiverged(f"training diverged at step {step + 1}/{total} (epoch {epoch + 1}): loss "

@@ -14,7 +14,10 @@ training for the accumulator.
 
 The recipe is ``psum finetune``'s (emulator.finetune) with the spec's epochs, learning
 rate and seed; integer layers are calibrated as the study calibrates them (the int32
-reference's scales). Checkpoints land in ``<out>/finetuned/``, named by a digest of what
+reference's scales), and INT candidates' loss carries the overflow penalty
+``finetune_overflow_penalty`` (WrapNet's: the dot products' mean excess over the
+accumulator's range), without which a wrapping accumulator's garbage outputs give the
+straight-through gradient nothing to correct. Checkpoints land in ``<out>/finetuned/``, named by a digest of what
 they are tuned from and for; a rerun reuses them and a partial one resumes.
 """
 
@@ -43,7 +46,8 @@ def finetune_search(runner: Runner, run: ModelRun, found: dict, folder: Path, lo
 
     spec = runner.spec
     tol = min(spec.tolerances)
-    out = {"tolerance": tol, "epochs": spec.finetune_epochs, "lr": spec.finetune_lr, "seed": spec.seed}
+    out = {"tolerance": tol, "epochs": spec.finetune_epochs, "lr": spec.finetune_lr, "seed": spec.seed,
+           "overflow_penalty": spec.finetune_overflow_penalty}
     if run.ref not in MODELS or spec.fold_bn:
         out["skipped"] = "fine-tuning takes registered networks without folded batch norm"
         return out
@@ -81,6 +85,15 @@ class _Tuner:
         self.runner, self.run, self.folder, self.log = runner, run, Path(folder), log
         _, self.dataset = _model(run.ref, run.dataset, str(run.checkpoint))
 
+    def recipe(self, policy: dict) -> dict:
+        """How ``policy``'s network is fine-tuned: epochs, learning rate, seed, and for
+        integer accumulators the overflow penalty (when nonzero)."""
+        spec = self.runner.spec
+        out = {"epochs": spec.finetune_epochs, "lr": spec.finetune_lr, "seed": spec.seed}
+        if policy["kind"] == "int" and spec.finetune_overflow_penalty:
+            out["overflow_penalty"] = spec.finetune_overflow_penalty
+        return out
+
     def checkpoint(self, policy: dict) -> tuple[Path, dict]:
         """The network fine-tuned through ``policy``: trained now unless a rerun finds it."""
         from emulator import checkpoint
@@ -89,7 +102,7 @@ class _Tuner:
 
         spec = self.runner.spec
         recipe = {"model": self.run.ref, "dataset": self.dataset, "init": _digest(str(self.run.checkpoint)),
-                  "policy": policy, "epochs": spec.finetune_epochs, "lr": spec.finetune_lr, "seed": spec.seed}
+                  "policy": policy, **self.recipe(policy)}
         name = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()
         path = self.folder / f"{self.run.name}-{policy['acc']}-{name}.pt"
         if not path.exists():
@@ -99,7 +112,8 @@ class _Tuner:
             calibration = {**_CALIBRATION, "seed": policy.get("calibration_seed", 0)}
             train = _source(self.dataset, "train", spec.data_dir, spec.download)
             finetune(cfg, str(self.run.checkpoint), _policy(policy), train, path, calibration=calibration,
-                     progress=False, log=lambda line: self.log(f"    {line}"))
+                     overflow_penalty=self.recipe(policy).get("overflow_penalty", 0.0), progress=False,
+                     log=lambda line: self.log(f"    {line}"))
         return path, checkpoint.read(path)["meta"]
 
     def judge(self, policy: dict, ref: dict) -> dict:
@@ -109,8 +123,7 @@ class _Tuner:
         path, meta = self.checkpoint(policy)
         digest = _digest(str(path))
         runner.checkpoints[digest] = str(path)
-        tuned = {**policy, "finetuned": {"digest": digest, "epochs": runner.spec.finetune_epochs,
-                                         "lr": runner.spec.finetune_lr, "seed": runner.spec.seed}}
+        tuned = {**policy, "finetuned": {"digest": digest, **self.recipe(policy)}}
         zero, after = self._decision(policy, ref), self._decision(tuned, ref)
         gain = runner.compare(run, zero, after)
         return {"acc": policy["acc"], "zero_shot": zero.as_dict(), "finetuned": after.as_dict(),

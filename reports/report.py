@@ -370,7 +370,8 @@ def _finetune(found: dict, spec) -> list[str]:
     tol = f["tolerance"]
     lines += [f"Each accumulator below the zero-shot minimum (tolerance {tol}) fine-tuned {f['epochs']} epochs "
               f"(peak learning rate {f['lr']}, seed {f['seed']}; forward the emulated accumulator, backward the float "
-              "gradient) from the trained network, then judged against the *original* network's reference on the same "
+              "gradient" + (f"; INT with overflow penalty {f['overflow_penalty']}" if f.get("overflow_penalty") else "")
+              + ") from the trained network, then judged against the *original* network's reference on the same "
               "images; *gain*: fine-tuned against zero-shot, paired (95% Newcombe). *Control*: fine-tuned through the "
               "reference accumulator itself: the gain that more training alone gives.", "",
               "| family | accumulator | zero-shot drop | fine-tuned drop | gain | within tol | fine-tuning s |",

@@ -77,10 +77,13 @@ class StudySpec:
     #: Fine-tuning through the emulated accumulation (docs/semantics.md §12,
     #: reports.finetune): below the zero-shot FP and INT minima (tightest tolerance),
     #: up to finetune_steps narrower accumulators, each fine-tuned for finetune_epochs
-    #: epochs at peak learning rate finetune_lr and judged against the reference. 0: none.
+    #: epochs at peak learning rate finetune_lr (INT ones with an overflow penalty) and
+    #: judged against the reference. 0: none.
     finetune_epochs: int = 0
     finetune_lr: float = 0.005
     finetune_steps: int = 3
+    #: INT candidates' overflow penalty (lambda; emulator.layers overflow, WrapNet's)
+    finetune_overflow_penalty: float = 10.0
     max_width: int = 24  # FP candidates: 1 + E + M <= max_width
     mode: str = ""  # appended to every FP candidate, e.g. ":sat" or ":ftz:rz"
     chunk: int | None = None
@@ -336,6 +339,9 @@ def _validate(spec: StudySpec) -> None:
     lr = spec.finetune_lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         _fail(f"finetune_lr must be a positive finite number, not {lr!r}")
+    lam = spec.finetune_overflow_penalty
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:
+        _fail(f"finetune_overflow_penalty must be a finite number at least 0, not {lam!r}")
     if spec.mode and not spec.mode.startswith(":"):
         _fail(f"mode is appended to every FP candidate and starts with ':' (':sat', ':ftz:rz'), not {spec.mode!r}")
     if not isinstance(spec.exp_bits, list) or not spec.exp_bits or not all(_is_int(e) for e in spec.exp_bits):

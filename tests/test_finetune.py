@@ -79,6 +79,29 @@ def test_a_wide_accumulator_trains_as_the_float_layer():
     assert torch.allclose(emulated[0].weight.grad, layer.weight.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_overflow_penalty_measures_and_shrinks_what_lies_beyond_the_range():
+    """overflow(x): zero when every dot product fits the accumulator, the mean excess
+    over its range otherwise; gradient steps on it alone bring it down."""
+    torch.manual_seed(2)
+    x = torch.rand(8, 3, 8, 8)
+    layer = convert(nn.Sequential(nn.Conv2d(3, 4, 3)), IntAccumConfig(acc="int20"))[0]
+    calibrate(nn.Sequential(layer), [x])
+    assert layer.overflow(x).item() == 0  # 27 terms of at most 127 * 127 fit int20
+    layer.config = IntAccumConfig(acc="int10")
+    first = layer.overflow(x)
+    units = torch.nn.functional.conv2d(x / layer.act_scale, layer.weight / (layer.weight.abs().amax(dim=(1, 2, 3))
+                                                                            / 127)[:, None, None, None])
+    assert first.item() == pytest.approx(torch.relu(units.abs() / 511 - 1).mean().item(), rel=1e-5)
+    assert first.item() > 0
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-5)
+    for _ in range(20):
+        opt.zero_grad()
+        layer.overflow(x).backward()
+        opt.step()
+    assert layer.overflow(x).item() < first.item()
+    assert convert(nn.Sequential(nn.Linear(4, 2)), AccumConfig(acc="e4m3"))[0].overflow(torch.ones(1, 4)) is None
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_lenet5(tmp_path_factory.mktemp("finetune"), 96, 3)
@@ -109,7 +132,8 @@ def test_finetune_resumes_to_the_same_weights(tiny, tmp_path):
     assert any(not torch.equal(changed[k].float(), a["state_dict"][k].float()) for k in changed)
 
 
-@pytest.mark.parametrize("acc", [["--acc", "e4m3", "--chunk", "8"], ["--int-acc", "int14"]])
+@pytest.mark.parametrize("acc", [["--acc", "e4m3", "--chunk", "8"], ["--int-acc", "int14"],
+                                 ["--int-acc", "int12", "--overflow-penalty", "10"]])
 def test_psum_finetune_then_eval_reads_the_same_accuracy(tiny, tmp_path, capsys, acc):
     """The checkpoint loads in psum eval, and eval's accuracy under the accumulator it
     was tuned for (integer: eval's default calibration) is the one finetune recorded."""
@@ -120,7 +144,9 @@ def test_psum_finetune_then_eval_reads_the_same_accuracy(tiny, tmp_path, capsys,
     assert "fine-tuned 1 epochs for" in capsys.readouterr().out
     meta = checkpoint.read(out)["meta"]
     assert meta["init"] == str(ckpt) and meta["finetuned_for"].startswith("acc=")
-    assert main(["eval", "lenet5", "--checkpoint", str(out), "--data-dir", str(root / "data"), *acc, "--json",
+    assert meta["train_config"].get("overflow_penalty") == (10.0 if "--overflow-penalty" in acc else None)
+    assert main(["eval", "lenet5", "--checkpoint", str(out), "--data-dir", str(root / "data"), *acc[:2],
+                 *(acc[2:] if "--overflow-penalty" not in acc else []), "--json",
                  "--quiet", "--no-baselines", "--batch-size", "32"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert row["top1"] == meta["accuracy"] and row["total"] == meta["test_images"]
@@ -141,14 +167,19 @@ def test_divergence_is_one_line(tiny, tmp_path, capsys):
     (["--acc", "int16"], "--acc takes floating-point formats"),
     (["--int-acc", "int16", "--inputs", "e4m3"], "--inputs does not apply to an integer accumulator"),
     (["--acc", "e4m3", "--act-bits", "6"], "--act-bits does not apply to a float accumulator"),
+    (["--acc", "e4m3", "--overflow-penalty", "1"], "--overflow-penalty does not apply to a float accumulator"),
+    (["--int-acc", "int16", "--overflow-penalty", "-1"], "--overflow-penalty"),
     (["--acc", "e4m3", "--sticky"], "--sticky applies to dot-product units"),
     (["--acc", "e4m3", "--chunk-acc", "fp32"], "--chunk-acc applies to chunked accumulation"),
     (["--acc", "e4q3"], "invalid format spec"),
 ])
 def test_finetune_bad_input_is_one_line(tiny, tmp_path, capsys, extra, fragment):
     root, ckpt = tiny
-    code = main(["finetune", "lenet5", "--checkpoint", str(ckpt), "--data-dir", str(root / "data"), *extra,
-                 "--out", str(tmp_path / "x.pt")])
+    try:
+        code = main(["finetune", "lenet5", "--checkpoint", str(ckpt), "--data-dir", str(root / "data"), *extra,
+                     "--out", str(tmp_path / "x.pt")])
+    except SystemExit as exc:  # argparse's refusals
+        code = exc.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fragment in err[0], err
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from psum.cli._common import UsageError, check_unit_options, command, dataset_arg, given, option, parse_spec, \
-    positive_float
+from psum.cli._common import UsageError, check_unit_options, command, dataset_arg, given, nonnegative_float, \
+    option, parse_spec, positive_float
 from psum.cli.network import _build, accum_config, data_options, mac_options, training_options
 from psum.formats import FloatFormat, IntFormat
 
 #: MAC options that only a floating-point, and only an integer, accumulator has.
 _FLOAT_ONLY = ("inputs", "weights", "product", "width")
-_INT_ONLY = ("weight_bits", "act_bits")
+_INT_ONLY = ("weight_bits", "act_bits", "overflow_penalty")
 
 
 def _policy(args: argparse.Namespace):
@@ -66,7 +66,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out = args.out or f"checkpoints/{label(args.model)}-{dataset_spec(dataset).name.replace(' ', '-')}-ft-{tag}.pt"
     command_line = "psum " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["finetune"] else ""
     result = finetune(cfg, args.checkpoint, policy, train_source, out, test_source=test_source,
-                      progress=not args.quiet, command=command_line, device=args.device)
+                      progress=not args.quiet, command=command_line, device=args.device,
+                      overflow_penalty=args.overflow_penalty)
     print(f"wrote {out}: {result['model']}/{result['dataset']} fine-tuned {result['epochs']} epochs for "
           f"{result['finetuned_for']}; test top-1 under it {100 * result['accuracy']:.2f}% on "
           f"{result['test_images']} images, {result['train_seconds']:.0f} s")
@@ -88,5 +89,8 @@ def add_parsers(sub) -> None:
     mac_options(ft)
     ft.add_argument("--weight-bits", type=int, default=8, help="integer MACs: weight bits (default 8)")
     ft.add_argument("--act-bits", type=int, default=8, help="integer MACs: activation bits (default 8)")
+    ft.add_argument("--overflow-penalty", type=nonnegative_float, default=0.0, metavar="LAMBDA",
+                    help="integer MACs: add LAMBDA times the layers' mean overflow beyond the accumulator's range "
+                    "to the loss (WrapNet's penalty; default 0)")
     training_options(ft, epochs=2, lr=0.005, out="checkpoints/MODEL-DATASET-ft-ACC.pt")
     ft.add_argument("--warmup", type=positive_float, default=0.1, help="epochs of linear warm-up (default 0.1)")

@@ -30,6 +30,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                  "dpu_inputs": args.dpu_inputs, "dpu_acc": args.dpu_acc, "dpu_hopper_bits": args.dpu_hopper_bits,
                  "dpu_promote": args.dpu_promote, "finetune_epochs": args.finetune_epochs,
                  "finetune_lr": args.finetune_lr, "finetune_steps": args.finetune_steps,
+                 "finetune_overflow_penalty": args.finetune_overflow_penalty,
                  "dpu_align_range": tuple(args.dpu_align_range) if args.dpu_align_range else None, "mode": args.mode, "chunk": args.chunk, "int_bits": args.int_bits,
                  "max_width": args.max_width, "streams": args.streams, "orders": args.orders,
                  "calibration_seeds": args.calibration_seeds, "batch_size": args.batch_size,
@@ -75,7 +76,7 @@ and for a network of one's own factory ("FILE.py:NAME" or a .tflite/.onnx file; 
 labels it; a file needs no checkpoint) and a folder
 dataset's image_size, crop, mean, std; lenet5 with checkpoints/lenet5-cifar10.pt), inputs ("bf16"), operand_formats (["e4m3"]), exp_bits ([4, 5, 6]),
 dpu_widths ([]), dpu_inputs ("e4m3"), dpu_acc ("fp32"), dpu_align_range ([0, 24]), dpu_hopper_bits (13),
-dpu_promote (128), finetune_epochs (0), finetune_lr (0.005), finetune_steps (3),
+dpu_promote (128), finetune_epochs (0), finetune_lr (0.005), finetune_steps (3), finetune_overflow_penalty (10),
 max_width (24), mode (""), chunk (none), int_bits (8), int_width_range ([8, 32]),
 tolerances ([0.5, 1.0]), limit ("all"), seed (0), screen (1000), screen_seed (1),
 window (2), calibration_seeds ([0, 1, 2]), chunk_sizes ([16, 64]), orders (["im2col",
@@ -140,6 +141,8 @@ def add_parser(sub) -> None:
     st.add_argument("--finetune-lr", type=positive_float, metavar="LR", help="its peak learning rate (default 0.005)")
     st.add_argument("--finetune-steps", type=positive_int, metavar="S",
                     help="at most S accumulators below each minimum (default 3)")
+    st.add_argument("--finetune-overflow-penalty", type=nonnegative_float, metavar="LAMBDA",
+                    help="INT candidates' overflow penalty (default 10; 0: none)")
     st.add_argument("--mode", help="appended to every FP candidate, e.g. :sat or :ftz:rz (default none)")
     st.add_argument("--max-width", type=positive_int, help="FP candidates: 1 + E + M <= this (default 24)")
     st.add_argument("--chunk", type=positive_int,
