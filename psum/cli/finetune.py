@@ -62,7 +62,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _, dataset = _build(args.model, cfg.dataset)
     train_source = data.load(dataset, "train", args.data_dir, download=args.download)
     test_source = data.load(dataset, "test", args.data_dir, download=args.download)
-    tag = str(policy.default.acc) + (f"-c{args.chunk}" if args.chunk else "")
+    unit = policy.default.unit if hasattr(policy.default, "unit") else None
+    tag = (str(policy.default.acc).replace(":", "_") + (f"-c{args.chunk}" if args.chunk else "")
+           + (f"-w{unit.width}l{unit.align_bits}" if unit else ""))
     out = args.out or f"checkpoints/{label(args.model)}-{dataset_spec(dataset).name.replace(' ', '-')}-ft-{tag}.pt"
     command_line = "psum " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["finetune"] else ""
     result = finetune(cfg, args.checkpoint, policy, train_source, out, test_source=test_source,
