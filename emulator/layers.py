@@ -54,7 +54,8 @@ class _StraightThrough(torch.autograd.Function):
         ctx.layer = layer
         ctx.save_for_backward(x, weight, bias)
         with torch.no_grad():
-            return layer._emulated(x)
+            y = layer._emulated(x)
+        return y.clone() if y._base is not None else y  # a view would refuse in-place ops after it (nn.ReLU)
 
     @staticmethod
     def backward(ctx, grad):

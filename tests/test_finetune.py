@@ -66,6 +66,20 @@ def test_forward_is_the_emulated_value_and_backward_the_float_gradient(cfg, laye
     assert torch.equal(emulated[0].bias.grad, layer.bias.grad)
 
 
+@pytest.mark.parametrize("layer, shape", LAYERS[:1] + LAYERS[2:], ids=["Conv2d", "Linear"])
+def test_an_in_place_activation_after_the_layer_trains(layer, shape):
+    """nn.ReLU(inplace=True) after an emulated layer (AlexNet's): the same gradients as
+    after the float layer, masked where the ReLU cuts."""
+    torch.manual_seed(3)
+    x = torch.randn(shape)
+    emulated = convert(nn.Sequential(layer, nn.ReLU(inplace=True)), AccumConfig(acc="e5m4"))
+    y = emulated(x.clone().requires_grad_())
+    y.sum().backward()
+    layer.zero_grad()
+    (layer(x) * (y > 0)).sum().backward()  # the emulated ReLU's mask, the float layer's gradient
+    assert torch.equal(emulated[0].weight.grad, layer.weight.grad)
+
+
 def test_a_wide_accumulator_trains_as_the_float_layer():
     """With fp32 operands and accumulator the emulated layer's value is the float one's up
     to fp32 rounding order, and a step of SGD moves the weights the same way."""
