@@ -36,6 +36,7 @@ from emulator.dpu import dpu_matmul
 from emulator import triton_kernels as tk
 from emulator.matmul import _cpu_int_matmul, _cpu_matmul, narrow_lanes
 from emulator.models import build, count_macs
+from emulator.stochastic import stochastic_states
 
 FLOAT_ACCS = ["e5m10", "e4m7", "e4m3", "e3m4", "e5m2", "e6m9b40", "e8m7", "fp32", "e4m3:sat",
               "e5m4:ftz", "e4m7:rz", "e5m10:ftz:rz", "e3m4:sat:ftz:rz", "e4m0"]
@@ -115,6 +116,17 @@ def check_exactness(device: torch.device, shapes, seed: int) -> dict:
         diff = int(((got.view(torch.int64) != want.view(torch.int64)) & ~(got.isnan() & want.isnan())).sum())
         rows.append({"config": str(cfg), "shape": [m, k, n], "differ": diff})
         total_outputs, total_diff = total_outputs + m * n, total_diff + diff
+    for cfg in (AccumConfig(acc="e4m4:sr", inputs="e4m3", seed=1),  # stochastic rounding (docs/semantics.md §13)
+                AccumConfig(acc="e5m3:sr12:ftz", chunk=32, chunk_acc="fp16", seed=2)):
+        m, k, n = shapes[0]
+        a = quantize(random_values(rng, (m, k), True), cfg.inputs)
+        b = quantize(random_values(rng, (k, n), True), cfg.weights)
+        states = stochastic_states(cfg.seed, torch.arange(m), torch.arange(n))
+        want = _cpu_matmul(a, b, cfg, states)
+        got = tk.triton_sr_matmul(a.to(device), b.to(device), cfg, states.to(device)).cpu()
+        diff = int(((got.view(torch.int64) != want.view(torch.int64)) & ~(got.isnan() & want.isnan())).sum())
+        rows.append({"config": str(cfg), "shape": [m, k, n], "differ": diff})
+        total_outputs, total_diff = total_outputs + m * n, total_diff + diff
     return {"cases": rows, "outputs": total_outputs, "differ": total_diff}
 
 
@@ -135,6 +147,11 @@ def measure_speed(device: torch.device, shape, repeat: int, launch_shapes) -> di
             s = seconds(lambda: tk.triton_matmul(a, b, cfg, blocks), device, repeat)
             out["triton"].append({"acc": spec, "blocks": repr(blocks), "gmacs": macs / s / 1e9})
             print(f"  {spec:>12} {blocks}: {macs / s / 1e9:9.1f} GMAC/s", flush=True)
+    cfg = AccumConfig(acc="e4m7:sr")  # stochastic rounding, its generators' states made once
+    states = stochastic_states(0, torch.arange(m), torch.arange(n)).to(device)
+    s = seconds(lambda: tk.triton_sr_matmul(a, b, cfg, states), device, repeat)
+    out["triton"].append({"acc": "e4m7:sr", "blocks": repr(tk.BlockConfig()), "gmacs": macs / s / 1e9})
+    print(f"  {'e4m7:sr':>12} {tk.BlockConfig()}: {macs / s / 1e9:9.1f} GMAC/s", flush=True)
     cfg = IntAccumConfig(acc="int32")
     ai, bi = a.mul(100).round().to(torch.int32), b.mul(100).round().to(torch.int32)
     s = seconds(lambda: tk.triton_int_matmul(ai, bi, cfg), device, repeat)

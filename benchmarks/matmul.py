@@ -38,7 +38,7 @@ def best_seconds(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--acc", nargs="+", default=["e4m7", "e5m10", "fp32", "e4m7:ftz:rz"])
+    parser.add_argument("--acc", nargs="+", default=["e4m7", "e5m10", "fp32", "e4m7:ftz:rz", "e4m7:sr"])
     parser.add_argument("--reference-rows", type=int, default=128,
                         help="rows of a the reference loop runs on (it is slow)")
     parser.add_argument("--seed", type=int, default=0)

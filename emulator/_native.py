@@ -113,6 +113,8 @@ def library() -> ctypes.CDLL:
     signatures["psum_conv2d"] = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 17 + [ctypes.POINTER(MacParams)]
     signatures["psum_dpu_matmul"] = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [fmt_ptr, fmt_ptr] \
         + [ctypes.c_int64] * 5
+    signatures["psum_matmul_sr"] = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.POINTER(MacParams),
+                                                                                   ctypes.c_int64]
     signatures["psum_matmul_path"] = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                       ctypes.c_int64, ctypes.POINTER(MacParams)]
     for name, args in signatures.items():
@@ -197,7 +199,7 @@ def format_params(fmt: FloatFormat) -> FormatParams:
         subnormals=int(fmt.subnormals),
         nearest_even=int(fmt.rounding == "nearest_even"),
         max_abs=max_abs,
-        overflow_abs=inf_abs if fmt.has_inf and fmt.rounding == "nearest_even" else max_abs,
+        overflow_abs=inf_abs if fmt.has_inf and fmt.rounding != "toward_zero" else max_abs,
         inf_abs=inf_abs if fmt.has_inf else max_abs,
         min_normal_abs=_pattern(pow2(fmt.emin)),
         min_sub_abs=_pattern(pow2(fmt.emin - fmt.man_bits)),

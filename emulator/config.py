@@ -85,6 +85,8 @@ class AccumConfig:
     unit : a :class:`DotUnit` (fused W-term dot products, one rounding per group;
         ``chunk`` then promotes every ``chunk`` terms, a multiple of its width); ``None``:
         the sequential MAC.
+    seed : the seed (0..2^32-1) of the generators of a stochastically rounding ``acc``
+        (docs/semantics.md §13); it takes part in equality, and prints, only then.
     """
 
     acc: FloatFormat = "fp32"
@@ -95,15 +97,17 @@ class AccumConfig:
     chunk_acc: FloatFormat = "fp32"
     order: str = "im2col"
     unit: DotUnit | None = None
+    seed: int = 0
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("chunk", "order", "unit") or value is None:
+            if f.name in ("chunk", "order", "unit", "seed") or value is None:
                 continue
             object.__setattr__(self, f.name, _format(value, FloatFormat, f.name))
         if self.weights is None:
             object.__setattr__(self, "weights", self.inputs)
+        _check_stochastic(self)
         _check_chunk(self.chunk)
         _check_order(self.order)
         if self.unit is not None:
@@ -131,7 +135,27 @@ class AccumConfig:
             text += f" order={self.order}"
         if self.unit is not None:
             text += f" unit={self.unit}"
+        if self.acc.rounding == "stochastic":
+            text += f" seed={self.seed}"
         return text
+
+
+def _check_stochastic(cfg: AccumConfig) -> None:
+    """Only the accumulator rounds stochastically, and only in the sequential MAC; a
+    seed is a 32-bit word, normalized to 0 where nothing draws from it (so that configs
+    that compute the same compare equal)."""
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2^32), not {seed!r}")
+    for name in ("inputs", "weights", "product", "chunk_acc"):
+        fmt = getattr(cfg, name)
+        if fmt is not None and fmt.rounding == "stochastic":
+            raise ValueError(f"{name} {fmt}: stochastic rounding is an accumulator mode (docs/semantics.md §13)")
+    if cfg.acc.rounding != "stochastic":
+        object.__setattr__(cfg, "seed", 0)
+    elif cfg.unit is not None:
+        raise ValueError(f"acc {cfg.acc}: a dot-product unit rounds to nearest or toward zero; "
+                         "stochastic rounding is for the sequential MAC")
 
 
 @dataclass(frozen=True)

@@ -154,11 +154,16 @@ class _Emulated(nn.Module):
         absmax = w2.detach().abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny)
         return absmax / limit  # (O,)
 
-    def _dot(self, a: torch.Tensor, w2: torch.Tensor, name: str) -> torch.Tensor:
-        """``a`` (R, K) against weights ``w2`` (O, K): (R, O) float32 before the bias."""
+    def _dot(self, a: torch.Tensor, w2: torch.Tensor, name: str, sample_rows: int = 1) -> torch.Tensor:
+        """``a`` (R, K) against weights ``w2`` (O, K): (R, O) float32 before the bias.
+        Consecutive runs of ``sample_rows`` rows are one sample's outputs, numbered
+        0.. within it for a stochastic accumulator's generators (docs/semantics.md §13)."""
         cfg = self.config
         if isinstance(cfg, AccumConfig):
-            return emulated_matmul(a.float(), w2.detach().float().t(), cfg)  # (R, O)
+            if cfg.acc.rounding == "stochastic":
+                a = a.reshape(-1, sample_rows, a.shape[-1])  # the rows of the generators
+            out = emulated_matmul(a.float(), w2.detach().float().t(), cfg)
+            return out.reshape(-1, out.shape[-1])  # (R, O)
         if self.observing:
             self._observe(a)
         if self.act_scale is None:
@@ -267,7 +272,9 @@ class EmulatedConv2d(_Emulated):
         kh, kw = self.kernel_size
         out_h = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         out_w = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        if isinstance(self.config, AccumConfig) and x.device.type == "cpu" and self.config.unit is None:
+        config = self.config
+        if (isinstance(config, AccumConfig) and x.device.type == "cpu" and config.unit is None
+                and config.acc.rounding != "stochastic"):
             return self._forward_cpu(x, out_h, out_w)
         if isinstance(self.config, IntAccumConfig):
             y = self._int_forward_cpu(x, out_h, out_w)
@@ -286,7 +293,7 @@ class EmulatedConv2d(_Emulated):
             a = cols[:, gi].reshape(n, -1, out_h * out_w).transpose(1, 2)  # (N, L, K)
             a = a.reshape(n * out_h * out_w, -1)  # (N*L, K)
             w2 = weight[gi].reshape(og, -1)  # (Og, K)
-            outs.append(self._dot(a, w2, self.layer_name))  # (N*L, Og)
+            outs.append(self._dot(a, w2, self.layer_name, out_h * out_w))  # (N*L, Og)
         y = torch.cat(outs, dim=1) if g > 1 else outs[0]  # (N*L, O)
         if self.bias is not None:
             y = y + self.bias.detach().float()  # fp32 output stage

@@ -19,6 +19,7 @@ import torch
 from emulator import _native
 from emulator.config import AccumConfig, IntAccumConfig
 from emulator.quantize import quantize
+from emulator import stochastic
 from psum.formats import FloatFormat, IntFormat
 
 __all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
@@ -34,7 +35,9 @@ def register_backend(device_type: str, float_kernel: FloatKernel, int_kernel: In
 
     A float kernel takes ``a`` (M, K) and ``b`` (K, N) float32 tensors already rounded to
     the input formats, and the config (a sequential MAC, or a dot-product unit:
-    ``cfg.unit``); it returns the (M, N) float64 results. An int
+    ``cfg.unit``), and for a stochastically rounding accumulator the (M, N) int64 start
+    states of its generators (docs/semantics.md §13); it returns the (M, N) float64
+    results. An int
     kernel takes int32 tensors and returns int64 accumulator values.
     """
     _BACKENDS[device_type] = (float_kernel, int_kernel)
@@ -96,6 +99,10 @@ def check_config(cfg: AccumConfig | IntAccumConfig, out_dtype: torch.dtype = tor
         if problems:
             raise ValueError(f"{name} format {fmt} (exponents {fmt.emin}..{fmt.emax}, M={fmt.man_bits}) "
                              f"is not supported by the emulator: {'; '.join(problems)}")
+    acc = cfg.acc
+    if acc.rounding == "stochastic" and acc.man_bits + acc.random_bits > 50:
+        raise ValueError(f"acc format {acc}: the emulator rounds stochastically with M + R <= 50 "
+                         f"(here {acc.man_bits} + {acc.random_bits})")
     if cfg.unit is not None:
         from emulator.dpu import check_dpu
 
@@ -139,8 +146,11 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     lead, k = a.shape[:-1], a.shape[-1]
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
     b2 = quantize(b.detach(), cfg.weights).float()  # (K, N)
+    if cfg.acc.rounding == "stochastic":  # the generators' start states (docs/semantics.md §13)
+        states = stochastic.stochastic_states(cfg.seed, stochastic.row_indices(a.shape), torch.arange(b.shape[1])).to(a.device)
+        return kernel(a2, b2, cfg, states).to(a.dtype).reshape(*lead, b.shape[1])
     if kernel is _cpu_matmul and a.dtype == torch.float32:  # the kernel writes float32 itself
-        return _cpu_matmul(a2, b2, cfg, torch.float32).reshape(*lead, b.shape[1])
+        return _cpu_matmul(a2, b2, cfg, dtype=torch.float32).reshape(*lead, b.shape[1])
     out = kernel(a2, b2, cfg)  # (M, N) float64
     return out.to(a.dtype).reshape(*lead, b.shape[1])
 
@@ -226,10 +236,14 @@ def _mac_params(cfg: AccumConfig) -> _native.MacParams:
     )
 
 
-def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, states: torch.Tensor | None = None,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The CPU backend: (M, N) results of ``dtype`` (float64, or float32 written by the
     kernel itself when the result format fits it). A config with a dot-product unit runs
-    the unit's kernel (:func:`emulator.dpu.cpu_dpu_matmul`)."""
+    the unit's kernel (:func:`emulator.dpu.cpu_dpu_matmul`), a stochastic accumulator
+    the stochastic kernel, its generators starting at ``states``."""
+    if states is not None:
+        return _cpu_sr_matmul(a, b, cfg, states).to(dtype)
     if cfg.unit is not None:
         from emulator.dpu import cpu_dpu_matmul
 
@@ -238,6 +252,20 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, dtype: torch
     out = torch.empty(1, a.shape[0], b.shape[1], dtype=dtype)
     _rounded_matmul_into(a, b[None], out, cfg)
     return out[0].t() if transposed else out[0]
+
+
+def _cpu_sr_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, states: torch.Tensor) -> torch.Tensor:
+    """(M, N) float64 results of the sequential MAC with a stochastically rounding
+    accumulator, the generator of output (i, j) starting at ``states[i, j]``."""
+    a, b, transposed = _orient(a, b)
+    words = (states.t() if transposed else states).to(torch.int64)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()  # uint32 bits
+    (m, k), n = a.shape, b.shape[1]
+    out = torch.empty(m, n, dtype=torch.float64)
+    if out.numel():
+        _native.library().psum_matmul_sr(a.data_ptr(), b.data_ptr(), out.data_ptr(), words.data_ptr(), m, n, k,
+                                         _mac_params(cfg), cfg.acc.random_bits, torch.get_num_threads())
+    return out.t() if transposed else out
 
 
 def _rounded_matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
@@ -369,6 +397,7 @@ def round_sum(x: torch.Tensor, y: torch.Tensor, fmt: FloatFormat) -> torch.Tenso
     error) and rounded with ``lo`` as the sticky bit, which is correct rounding of
     the exact sum (docs/semantics.md §4).
     """
+    stochastic.refuse_stochastic(fmt, "format")
     hi = x + y
     back = hi - x
     lo = (x - (hi - back)) + (y - back)
@@ -380,10 +409,15 @@ def round_sum(x: torch.Tensor, y: torch.Tensor, fmt: FloatFormat) -> torch.Tenso
 
 
 def matmul_reference(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch.Tensor:
-    """The plain k-loop of docs/semantics.md §5 in PyTorch; (M, N) float64 results."""
+    """The plain k-loop of docs/semantics.md §5 in PyTorch; (M, N) float64 results. A
+    stochastically rounding accumulator steps its generators (§13: output (i, j) from
+    ``stochastic_state(cfg.seed, i, j)``) and rounds with :func:`sr_round_sum`."""
     aq = quantize(a.double(), cfg.inputs)  # (M, K)
     bq = quantize(b.double(), cfg.weights)  # (K, N)
     (m, k), n = aq.shape, bq.shape[1]
+    rounds_stochastically = cfg.acc.rounding == "stochastic"
+    if rounds_stochastically:
+        states = stochastic.stochastic_states(cfg.seed, torch.arange(m), torch.arange(n))
     step = cfg.chunk or max(k, 1)
     outer = torch.zeros(m, n, dtype=torch.float64)
     acc = outer
@@ -393,7 +427,11 @@ def matmul_reference(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torc
             p = aq[:, kk, None] * bq[None, kk, :]  # (M, N), exact
             if cfg.product is not None:
                 p = quantize(p, cfg.product)
-            acc = round_sum(acc, p.contiguous(), cfg.acc)
+            if rounds_stochastically:
+                states = stochastic.step(states)
+                acc = stochastic.sr_round_sum(acc, p, cfg.acc, stochastic.draw(states, cfg.acc.random_bits))
+            else:
+                acc = round_sum(acc, p.contiguous(), cfg.acc)
         if cfg.chunk:
             outer = round_sum(outer, acc, cfg.chunk_acc)
     return outer if cfg.chunk else acc

@@ -41,8 +41,8 @@ from emulator.config import AccumConfig, IntAccumConfig
 from emulator.matmul import _lanes_on_rows, narrow_lanes, register_backend
 from psum.formats import FloatFormat
 
-__all__ = ["triton_quantize", "triton_matmul", "triton_int_matmul", "triton_dpu_matmul", "format_constants",
-           "BlockConfig"]
+__all__ = ["triton_quantize", "triton_matmul", "triton_sr_matmul", "triton_int_matmul", "triton_dpu_matmul",
+           "format_constants", "BlockConfig"]
 
 _SIGN64 = tl.constexpr(-(1 << 63))  # the float64 sign bit as an int64
 _ABS64 = tl.constexpr((1 << 63) - 1)
@@ -503,6 +503,102 @@ def _dpu_kernel(at_ptr, b_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
 # -- Python side ---------------------------------------------------------------------------
 
 
+# -- stochastic rounding of the accumulator (sr_sum_round / psum_matmul_sr of psum_cpu.c) --
+
+
+@triton.jit
+def _sr_two_sum_round(x, y, rnd, R: tl.constexpr, A_MAN: tl.constexpr, A_EMIN: tl.constexpr,
+                      A_SUB: tl.constexpr, A_MAX: tl.constexpr, A_OVF: tl.constexpr,
+                      A_INF: tl.constexpr, A_MINN: tl.constexpr, A_NAN: tl.constexpr):
+    """round(x + y) stochastically with the random integers ``rnd`` in [0, 2^R)
+    (docs/semantics.md §13): the floor of the exact magnitude on the grid 2^(q - R),
+    from the TwoSum pair, plus rnd, truncated at the quantum 2^q."""
+    hi = x + y
+    back = hi - x
+    lo = (x - (hi - back)) + (y - back)
+    u = hi.to(tl.int64, bitcast=True)
+    a = u & _ABS64
+    below = ((lo != 0) & ((lo < 0) != (hi < 0))).to(tl.int64)
+    t = a - below  # the double below the exact magnitude (or it)
+    exp_field = t >> 52
+    normal = exp_field != 0
+    sig = tl.where(normal, (t & ((1 << 52) - 1)) | (1 << 52), t)
+    qd = tl.where(normal, exp_field - 1075, -1074)
+    lead = tl.where(normal, exp_field - 1023, (t.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 2097)
+    if A_SUB:
+        q = tl.maximum(lead, A_EMIN) - A_MAN
+    else:
+        q = lead - A_MAN
+    d = tl.minimum(tl.maximum(q - R - qd, 0), 63)
+    n = ((sig >> d) + rnd) >> R
+    qc = tl.maximum(q, -1074)
+    tiny = qc < -1022
+    scale = ((qc + 1023 + tl.where(tiny, 64, 0)) << 52).to(tl.float64, bitcast=True)
+    r = (n.to(tl.float64) * scale * tl.where(tiny, 2.0 ** -64, 1.0)).to(tl.int64, bitcast=True)
+    if not A_SUB:
+        r = tl.where(r >= A_MINN, r, 0)  # flush, after rounding
+    r = tl.where(r > A_MAX, A_OVF, r)
+    r = (u & _SIGN64) | r
+    r = tl.where(a == 0, u, r)
+    r = tl.where(a == 0x7FF0000000000000, (u & _SIGN64) | A_INF, r)
+    r = tl.where(a > 0x7FF0000000000000, A_NAN, r)
+    return r.to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _sr_matmul_kernel(
+        at_ptr, b_ptr, st_ptr, out_ptr, M, N, K, MP, NP, CHUNK,
+        R: tl.constexpr, HAS_PRODUCT: tl.constexpr, CHUNKED: tl.constexpr,
+        A_MAN: tl.constexpr, A_EMIN: tl.constexpr, A_SUB: tl.constexpr, A_NE: tl.constexpr,
+        A_MAX: tl.constexpr, A_OVF: tl.constexpr, A_INF: tl.constexpr, A_MINN: tl.constexpr,
+        A_MINS: tl.constexpr, A_HALFS: tl.constexpr, A_FTZUP: tl.constexpr,
+        A_NAN: tl.constexpr,
+        P_MAN: tl.constexpr, P_EMIN: tl.constexpr, P_SUB: tl.constexpr, P_NE: tl.constexpr,
+        P_MAX: tl.constexpr, P_OVF: tl.constexpr, P_INF: tl.constexpr, P_MINN: tl.constexpr,
+        P_MINS: tl.constexpr, P_HALFS: tl.constexpr, P_FTZUP: tl.constexpr,
+        P_NAN: tl.constexpr,
+        O_MAN: tl.constexpr, O_EMIN: tl.constexpr, O_SUB: tl.constexpr, O_NE: tl.constexpr,
+        O_MAX: tl.constexpr, O_OVF: tl.constexpr, O_INF: tl.constexpr, O_MINN: tl.constexpr,
+        O_MINS: tl.constexpr, O_HALFS: tl.constexpr, O_FTZUP: tl.constexpr,
+        O_NAN: tl.constexpr,
+        WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[i, j] as :func:`_float_matmul_kernel` computes it, with the accumulator
+    rounding stochastically: the xorshift32 generator of output (i, j) starts at
+    st[i, j] ((M, N) int64 words) and steps once per term, across chunks."""
+    rm = _index(tl.program_id(0), WIDE) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = _index(tl.program_id(1), WIDE) * BLOCK_N + tl.arange(0, BLOCK_N)
+    inside = (rm < M)[:, None] & (rn < N)[None, :]
+    offs = rm[:, None] * N + rn[None, :]
+    state = tl.load(st_ptr + offs, mask=inside, other=1)
+    outer = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float64)
+    for k0 in range(0, K, CHUNK):
+        k1 = tl.minimum(k0 + CHUNK, K)
+        acc = tl.zeros_like(acc)
+        for k in range(k0, k1):
+            kk = _index(k, WIDE)
+            av = tl.load(at_ptr + kk * MP + rm).to(tl.float64)
+            bw = tl.load(b_ptr + kk * NP + rn).to(tl.float64)
+            p = av[:, None] * bw[None, :]
+            if HAS_PRODUCT:
+                p = _round_bits(p.to(tl.int64, bitcast=True), tl.zeros(p.shape, tl.int64), P_MAN,
+                                P_EMIN, P_SUB, P_NE, P_MAX, P_OVF, P_INF, P_MINN, P_MINS, P_HALFS,
+                                P_FTZUP, P_NAN).to(tl.float64, bitcast=True)
+            state = state ^ ((state << 13) & 0xFFFFFFFF)
+            state = state ^ (state >> 17)
+            state = state ^ ((state << 5) & 0xFFFFFFFF)
+            acc = _sr_two_sum_round(acc, p, state >> (32 - R), R, A_MAN, A_EMIN, A_SUB, A_MAX,
+                                    A_OVF, A_INF, A_MINN, A_NAN)
+        if CHUNKED:
+            outer = _two_sum_round(outer, acc, O_MAN, O_EMIN, O_SUB, O_NE, O_MAX, O_OVF, O_INF,
+                                   O_MINN, O_MINS, O_HALFS, O_FTZUP, O_NAN)
+    if CHUNKED:
+        result = outer
+    else:
+        result = acc
+    tl.store(out_ptr + offs, result, mask=inside)
+
+
 class BlockConfig:
     """Launch shape of the matmul kernels: a BLOCK_M x BLOCK_N output tile per program,
     ``num_warps`` warps, and ``check_every`` fast float steps between checks for rare
@@ -665,6 +761,37 @@ def triton_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
     return _run(a, b, blocks, torch.float32, torch.float64, launch)
 
 
+def triton_sr_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig, states: torch.Tensor,
+                     blocks: BlockConfig | None = None) -> torch.Tensor:
+    """The float backend for a stochastically rounding accumulator: ``a`` (M, K) and
+    ``b`` (K, N) float32 holding values of the input formats, ``states`` (M, N) the
+    generators' start states; (M, N) float64 results, the CPU kernel's bits."""
+    blocks = blocks or BlockConfig()
+    if _lanes_on_rows(a.shape[0], b.shape[1], blocks.block_n):  # few columns: rows in the lanes
+        return triton_sr_matmul(b.t(), a.t(), cfg, states.t(), blocks).t()
+    words = states.to(device=a.device, dtype=torch.int64).contiguous()
+    unused = cfg.acc
+    constants = {**format_constants(cfg.acc, "A"), **format_constants(cfg.product or unused, "P"),
+                 **format_constants(cfg.chunk_acc if cfg.chunk else unused, "O")}
+
+    def launch(ops: _Operands, out: torch.Tensor, blocks: BlockConfig) -> None:
+        at, bb, out_, *sizes = ops.args(out, cfg.chunk)
+        _sr_matmul_kernel[ops.grid](
+            at, bb, words, out_, *sizes, R=cfg.acc.random_bits, HAS_PRODUCT=cfg.product is not None,
+            CHUNKED=cfg.chunk is not None, **constants, WIDE=ops.wide, BLOCK_M=blocks.block_m,
+            BLOCK_N=blocks.block_n, num_warps=blocks.num_warps, enable_fp_fusion=False)
+
+    return _run(a, b, blocks, torch.float32, torch.float64, launch)
+
+
+def _float_backend(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
+                   states: torch.Tensor | None = None) -> torch.Tensor:
+    """The registered float backend: the stochastic kernel where ``states`` are given."""
+    if states is not None:
+        return triton_sr_matmul(a, b, cfg, states)
+    return triton_matmul(a, b, cfg)
+
+
 def triton_int_matmul(a: torch.Tensor, b: torch.Tensor, cfg: IntAccumConfig,
                       blocks: BlockConfig | None = None) -> torch.Tensor:
     """The integer backend: ``a`` (M, K) and ``b`` (K, N) int32; (M, N) int64 results."""
@@ -700,4 +827,4 @@ def triton_dpu_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig,
     return _run(a, b, blocks or BlockConfig(16, 32), torch.float32, torch.float64, launch)
 
 
-register_backend("cuda", triton_matmul, triton_int_matmul)
+register_backend("cuda", _float_backend, triton_int_matmul)

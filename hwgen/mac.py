@@ -9,6 +9,10 @@ synchronous ``rst``; inputs ``a``, ``b`` (bit patterns), ``en`` and ``clear``; o
 - ``clear`` without ``en``: ``acc <= +0``;
 - otherwise ``acc`` holds.
 
+A stochastically rounding accumulator (docs/semantics.md §13) adds an input ``seed``
+(32 bits): its generator restarts from ``seed`` when ``clear`` acts and steps at every
+``en``, the rounding taking the stepped state's top R bits.
+
 With ``pipeline=True`` a register sits between the multiplier and the adder: ``a``,
 ``b``, ``en`` and ``clear`` of one cycle act on ``acc`` one cycle later.
 """
@@ -23,7 +27,7 @@ from psum import golden
 from psum.formats import FloatFormat, IntFormat, parse
 from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_shape
 
-__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode", "exact_product"]
+__all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode", "exact_product", "xorshift32"]
 
 #: Bumped whenever generated hardware changes; part of synthesis cache keys.
 HWGEN_VERSION = "3"
@@ -41,12 +45,27 @@ def _float_format(value, role: str) -> FloatFormat:
     return fmt
 
 
+def _nearest(fmt: FloatFormat, role: str) -> FloatFormat:
+    """Only the accumulator rounds stochastically (docs/semantics.md §13)."""
+    if fmt.rounding == "stochastic":
+        raise ValueError(f"{role} {fmt}: stochastic rounding is an accumulator mode (docs/semantics.md §13)")
+    return fmt
+
+
+def xorshift32(value):
+    """One step of the xorshift32 generator (docs/semantics.md §13) on a 32-bit value:
+    three shift-and-XOR stages, a network of XOR gates."""
+    value = value ^ (value << 13)[:32]
+    value = value ^ (value >> 17)
+    return value ^ (value << 5)[:32]
+
+
 def _decoded(dec: FloatDecoder) -> dict:
     """A decoder's outputs as an operand: sign, zero, inf, nan, exp, sig."""
     return {"sign": dec.sign, "zero": dec.zero, "inf": dec.inf, "nan": dec.nan, "exp": dec.exp, "sig": dec.sig}
 
 
-def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) -> Signal:
+def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es, random=None) -> Signal:
     """The adder: ``round_fmt(x + y)`` of two exact operands, as a bit pattern of ``fmt``.
 
     Operands are dicts (sign, zero, inf, nan, exp, sig) as :class:`FloatDecoder` gives
@@ -57,10 +76,17 @@ def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) 
     special values (NaN, Inf or max, signed zeros: (-0) + (-0) = -0, exact cancellation
     +0). With shift d >= 2 a subtraction cancels at most one leading bit, so the rounding
     position stays two bits above the sticky position; with d <= 1 nothing is shifted out.
+
+    A stochastically rounding ``fmt`` takes ``random`` (R bits, docs/semantics.md §13);
+    the window then holds R more bits below the kept ones. The sum with the sticky bit
+    subtracted at the window's last place (or added as nothing) lies within one unit of
+    that place below the exact sum, so its truncation to any coarser place is the
+    exact sum's: the R bits the rounder reads are exact.
     """
     a = Module()  # the adder as one level of the hierarchy (docs/hardware.md, components)
     m.submodules[name] = a
-    p = max(len(x["sig"]), len(y["sig"]), fmt.man_bits + 1)
+    extra = fmt.random_bits if fmt.rounding == "stochastic" else 0
+    p = max(len(x["sig"]), len(y["sig"]), fmt.man_bits + 1 + extra)
     window = p + 3
     xs, ys = Signal(p, name=f"{name}_x_sig"), Signal(p, name=f"{name}_y_sig")
     a.d.comb += [xs.eq(Mux(x["zero"], 0, x["sig"] << (p - len(x["sig"])))),
@@ -97,6 +123,8 @@ def add_and_round(m: Module, name: str, x: dict, y: dict, fmt: FloatFormat, es) 
     a.d.comb += [norm.value.eq(total), rnd.sig.eq(norm.result), rnd.sticky.eq(align.sticky),
                  rnd.exp.eq(big_exp + 1 - norm.count), rnd.zero.eq(exact_zero),
                  rnd.sign.eq(big_sign & ~exact_zero)]
+    if extra:
+        a.d.comb += rnd.random.eq(random)
 
     nan = x["nan"] | y["nan"] | (x["inf"] & y["inf"] & (x["sign"] != y["sign"]))
     inf = (x["inf"] | y["inf"]) & ~nan
@@ -144,18 +172,26 @@ class FloatMAC(wiring.Component):
 
     def __init__(self, inputs="bf16", acc="fp32", *, weights=None, product=None, pipeline=False,
                  chunk=None, chunk_acc="fp32"):
-        self.inputs = _float_format(inputs, "inputs")
-        self.weights = self.inputs if weights is None else _float_format(weights, "weights")
+        self.inputs = _nearest(_float_format(inputs, "inputs"), "inputs")
+        self.weights = self.inputs if weights is None else _nearest(_float_format(weights, "weights"), "weights")
         self.acc_format = _float_format(acc, "acc")
-        self.product = None if product is None else _float_format(product, "product")
+        self.product = None if product is None else _nearest(_float_format(product, "product"), "product")
         self.pipeline = bool(pipeline)
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk must be a positive integer or None, not {chunk!r}")
         self.chunk = chunk
-        self.chunk_acc = _float_format(chunk_acc, "chunk_acc") if chunk else None
+        self.chunk_acc = _nearest(_float_format(chunk_acc, "chunk_acc"), "chunk_acc") if chunk else None
         out_fmt = self.chunk_acc or self.acc_format
-        super().__init__({"a": In(self.inputs.bits), "b": In(self.weights.bits), "en": In(1),
-                          "clear": In(1), "acc": Out(out_fmt.bits)})
+        ports = {"a": In(self.inputs.bits), "b": In(self.weights.bits), "en": In(1), "clear": In(1),
+                 "acc": Out(out_fmt.bits)}
+        if self.stochastic:
+            ports["seed"] = In(32)  # the generator's start state, loaded when clear acts
+        super().__init__(ports)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the accumulator rounds stochastically (a ``seed`` port, a generator)."""
+        return self.acc_format.rounding == "stochastic"
 
     @property
     def result_format(self) -> FloatFormat:
@@ -178,6 +214,8 @@ class FloatMAC(wiring.Component):
                  "add.norm": "normalize", "add.round": "round"}
         if self.product is not None:
             table |= {"product_rounder": "product rounding", "dec_p": "product rounding"}
+        if self.stochastic:
+            table |= {"generator": "random generator"}
         if self.chunk:
             table |= {"dec_inner": "decode", "dec_outer": "decode", "spill": "outer adder"}
         return table
@@ -197,7 +235,8 @@ class FloatMAC(wiring.Component):
             count = Signal(range(self.chunk + 1), name="count")
             restart = clear | (count == self.chunk)  # a full run starts over at +0
         m.d.comb += dc.bits.eq(Mux(restart, 0, inner))
-        result = add_and_round(m, "add", prod, _decoded(dc), fc, es)
+        random = self._generator(m, en, clear) if self.stochastic else None
+        result = add_and_round(m, "add", prod, _decoded(dc), fc, es, random)
 
         if not self.chunk:
             m.d.comb += self.acc.eq(inner)
@@ -223,6 +262,26 @@ class FloatMAC(wiring.Component):
         with m.Elif(clear):
             m.d.sync += [inner.eq(0), outer.eq(0), count.eq(0)]
         return m
+
+    def _generator(self, m: Module, en, clear):
+        """The stochastic rounding's random bits for this step (docs/semantics.md §13):
+        the xorshift32 register restarts from ``seed`` when ``clear`` acts (or while it
+        holds 0, after reset), each ``en`` steps it, and the rounding takes the top R
+        bits of the stepped state. ``seed`` goes with ``clear`` through the pipeline."""
+        seed = self.seed
+        if self.pipeline:
+            seed = Signal(32, name="stage_seed")
+            m.d.sync += seed.eq(self.seed)
+        m.submodules.generator = gen = Module()
+        state = Signal(32, name="generator_state")
+        start = Signal(32, name="generator_start")
+        stepped = Signal(32, name="generator_next")
+        gen.d.comb += [start.eq(Mux(clear | (state == 0), seed, state)), stepped.eq(xorshift32(start))]
+        with gen.If(en):  # the register belongs to the generator part too
+            gen.d.sync += state.eq(stepped)
+        with gen.Elif(clear):
+            gen.d.sync += state.eq(seed)
+        return stepped[32 - self.acc_format.random_bits:]
 
     def _multiply(self, m: Module, es) -> tuple[dict, object, object]:
         """The exact product as an operand (rounded to ``product`` when unfused, behind

@@ -168,14 +168,22 @@ class Rounder(wiring.Component):
 
     Precondition for ``sticky``: ``width >= M + 3``, so that the rounding position lies
     above the sticky position (a narrower ``sig`` must come with ``sticky = 0``).
+
+    A stochastically rounding ``fmt`` (docs/semantics.md §13) has one more input,
+    ``random`` (R bits): the R bits below the kept ones, truncated (``sig`` must be the
+    floor of the exact value to R bits below the quantum; ``sticky`` is then unused),
+    plus ``random``, carry into the kept bits.
     """
 
     def __init__(self, fmt: FloatFormat, width: int, exp_shape):
         self.fmt = fmt
         self.in_width = width
         self.exp_shape = exp_shape
-        super().__init__({"sign": In(1), "zero": In(1), "exp": In(exp_shape), "sig": In(width),
-                          "sticky": In(1), "bits": Out(fmt.bits)})
+        ports = {"sign": In(1), "zero": In(1), "exp": In(exp_shape), "sig": In(width), "sticky": In(1),
+                 "bits": Out(fmt.bits)}
+        if fmt.rounding == "stochastic":
+            ports["random"] = In(fmt.random_bits)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -183,7 +191,9 @@ class Rounder(wiring.Component):
         p = fmt.man_bits + 1
         # Only the top p + 1 bits can reach the kept bits or the round bit, however far
         # a subnormal result shifts right: below a guard bit, the rest is one sticky bit.
-        width = p + 2
+        # Stochastic rounding reads the R bits below the kept ones and drops the rest.
+        stochastic = fmt.rounding == "stochastic"
+        width = p + fmt.random_bits if stochastic else p + 2
         if self.in_width > width:
             sig = self.sig[self.in_width - width:]
             sticky = self.sticky | (self.sig[:self.in_width - width] != 0)
@@ -199,9 +209,14 @@ class Rounder(wiring.Component):
             sig, sticky = denorm.result, sticky | denorm.sticky
             e_res = Mux(self.exp < fmt.emin, fmt.emin, self.exp)
         kept = sig[width - p:]  # the top p bits
-        round_bit = sig[width - p - 1]
-        rest = (sig[:width - p - 1] != 0) | sticky
-        up = round_bit & (rest | kept[0]) if fmt.rounding == "nearest_even" else Const(0, 1)
+        if stochastic:  # carry of (the R bits below the kept ones) + random
+            up = (sig[:width - p] + self.random)[width - p]
+        elif fmt.rounding == "nearest_even":
+            round_bit = sig[width - p - 1]
+            rest = (sig[:width - p - 1] != 0) | sticky
+            up = round_bit & (rest | kept[0])
+        else:
+            up = Const(0, 1)
         total = kept + up  # p + 1 bits
         carry = total[p]
         significand = Mux(carry, total[1:p + 1], total[:p])  # p bits
@@ -209,7 +224,7 @@ class Rounder(wiring.Component):
         normal = significand[p - 1]
 
         sign_bit = self.sign << (fmt.bits - 1)
-        max_bits = golden.round_to(fmt, fmt.max_finite)
+        max_bits = golden.round_to(fmt, fmt.max_finite, 0 if stochastic else None)  # exact: any random
         over = golden.round_to(fmt, float("inf"))  # Inf, or max when there is none
         if fmt.has_inf and fmt.rounding == "toward_zero":
             over = max_bits

@@ -2,7 +2,8 @@
 expected outputs, and simulation with Amaranth's simulator.
 
 A *program* is a list of ``(a, b, en, clear)`` tuples, one per clock cycle (a, b as bit
-patterns). :func:`expected` gives, for each cycle, the ``acc`` the port contract
+patterns); a MAC whose accumulator rounds stochastically takes ``(a, b, en, clear,
+seed)``, ``seed`` its generator's start state (docs/semantics.md §13). :func:`expected` gives, for each cycle, the ``acc`` the port contract
 promises after that cycle's rising edge; :func:`simulate` gives what the unit does.
 """
 
@@ -21,7 +22,7 @@ def unpack(value: int, bits: int, count: int) -> list[int]:
     return [(value >> (i * bits)) & ((1 << bits) - 1) for i in range(count)]
 
 
-def _step(mac, acc: int, a: int, b: int, en: int, clear: int) -> int:
+def _step(mac, acc: int, a: int, b: int, en: int, clear: int, random: int | None = None) -> int:
     from hwgen.dpu import DotProductUnit
     from hwgen.mac import FloatMAC
 
@@ -34,7 +35,7 @@ def _step(mac, acc: int, a: int, b: int, en: int, clear: int) -> int:
                                align_bits=mac.align_bits, include_acc=mac.include_acc, sticky=mac.sticky,
                                inputs=mac.inputs, weights=mac.weights)
     if isinstance(mac, FloatMAC):
-        return golden.mac_step(mac.acc_format, base, a, b, mac.inputs, mac.weights, mac.product)
+        return golden.mac_step(mac.acc_format, base, a, b, mac.inputs, mac.weights, mac.product, random)
     fmt = mac.acc_format
     sa = a - (1 << mac.a_bits) if a >> (mac.a_bits - 1) else a
     sb = b - (1 << mac.b_bits) if b >> (mac.b_bits - 1) else b
@@ -47,27 +48,55 @@ def expected(mac, program: list[tuple[int, int, int, int]]) -> list[int]:
     For a chunked MAC the output is the chunked dot product (docs/semantics.md §5) of
     the terms accumulated since the last clear, a pattern of ``chunk_acc``."""
     latency = 1 if mac.pipeline else 0
-    stream = [(0, 0, 0, 0)] * latency + list(program)
+    stochastic = getattr(mac, "stochastic", False)
+    idle = (0, 0, 0, 0, 1) if stochastic else (0, 0, 0, 0)
+    stream = [idle] * latency + list(program)
+    draws = _Generator() if stochastic else None
     if getattr(mac, "chunk", None):
-        return _expected_chunked(mac, stream[:len(program)])
+        return _expected_chunked(mac, stream[:len(program)], draws)
     acc, out = 0, []
     for cycle in range(len(program)):
-        acc = _step(mac, acc, *stream[cycle])
+        a, b, en, clear, *seed = stream[cycle]
+        random = draws.step(en, clear, seed[0], mac.acc_format.random_bits) if draws else None
+        acc = _step(mac, acc, a, b, en, clear, random)
         out.append(acc)
     return out
 
 
-def _expected_chunked(mac, stream) -> list[int]:
+class _Generator:
+    """A MAC's stochastic-rounding generator, cycle by cycle (docs/semantics.md §13 and
+    the port contract): restarts from ``seed`` when ``clear`` acts or while it holds 0
+    (after reset); steps at ``en``."""
+
+    def __init__(self):
+        self.state, self.start = 0, None
+
+    def step(self, en: int, clear: int, seed: int, bits: int) -> int | None:
+        """The random bits of this cycle's rounding (None without ``en``)."""
+        if not en:
+            if clear:
+                self.state = self.start = seed
+            return None
+        if clear or self.state == 0:
+            self.state = self.start = seed
+        self.state = golden.stochastic_step(self.state)
+        return golden.stochastic_random(self.state, bits)
+
+
+def _expected_chunked(mac, stream, draws: _Generator | None) -> list[int]:
     terms: list[tuple[int, int]] = []
     out = []
-    for a, b, en, clear in stream:
+    for a, b, en, clear, *seed in stream:
         if clear:
             terms = []
         if en:
             terms.append((a, b))
+        if draws:
+            draws.step(en, clear, seed[0], mac.acc_format.random_bits)
         out.append(golden.dot([t[0] for t in terms], [t[1] for t in terms], acc=mac.acc_format,
                               inputs=mac.inputs, weights=mac.weights, product=mac.product,
-                              chunk=mac.chunk, chunk_acc=mac.chunk_acc))
+                              chunk=mac.chunk, chunk_acc=mac.chunk_acc,
+                              state=draws.start if draws and terms else None))
     return out
 
 
@@ -78,11 +107,13 @@ def simulate(mac, program: list[tuple[int, int, int, int]]) -> list[int]:
     seen: list[int] = []
 
     async def bench(ctx):
-        for a, b, en, clear in program:
+        for a, b, en, clear, *seed in program:
             ctx.set(mac.a, a)
             ctx.set(mac.b, b)
             ctx.set(mac.en, en)
             ctx.set(mac.clear, clear)
+            if seed:
+                ctx.set(mac.seed, seed[0])
             await ctx.tick()
             seen.append(ctx.get(mac.acc))
 
@@ -119,7 +150,8 @@ def random_program(mac, n: int, seed: int = 0) -> list[tuple[int, int, int, int]
             program.append((a, b, int(rng.random() < 0.9), int(rng.random() < 0.05)))
         return program
     fa, fb, fc = mac.inputs, mac.weights, mac.acc_format
-    acc = 0
+    acc, seed = 0, 1
+    draws = _Generator() if mac.stochastic else None
     one_b = golden.round_to(fb, 1.0)
     for _ in range(n):
         kind = rng.random()
@@ -138,8 +170,12 @@ def random_program(mac, n: int, seed: int = 0) -> list[tuple[int, int, int, int]
         else:
             a, b = _interesting(fa, rng), _interesting(fb, rng)
         en, clear = int(rng.random() < 0.95), int(rng.random() < 0.08)
-        program.append((a, b, en, clear))
-        acc = _step(mac, acc, a, b, en, clear)
+        bits = None
+        if draws:  # a nonzero seed, held for a while, changed now and then
+            seed = rng.randrange(1, 1 << 32) if rng.random() < 0.1 else seed
+            bits = draws.step(en, clear, seed, fc.random_bits)
+        program.append((a, b, en, clear, seed) if draws else (a, b, en, clear))
+        acc = _step(mac, acc, a, b, en, clear, bits)
     return program
 
 

@@ -41,6 +41,10 @@ def _header(mac, name: str) -> str:
                   f"sums runs of {mac.chunk} terms from +0;",
                   f"//   each full run is added into the outer accumulator ({mac.chunk_acc}); acc is the outer "
                   f"{mac.chunk_acc} value of every term since clear."]
+    if getattr(mac, "stochastic", False):
+        lines += ["// Stochastic rounding (docs/semantics.md §13): seed (32 bits) is loaded into the xorshift32 "
+                  "generator when clear acts (or while it holds 0);",
+                  f"//   each en steps it and rounds with its top {mac.acc_format.random_bits} bits."]
     if mac.pipeline:
         lines.append("//   Pipelined: a, b, en, clear act on acc one cycle later.")
     return "\n".join(lines) + "\n"
@@ -63,10 +67,15 @@ def _widths(mac) -> tuple[int, int, int]:
 
 
 def vector_file(mac, program, want) -> str:
+    """One hex line per cycle: ``{a, b, [seed,] en, clear, expected acc}`` (the seed of
+    a stochastically rounding MAC, 32 bits)."""
     wa, wb, wc = _widths(mac)
     lines = []
-    for (a, b, en, clear), acc in zip(program, want):
-        packed = (((((a << wb) | b) << 1 | en) << 1 | clear) << wc) | acc
+    for (a, b, en, clear, *seed), acc in zip(program, want):
+        operands = (a << wb) | b
+        if seed:
+            operands = (operands << 32) | seed[0]
+        packed = (((operands << 1 | en) << 1 | clear) << wc) | acc
         lines.append(f"{packed:x}")
     return "\n".join(lines) + "\n"
 
@@ -75,7 +84,10 @@ def testbench(mac, name: str, n: int, vectors_path: str) -> str:
     """The self-checking testbench of ``mac`` (module ``name``) over ``n`` vectors read
     from ``vectors_path`` (the default; ``+vectors=PATH`` overrides it)."""
     wa, wb, wc = _widths(mac)
-    width = wa + wb + 2 + wc
+    stochastic = getattr(mac, "stochastic", False)
+    width = wa + wb + 2 + wc + (32 if stochastic else 0)
+    seed_reg = "\n  reg [31:0] seed = 1;" if stochastic else ""
+    seed_port, seed_field = (", .seed(seed)", " seed,") if stochastic else ("", "")
     if '"' in vectors_path or "\\" in vectors_path:
         raise ValueError(f"the vectors path {vectors_path!r} cannot be a Verilog string literal")
     return f"""// Self-checking testbench for {name}: {mac.describe()}
@@ -88,13 +100,13 @@ module {name}_tb;
   reg clk = 0, rst = 1;
   reg [{wa - 1}:0] a = 0;
   reg [{wb - 1}:0] b = 0;
-  reg en = 0, clear = 0;
+  reg en = 0, clear = 0;{seed_reg}
   wire [{wc - 1}:0] acc;
   reg [W-1:0] vec [0:N-1];
   reg [{wc - 1}:0] want;
   reg [8*1024-1:0] path;
   integer i, errors, fd;
-  {name} dut (.clk(clk), .rst(rst), .a(a), .b(b), .en(en), .clear(clear), .acc(acc));
+  {name} dut (.clk(clk), .rst(rst), .a(a), .b(b), .en(en), .clear(clear){seed_port}, .acc(acc));
   always #5 clk = ~clk;
   initial begin
     if (!$value$plusargs("vectors=%s", path)) path = "{vectors_path}";
@@ -108,7 +120,7 @@ module {name}_tb;
     errors = 0;
     @(posedge clk); #1 rst = 0;
     for (i = 0; i < N; i = i + 1) begin
-      {{a, b, en, clear, want}} = vec[i];
+      {{a, b,{seed_field} en, clear, want}} = vec[i];
       @(posedge clk); #1;
       if (acc !== want) begin
         errors = errors + 1;

@@ -13,13 +13,14 @@ is defined in ``docs/semantics.md`` and implemented exactly in :mod:`psum.golden
 Spec grammar (case-insensitive)::
 
     float  := (PRESET | "e" E "m" M ["b" BIAS]) (":" FMODE)*
-    FMODE  := "sat" | "inf" | "ftz" | "sub" | "rz" | "rne"
+    FMODE  := "sat" | "inf" | "ftz" | "sub" | "rz" | "rne" | "sr" | "sr" R
     int    := ("int" | "uint") BITS (":" IMODE)*
     IMODE  := "wrap" | "sat"
     PRESET := fp32 | tf32 | fp16 | bf16 | e4m3 | e5m2 | e3m4
 
 ``BIAS`` may be negative (``e4m7b-2``). ``inf``/``sub``/``rne``/``wrap`` are the
-defaults and never printed.
+defaults and never printed. ``sr`` is stochastic rounding with
+:data:`DEFAULT_RANDOM_BITS` random bits, ``sr12`` with 12.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ __all__ = [
     "OVERFLOW_MODES",
     "ROUNDING_MODES",
     "INT_OVERFLOW_MODES",
+    "DEFAULT_RANDOM_BITS",
 ]
 
 OVERFLOW_MODES = ("inf", "saturate")
-ROUNDING_MODES = ("nearest_even", "toward_zero")
+ROUNDING_MODES = ("nearest_even", "toward_zero", "stochastic")
+#: Random bits a stochastic rounding draws when the format does not say
+#: (``random_bits``); docs/semantics.md §13.
+DEFAULT_RANDOM_BITS = 8
+_RANDOM_BITS_RANGE = (1, 32)  # one draw of the 32-bit generator of docs/semantics.md §13
 INT_OVERFLOW_MODES = ("wrap", "saturate")
 
 # Limits of what FloatFormat can describe at all. The golden model handles all of
@@ -120,8 +126,14 @@ class FloatFormat:
         ``"inf"``: IEEE style, the top exponent code holds Inf and NaN.
         ``"saturate"``: every code is finite, results beyond the largest finite
         value clamp to it; there is no Inf or NaN.
-    rounding : {"nearest_even", "toward_zero"}
-        How exact results are rounded into the format.
+    rounding : {"nearest_even", "toward_zero", "stochastic"}
+        How exact results are rounded into the format. ``"stochastic"`` rounds up with
+        probability equal to the discarded fraction, read to ``random_bits`` bits and
+        compared with that many random bits (docs/semantics.md §13): an accumulator
+        mode, whose random bits come from the MAC's generator.
+    random_bits : int or None
+        R, the random bits of one stochastic rounding (1..32; keyword only). ``None``
+        means :data:`DEFAULT_RANDOM_BITS` for stochastic rounding; other modes take none.
 
     Formats are immutable and hashable. ``str(fmt)`` is its canonical spec string.
     """
@@ -132,6 +144,7 @@ class FloatFormat:
     subnormals: bool = True
     overflow: str = "inf"
     rounding: str = "nearest_even"
+    random_bits: int | None = field(default=None, kw_only=True)
     #: Preset name this format was parsed from (``"fp16"``); only affects ``str``.
     name: str | None = field(default=None, compare=False, repr=False, kw_only=True)
 
@@ -146,7 +159,21 @@ class FloatFormat:
             raise TypeError(f"subnormals must be a bool, not {self.subnormals!r}")
         _check_choice("overflow", self.overflow, OVERFLOW_MODES)
         _check_choice("rounding", self.rounding, ROUNDING_MODES)
+        if self.rounding != "stochastic":
+            if self.random_bits is not None:
+                raise ValueError(f"random_bits is for stochastic rounding, not {self.rounding!r}")
+        elif self.random_bits is None:
+            object.__setattr__(self, "random_bits", DEFAULT_RANDOM_BITS)
+        else:
+            _check_int("random_bits", self.random_bits, *_RANDOM_BITS_RANGE)
         _check_bias(self)
+
+    def __repr__(self) -> str:
+        text = (f"FloatFormat(exp_bits={self.exp_bits}, man_bits={self.man_bits}, bias={self.bias}, "
+                f"subnormals={self.subnormals}, overflow={self.overflow!r}, rounding={self.rounding!r}")
+        if self.random_bits is not None:
+            text += f", random_bits={self.random_bits}"
+        return text + ")"
 
     # -- encoding layout -------------------------------------------------------
     @property
@@ -253,6 +280,8 @@ class FloatFormat:
             modes.append("ftz")
         if self.rounding == "toward_zero":
             modes.append("rz")
+        if self.rounding == "stochastic":
+            modes.append("sr" if self.random_bits == DEFAULT_RANDOM_BITS else f"sr{self.random_bits}")
         return ":".join([base, *modes])
 
 
@@ -347,14 +376,16 @@ _FLOAT_MODES = {
     "sub": ("subnormals", True),
     "rz": ("rounding", "toward_zero"),
     "rne": ("rounding", "nearest_even"),
+    "sr": ("rounding", "stochastic"),
 }
+_STOCHASTIC_RE = re.compile(r"sr(\d+)")
 _INT_MODES = {"sat": ("overflow", "saturate"), "wrap": ("overflow", "wrap")}
 
 _FLOAT_RE = re.compile(r"e(\d+)m(\d+)(?:b(-?\d+))?")
 _INT_RE = re.compile(r"(u?)int(\d+)")
 
 _GRAMMAR = (
-    "expected eEmM[bBIAS][:mode...] (e.g. e4m7, e5m10b12:sat:ftz; modes sat, ftz, rz), "
+    "expected eEmM[bBIAS][:mode...] (e.g. e4m7, e5m10b12:sat:ftz; modes sat, ftz, rz, sr, srR), "
     f"a preset ({', '.join(PRESETS)}) or [u]intN[:sat] (e.g. int8, int24, int16:sat)"
 )
 
@@ -366,6 +397,12 @@ def _spec_error(spec: str, why: str) -> ValueError:
 def _parse_modes(spec: str, words: list[str], table: dict) -> dict:
     chosen: dict = {}
     for word in words:
+        bits = _STOCHASTIC_RE.fullmatch(word) if table is _FLOAT_MODES else None
+        if bits:  # "sr12": stochastic rounding with 12 random bits
+            if "random_bits" in chosen:
+                raise _spec_error(spec, "conflicting modes for random_bits")
+            chosen["random_bits"] = int(bits.group(1))
+            word = "sr"
         if word not in table:
             raise _spec_error(spec, f"unknown mode {word!r}")
         key, value = table[word]

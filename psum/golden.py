@@ -29,6 +29,9 @@ from psum.formats import FloatFormat, IntFormat, parse
 __all__ = [
     "round_to",
     "decode",
+    "stochastic_state",
+    "stochastic_step",
+    "stochastic_random",
     "multiply",
     "add",
     "mac_step",
@@ -110,15 +113,18 @@ def _max_pattern(fmt: FloatFormat) -> int:
     return (top_exp << fmt.man_bits) | fmt.man_mask
 
 
-def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
+def round_to(fmt: FloatFormat | IntFormat | str, x, random: int | None = None) -> int:
     """Bit pattern of the exact value ``x`` rounded into ``fmt`` (docs/semantics.md §2).
 
     For a finite nonzero ``x``: round ``|x|`` to ``M + 1`` significant bits at the
     quantum of its binade (``2^(max(e, emin) - M)`` with subnormals; ``2^(e - M)``
-    without), ties to even or toward zero as the format says; then a result below
+    without), ties to even or toward zero as the format says, or stochastically
+    (docs/semantics.md §13): ``|x| / quantum`` truncated to ``R = fmt.random_bits``
+    fraction bits, plus ``random / 2^R``, truncated, where ``random`` (needed then,
+    and only then) is an integer in ``[0, 2^R)``; then a result below
     the smallest normal flushes to zero when ``subnormals=False``; then a result above
-    the largest finite value becomes Inf (``overflow="inf"`` with nearest-even) or the
-    largest finite value (toward-zero, or ``overflow="saturate"``). Zeros keep the
+    the largest finite value becomes Inf (``overflow="inf"``, unless rounding toward
+    zero) or the largest finite value (toward zero, or ``overflow="saturate"``). Zeros keep the
     sign of ``x``. For an :class:`IntFormat` ``x`` must be an integer and is wrapped
     or saturated.
 
@@ -128,6 +134,7 @@ def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
     '0x3eab'
     """
     fmt = parse(fmt)
+    _check_random(fmt, random)
     if isinstance(fmt, IntFormat):
         return fmt.encode(x)
     kind, sign, mag = _split(x)
@@ -138,6 +145,8 @@ def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
         return sign_bit | (fmt.exp_mask if fmt.has_inf else _max_pattern(fmt))
     if mag == 0:
         return sign_bit
+    if fmt.rounding == "stochastic" and random is None:
+        raise ValueError(f"{fmt} rounds stochastically: give random, an integer in [0, 2^{fmt.random_bits})")
 
     man_bits = fmt.man_bits
     lead = _floor_log2(mag)
@@ -148,6 +157,9 @@ def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
         rest = scaled - n
         if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and n % 2 == 1):
             n += 1
+    elif fmt.rounding == "stochastic":
+        fine = scaled * (1 << fmt.random_bits)  # |x| in units of 2^-R quanta
+        n = (fine.numerator // fine.denominator + random) >> fmt.random_bits
     if n == 0:
         return sign_bit
     if n == 1 << (man_bits + 1):  # rounding carried into the next binade
@@ -155,12 +167,83 @@ def round_to(fmt: FloatFormat | IntFormat | str, x) -> int:
     if not fmt.subnormals and quantum_exp + man_bits < fmt.emin:
         return sign_bit  # flush: the rounded result is below the smallest normal
     if n * _pow2(quantum_exp) > fmt.max_finite:
-        overflow_to_inf = fmt.has_inf and fmt.rounding == "nearest_even"
+        overflow_to_inf = fmt.has_inf and fmt.rounding != "toward_zero"
         return sign_bit | (fmt.exp_mask if overflow_to_inf else _max_pattern(fmt))
     if n >> man_bits:  # normal
         exp_field = quantum_exp + man_bits + fmt.bias
         return sign_bit | (exp_field << man_bits) | (n - (1 << man_bits))
     return sign_bit | n  # subnormal: exponent field 0, quantum 2^(emin - M)
+
+
+def _check_random(fmt, random) -> None:
+    """A given random integer must fit a stochastic rounding; no other rounding takes one."""
+    stochastic = isinstance(fmt, FloatFormat) and fmt.rounding == "stochastic"
+    if random is None:
+        return
+    if not stochastic:
+        raise ValueError(f"{fmt} does not round stochastically; it takes no random bits")
+    if isinstance(random, bool) or not isinstance(random, int) or not 0 <= random < (1 << fmt.random_bits):
+        raise ValueError(f"{fmt} rounds stochastically: random must be an integer in "
+                         f"[0, 2^{fmt.random_bits}), not {random!r}")
+
+
+# -- the stochastic-rounding generator (docs/semantics.md §13) ---------------------
+
+_MASK32 = (1 << 32) - 1
+
+
+def _mix32(x: int) -> int:
+    """MurmurHash3's 32-bit finalizer: a bijection of 32-bit words that spreads every
+    input bit over the output."""
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & _MASK32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def stochastic_state(seed: int, row: int, col: int) -> int:
+    """The generator state a dot product starts from: output ``(row, col)`` of a
+    matmul run with ``seed`` (each 0..2^32-1). Never 0, the generator's fixed point.
+
+    >>> hex(stochastic_state(0, 0, 0)), hex(stochastic_state(0, 0, 1))
+    ('0x9f45f69', '0x6be268e1')
+    """
+    for name, value in (("seed", seed), ("row", row), ("col", col)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MASK32:
+            raise ValueError(f"{name} must be an integer in [0, 2^32), not {value!r}")
+    state = _mix32((0x6A09E667 + seed * 0x9E3779B1 + row * 0x85EBCA77 + col * 0xC2B2AE3D) & _MASK32)
+    return state or 1
+
+
+def stochastic_step(state: int) -> int:
+    """The next state of the xorshift32 generator (Marsaglia 2003): ``x ^= x << 13;
+    x ^= x >> 17; x ^= x << 5`` on 32 bits. A linear feedback shift register over
+    GF(2) with period 2^32 - 1 on the nonzero states."""
+    state ^= (state << 13) & _MASK32
+    state ^= state >> 17
+    return state ^ ((state << 5) & _MASK32)
+
+
+def stochastic_random(state: int, bits: int) -> int:
+    """The ``bits`` random bits a rounding takes from a state: its top bits."""
+    return state >> (32 - bits)
+
+
+def _stochastic_draws(fmt: FloatFormat, state: int | None):
+    """The random integers of successive roundings into ``fmt`` from the generator at
+    ``state`` (each rounding steps it once first); ``None`` for other roundings."""
+    if fmt.rounding != "stochastic":
+        if state is not None:
+            raise ValueError(f"state is for a stochastically rounding accumulator, not {fmt}")
+        while True:
+            yield None
+    if isinstance(state, bool) or not isinstance(state, int) or not 0 < state <= _MASK32:
+        raise ValueError(f"a stochastic accumulator needs its generator's state, an integer in "
+                         f"(0, 2^32), not {state!r}")
+    while True:
+        state = stochastic_step(state)
+        yield stochastic_random(state, fmt.random_bits)
 
 
 def decode(fmt: FloatFormat | IntFormat | str, bits: int):
@@ -232,12 +315,14 @@ def mac_step(
     a_fmt: FloatFormat | str = "bf16",
     b_fmt: FloatFormat | str | None = None,
     product: FloatFormat | str | None = None,
+    random: int | None = None,
 ) -> int:
     """One multiply-accumulate: ``acc' = round_acc(acc + a * b)`` on bit patterns.
 
     The product is exact, unless ``product`` names a format: then it is rounded into
     that format first (an unfused MAC). The sum is exact and rounded once into
-    ``acc``. ``b_fmt`` defaults to ``a_fmt``.
+    ``acc``, with ``random`` when ``acc`` rounds stochastically (:func:`round_to`).
+    ``b_fmt`` defaults to ``a_fmt``.
     """
     acc, a_fmt = parse(acc), parse(a_fmt)
     b_fmt = a_fmt if b_fmt is None else parse(b_fmt)
@@ -245,7 +330,7 @@ def mac_step(
     if product is not None:
         product = parse(product)
         p = decode(product, round_to(product, p))
-    return round_to(acc, add(decode(acc, acc_bits), p))
+    return round_to(acc, add(decode(acc, acc_bits), p), random)
 
 
 def dot(
@@ -258,6 +343,7 @@ def dot(
     product: FloatFormat | str | None = None,
     chunk: int | None = None,
     chunk_acc: FloatFormat | str = "fp32",
+    state: int | None = None,
 ) -> int:
     """One output element of an emulated matmul: a sequential dot product.
 
@@ -268,6 +354,10 @@ def dot(
     added in order, exactly, into an outer accumulator in ``chunk_acc`` that starts
     at +0 and is rounded after each addition. Returns the pattern of the result: in
     ``chunk_acc`` when chunked, else in ``acc``.
+
+    A stochastically rounding ``acc`` draws its random bits from the generator that
+    starts at ``state`` (:func:`stochastic_state`), stepped once per term, across
+    chunks (docs/semantics.md §13).
 
     Sixty-four bf16 ones (pattern 0x3f80) summed in e4m3 stop at 16: there the spacing
     is 2, and 16 + 1 is a tie that rounds to even.
@@ -282,6 +372,7 @@ def dot(
     acc = parse(acc)
     inputs = parse(inputs)
     weights = inputs if weights is None else parse(weights)
+    draws = _stochastic_draws(acc, state)
     if chunk is None:
         chunks = [range(len(a_bits))]
     else:
@@ -292,7 +383,7 @@ def dot(
     def accumulate(ks: range) -> int:
         bits = 0
         for k in ks:
-            bits = mac_step(acc, bits, a_bits[k], b_bits[k], inputs, weights, product)
+            bits = mac_step(acc, bits, a_bits[k], b_bits[k], inputs, weights, product, next(draws))
         return bits
 
     if chunk is None:

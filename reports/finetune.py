@@ -12,6 +12,12 @@ gain of fine-tuning, with its interval). A control fine-tunes through the refere
 accumulator itself for the same epochs: how much of a gain is more training rather than
 training for the accumulator.
 
+Each FP candidate is also run with its accumulator rounding stochastically (``:sr``,
+docs/semantics.md §13, generators seeded with the spec's seed): zero-shot, and on the
+network fine-tuned (to nearest) for it, both against the reference, and the zero-shot
+paired with the nearest-even zero-shot (the gain of stochastic rounding alone). INT
+accumulators add exactly; they have nothing to round.
+
 The recipe is ``psum finetune``'s (emulator.finetune) with the spec's epochs, learning
 rate and seed; integer layers are calibrated as the study calibrates them (the int32
 reference's scales), and INT candidates' loss carries the overflow penalty
@@ -30,7 +36,6 @@ from pathlib import Path
 from reports.points import Judged, Runner, _digest, _model, _policy, _source, describe
 from reports.search import best_fp, best_int, exponent, int_width, mantissa
 from reports.spec import ModelRun
-from reports.stats import pair
 
 #: The study's calibration of integer layers (reports.points.CALIBRATION), as
 #: emulator.finetune takes it; the seed is the first calibration seed's.
@@ -75,6 +80,12 @@ def finetune_search(runner: Runner, run: ModelRun, found: dict, folder: Path, lo
         out[family] = {"zero_shot_minimum": zero_shot, "finetuned_minimum": minimum, "candidates": rows,
                        "control": tuner.judge(ref, ref)}
     return out
+
+
+def _gain(paired) -> dict:
+    """A paired comparison of a point against a baseline, told as a gain (a negative
+    drop) with its interval."""
+    return {**paired.as_dict(), "gain": -paired.drop, "gain_ci95": [-paired.interval[1], -paired.interval[0]]}
 
 
 class _Tuner:
@@ -125,14 +136,24 @@ class _Tuner:
         runner.checkpoints[digest] = str(path)
         tuned = {**policy, "finetuned": {"digest": digest, **self.recipe(policy)}}
         zero, after = self._decision(policy, ref), self._decision(tuned, ref)
-        gain = runner.compare(run, zero, after)
-        return {"acc": policy["acc"], "zero_shot": zero.as_dict(), "finetuned": after.as_dict(),
-                "gain": {**gain.as_dict(), "gain": -gain.drop, "gain_ci95": [-gain.interval[1], -gain.interval[0]]},
-                "train_seconds": meta.get("train_seconds"), "checkpoint": path.name}
+        row = {"acc": policy["acc"], "zero_shot": zero.as_dict(), "finetuned": after.as_dict(),
+               "gain": _gain(runner.compare(run, zero, after)),
+               "train_seconds": meta.get("train_seconds"), "checkpoint": path.name}
+        if policy["kind"] == "float" and policy is not ref:
+            row["stochastic"] = self.stochastic(policy, tuned, zero, ref)
+        return row
+
+    def stochastic(self, policy: dict, tuned: dict, zero: Judged, ref: dict) -> dict:
+        """``policy``'s accumulator rounding stochastically (module docstring): zero-shot
+        and on the fine-tuned network, against ``ref``; the gain over the nearest-even
+        zero-shot ``zero``."""
+        seed = self.runner.spec.seed
+        sr = {**policy, "acc": f"{policy['acc']}:sr", "sr_seed": seed}
+        sr_zero = self._decision(sr, ref)
+        sr_tuned = self._decision({**tuned, "acc": sr["acc"], "sr_seed": seed}, ref)
+        return {"acc": sr["acc"], "seed": seed, "zero_shot": sr_zero.as_dict(), "finetuned": sr_tuned.as_dict(),
+                "gain": _gain(self.runner.compare(self.run, zero, sr_zero))}
 
     def _decision(self, policy: dict, ref: dict) -> Judged:
         """``policy`` judged on the decision images (no screening: the table pairs both)."""
-        runner, run = self.runner, self.run
-        point, reference = runner.point(run, policy), runner.point(run, ref)
-        paired = pair(runner.hits(run, reference, "decision"), runner.hits(run, point, "decision"))
-        return Judged(policy, "decision", point, paired, sorted(runner.spec.tolerances))
+        return self.runner.judge(self.run, policy, ref, screen=False)

@@ -67,7 +67,8 @@ def _float_config(acc: str, policy: dict):
 
     unit = DotUnit(**policy["unit"]) if policy.get("unit") else None  # a fused dot-product unit
     return AccumConfig(acc=acc, inputs=policy["inputs"], chunk=policy.get("chunk"),
-                       chunk_acc=policy.get("chunk_acc") or "fp32", order=policy.get("order", "im2col"), unit=unit)
+                       chunk_acc=policy.get("chunk_acc") or "fp32", order=policy.get("order", "im2col"), unit=unit,
+                       seed=policy.get("sr_seed", 0))
 
 
 def _int_config(acc: str, policy: dict):
@@ -327,11 +328,13 @@ class Runner:
             return hits[images.screen]
         return hits
 
-    def judge(self, run: ModelRun, policy: dict, reference: dict) -> Judged:
-        """``policy`` against the ``reference`` policy, paired on the same images."""
+    def judge(self, run: ModelRun, policy: dict, reference: dict, screen: bool = True) -> Judged:
+        """``policy`` against the ``reference`` policy, paired on the same images: the
+        screening images first (when the spec screens and ``screen``), where a clearly
+        failing candidate stops, then the decision images."""
         tolerances = sorted(self.spec.tolerances)
         ref = self.point(run, reference)
-        if self.images[run.name].screen is not None:
+        if screen and self.images[run.name].screen is not None:
             screen = self.point(run, policy, "screen")
             paired = pair(self.hits(run, ref, "screen"), self.hits(run, screen, "screen"))
             if paired.clearly_beyond(max(tolerances)):
@@ -363,6 +366,8 @@ def describe(policy: dict) -> str:
         text += f" {policy['order']}"
     if policy["kind"] == "int":
         text += f" (int{policy['bits']}, calibration seed {policy['calibration_seed']})"
+    if "sr_seed" in policy:
+        text += f" (stochastic rounding seed {policy['sr_seed']})"
     if policy.get("finetuned"):
         text += f", fine-tuned {policy['finetuned']['epochs']} epochs"
     if policy.get("layers"):

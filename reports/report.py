@@ -10,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+from psum.formats import parse
 from reports.plots import write_plots
 from reports.search import acc_bits as _bits
 from reports.search import best_fp, best_int, exponent, int_summary, mantissa, pareto_front
@@ -386,6 +387,7 @@ def _finetune(found: dict, spec) -> list[str]:
                          f"| {g['gain']:+.2f} [{g['gain_ci95'][0]:+.2f}, {g['gain_ci95'][1]:+.2f}] "
                          f"| {'yes' if row['finetuned']['within'][str(tol)] else 'no'} "
                          f"| {row['train_seconds'] if row['train_seconds'] is not None else '-'} |")
+    lines += _stochastic(f, tol)
     lines += ["", "| family | zero-shot minimum | fine-tuned minimum | area um^2 | pJ/MAC | area ratio | energy ratio |",
               "|---|---|---|---|---|---|---|"]
     for family in ("fp", "int"):
@@ -402,8 +404,26 @@ def _finetune(found: dict, spec) -> list[str]:
     return lines + [""]
 
 
-_PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "normalize", "round", "outer adder",
-               "register", "inputs")
+def _stochastic(f: dict, tol: float) -> list[str]:
+    """The FP candidates with their accumulator rounding stochastically (reports.finetune)."""
+    rows = [row["stochastic"] for row in (f.get("fp") or {}).get("candidates", []) if row.get("stochastic")]
+    if not rows:
+        return []
+    lines = ["", "The same FP accumulators rounding stochastically (docs/semantics.md §13; "
+             f"{parse(rows[0]['acc']).random_bits} random bits, generators seeded {rows[0]['seed']}), on the trained and on the "
+             "fine-tuned network; *gain*: stochastic against nearest-even zero-shot, paired.", "",
+             "| accumulator | zero-shot drop | within tol | on the fine-tuned network | within tol | gain over nearest-even |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        g = row["gain"]
+        lines.append(f"| {row['acc']} | {_drop(row['zero_shot'])} | {'yes' if row['zero_shot']['within'][str(tol)] else 'no'} "
+                     f"| {_drop(row['finetuned'])} | {'yes' if row['finetuned']['within'][str(tol)] else 'no'} "
+                     f"| {g['gain']:+.2f} [{g['gain_ci95'][0]:+.2f}, {g['gain_ci95'][1]:+.2f}] |")
+    return lines
+
+
+_PART_ORDER = ("decode", "multiplier", "product rounding", "align", "add", "normalize", "round", "random generator",
+               "outer adder", "register", "inputs")
 
 
 def _accumulation(h: dict) -> dict:

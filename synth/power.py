@@ -268,12 +268,23 @@ def estimate_energy(netlist_json: dict, library: Library, a: np.ndarray, b: np.n
         from synth.timed import cell_delays
 
         delays = cell_delays(net, wire_cap_ff_per_pin)
-    sim, seconds = _drive(net, {"a": a_seq, "b": b_seq, "en": np.ones(cycles, dtype=np.uint64), "clear": clear},
-                          cycles, steps, lanes, delays)
+    sequences = {"a": a_seq, "b": b_seq, "en": np.ones(cycles, dtype=np.uint64), "clear": clear}
+    if "seed" in net.ports:  # a stochastic accumulator's generator: its PE's constant start state
+        sequences["seed"] = np.repeat(_lane_seeds(lanes)[:, None], cycles, axis=1)
+    sim, seconds = _drive(net, sequences, cycles, steps, lanes, delays)
     parts = _cell_energies(net, sim, steps, lanes, 1.0 / (clock_mhz * 1e6), wire_cap_ff_per_pin)
     return _result(net, sim, seconds, parts, unit=unit, operands=operands, streams=streams, k=k, lanes=lanes,
                    macs=lanes * cycles, steps=steps, clock_mhz=clock_mhz, wire_cap_ff_per_pin=wire_cap_ff_per_pin,
                    components=components, delays="inertial" if glitches else "zero")
+
+
+def _lane_seeds(lanes: int) -> np.ndarray:
+    """The generators' start states of ``lanes`` MAC units: docs/semantics.md §13's
+    for outputs (lane, 0) with seed 0, as an accelerator's processing elements would
+    hold them (loaded at every clear)."""
+    from psum.golden import stochastic_state
+
+    return np.array([stochastic_state(0, lane, 0) for lane in range(lanes)], dtype=np.uint64)
 
 
 def estimate_output_energy(netlist_json: dict, library: Library, inputs: dict, *, unit: str, operands: str,

@@ -88,7 +88,7 @@ def test_constructor_checks_types_and_values_like_amaranth():
         FloatFormat(4, 7, bias=1.5)
     with pytest.raises(ValueError, match=r"^overflow must be one of 'inf', 'saturate', not 'nan'$"):
         FloatFormat(4, 7, overflow="nan")
-    with pytest.raises(ValueError, match=r"^rounding must be one of 'nearest_even', 'toward_zero', not 'up'$"):
+    with pytest.raises(ValueError, match=r"^rounding must be one of 'nearest_even', 'toward_zero', 'stochastic', not 'up'$"):
         FloatFormat(4, 7, rounding="up")
     with pytest.raises(TypeError, match=r"^subnormals must be a bool, not 0$"):
         FloatFormat(4, 7, subnormals=0)

@@ -200,7 +200,10 @@ def rerun(tmp_path, *plusargs, cwd=None):
                                   ["--inputs", "e4m3", "--acc", "e5m4:sat:ftz:rz", "--pipeline"],
                                   ["--inputs", "fp16", "--acc", "e6m9", "--product", "bf16"],
                                   ["--int", "8", "--acc", "int16:sat", "--pipeline"],
-                                  ["--inputs", "bf16", "--acc", "e4m3", "--chunk", "8", "--chunk-acc", "e5m10"]])
+                                  ["--inputs", "bf16", "--acc", "e4m3", "--chunk", "8", "--chunk-acc", "e5m10"],
+                                  ["--inputs", "e4m3", "--acc", "e4m4:sr"],
+                                  ["--inputs", "e4m3", "--acc", "e5m3:sr5:ftz", "--pipeline", "--chunk", "4",
+                                   "--chunk-acc", "fp16"]])
 def test_exported_verilog_passes_its_testbench_under_iverilog(tmp_path, args):
     rc, out = run_testbench(tmp_path, args)
     assert rc == 0 and "PASS: 1500 vectors" in out, out

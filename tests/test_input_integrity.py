@@ -81,6 +81,8 @@ def spec_text(tiny, **changes):
     (["--int-acc", "int16", "--seed", str(2**64)], "--seed: must be an integer in 0..2^63-1"),
     (["--acc", "e4m7", "--chunk", "0"], "--chunk: must be a positive integer"),
     (["--acc", "e4m7", "--chunk", "-16"], "--chunk: must be a positive integer"),
+    (["--acc", "e4m4:sr", "--sr-seed", "-1"], "--sr-seed: must be an integer in 0..4294967295, not -1"),
+    (["--acc", "e4m4:sr", "--sr-seed", str(2**32)], "--sr-seed: must be an integer in 0..4294967295"),
 ])
 def test_eval_numbers_out_of_range(tiny, capsys, extra, fragment):
     assert_one_line(*cli(capsys, *eval_args(tiny, *extra)), fragment)
@@ -171,6 +173,11 @@ def test_other_commands_refuse_repeated_options(capsys, args):
     (["--acc", "fp32", "--width", "8", "--align-bits", "8", "--chunk", "12"], "multiple of the unit's width 8"),
     (["--acc", "fp32", "--width", "8", "--align-bits", "8", "--product", "bf16"], "keeps its products exact"),
     (["--acc", "fp32", "--width", "32", "--align-bits", "48"], "would not be exact in float64"),
+    (["--acc", "e4m7", "--sr-seed", "3"], "--sr-seed applies to stochastically rounding accumulators"),
+    (["--acc", "e4m7:sr", "--width", "8", "--align-bits", "8"], "a dot-product unit rounds to nearest or toward"),
+    (["--acc", "e4m7", "--inputs", "e4m3:sr"], "inputs e4m3:sr: stochastic rounding is an accumulator mode"),
+    (["--acc", "e4m7:sr0"], "random_bits must be between 1 and 32, not 0"),
+    (["--acc", "fp32:sr32"], "the emulator rounds stochastically with M + R <= 50"),
 ])
 def test_eval_options_that_do_not_apply_are_refused(tiny, capsys, extra, fragment):
     assert_one_line(*cli(capsys, *eval_args(tiny, *extra)), fragment)

@@ -226,8 +226,20 @@ def test_study_finetunes_below_the_zero_shot_minima(tiny, tmp_path, monkeypatch)
             policy = _policy({"kind": "float", "acc": row["acc"], "inputs": "bf16", "chunk": None, "order": "im2col"})
             want = evaluate(convert(model, policy), data.load("cifar10", "test", root / "data"), indices=decision)
             assert row["finetuned"]["top1"] == want.top1
+            # the same accumulator rounding stochastically (docs/semantics.md §13), on that network too
+            sr = row["stochastic"]
+            assert sr["acc"] == "e4m2:sr" and sr["seed"] == spec.seed
+            sr_policy = _policy({"kind": "float", "acc": "e4m2:sr", "inputs": "bf16", "chunk": None,
+                                 "order": "im2col", "sr_seed": spec.seed})
+            want = evaluate(convert(model, sr_policy), data.load("cifar10", "test", root / "data"), indices=decision)
+            assert sr["finetuned"]["top1"] == want.top1 and sr["zero_shot"]["paired"]["n"] == 64
+            assert sr["gain"]["gain"] == pytest.approx(row["zero_shot"]["paired"]["drop"]
+                                                       - sr["zero_shot"]["paired"]["drop"])
+        assert all(("stochastic" in r) == (family == "fp") for r in entry["candidates"])
+        assert "stochastic" not in entry["control"]
     report = (out / "report.md").read_text()
     assert "### Fine-tuning through the accumulator" in report and "(control)" in report
+    assert "rounding stochastically" in report and "| e4m2:sr |" in report
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "finetuned").glob("*.pt")}
     again = run_study(spec, out, log=lambda *_: None)
     assert again["stats"]["computed"] == 0 and again["models"]["lenet5"]["finetune"] == tuned

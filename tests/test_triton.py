@@ -35,7 +35,8 @@ from test_matmul import (FLOAT64_TIES, STICKY_TIES, assert_same, configs,  # noq
 
 matmul_module = importlib.import_module("emulator.matmul")  # the module, not the function
 # inf - inf and the like inside the interpreter's numpy: the NaNs are intended
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +135,30 @@ def test_float_kernel_against_golden(acc):
     a, b = operands(cfg, 3, 17, 4, seed=7, specials=True)
     got = tk.triton_matmul(*on_device(a, b), cfg).cpu()
     assert_same(got, golden_matmul(a, b, cfg), f"triton {cfg}")
+
+
+@pytest.mark.parametrize("acc", ["e4m3:sr", "e5m2:sr4:ftz", "e3m2:sr3:sat", "e4m7:sr16", "e5m6b20:sr1",
+                                 "fp32:sr20"])
+@pytest.mark.parametrize("shape", [(3, 17, 5), (9, 11, 3)])  # the second: rows in the lanes
+def test_stochastic_kernel_equals_cpu_kernel_and_golden(acc, shape):
+    """docs/semantics.md §13 through the Triton kernel: the CPU kernel's bits (its start
+    states transposed with the problem) and the golden model's, with Inf/NaN operands,
+    product rounding and chunking."""
+    from emulator.stochastic import stochastic_states
+    from test_stochastic import below_a_double_operands, golden_sr
+
+    m, k, n = shape
+    for cfg in (AccumConfig(acc=acc, inputs="e4m3", seed=5), AccumConfig(acc=acc, inputs="bf16", product="e5m4",
+                                                                         chunk=4, chunk_acc="e5m7", seed=6)):
+        a, b = operands(cfg, m, k, n, seed=m * k, specials=True)
+        states = stochastic_states(cfg.seed, torch.arange(m), torch.arange(n))
+        got = tk.triton_sr_matmul(*on_device(a, b), cfg, states.to(DEVICE), tk.BlockConfig(4, 4, num_warps=1)).cpu()
+        assert identical(got, _cpu_matmul(a, b, cfg, states)), str(cfg)
+        assert_same(got, golden_sr(a, b, cfg, range(m)), f"triton {cfg}")
+    a, b, cfg = below_a_double_operands()
+    states = stochastic_states(cfg.seed, torch.arange(3), torch.arange(64))
+    got = tk.triton_sr_matmul(*on_device(a, b), cfg, states.to(DEVICE), tk.BlockConfig(4, 16, num_warps=1)).cpu()
+    assert identical(got, _cpu_matmul(a, b, cfg, states))
 
 
 def test_narrow_rare_cases_take_the_exact_path():
@@ -404,6 +429,13 @@ for name, w, bits, include, sticky, chunked in [("dpu_hopper", 32, 13, 1, 0, 0),
                                               **tk.format_constants(tk.FloatFormat(8, 23), "O"), "W": w, "L": bits,
                                               "INCLUDE": include, "STICKY": sticky, "CHUNKED": chunked, "WIDE": False,
                                               "BLOCK_M": 16, "BLOCK_N": 32})
+for name, cfg in [("stochastic", AccumConfig(acc="e4m4:sr")),
+                  ("stochastic_ftz_unfused_chunked", AccumConfig(acc="e5m3:sr12:ftz", product="e5m4", chunk=16))]:
+    out[name] = compile(tk._sr_matmul_kernel, {**ptr, "st_ptr": "*i64"},
+                        {**tk.format_constants(cfg.acc, "A"), **tk.format_constants(cfg.product or cfg.acc, "P"),
+                         **tk.format_constants(cfg.chunk_acc, "O"), "R": cfg.acc.random_bits,
+                         "HAS_PRODUCT": cfg.product is not None, "CHUNKED": cfg.chunk is not None, "WIDE": False,
+                         "BLOCK_M": 16, "BLOCK_N": 128})
 out["quantize"] = compile(tk._quantize_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32"},
                           {**tk.format_constants(tk.FloatFormat(4, 3), "F"), "BLOCK": 1024})
 print(json.dumps(out))
@@ -423,7 +455,7 @@ def test_kernels_compile_for_a_gpu_without_fused_or_flushed_arithmetic():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {"narrow", "narrow_checked", "narrow_int_rounding", "narrow_ftz_rz_chunked",
                            "wide_fast", "wide_unfused", "int_wrap", "int_sat_chunked", "quantize", "dpu_hopper",
-                           "dpu_apart_sticky_promoted"}
+                           "dpu_apart_sticky_promoted", "stochastic", "stochastic_ftz_unfused_chunked"}
     for name, info in result.items():
         assert info["cubin_bytes"] > 0, name
         assert info["fma"] == 0 and info["ftz"] == 0, (name, info)

@@ -1360,3 +1360,120 @@ void psum_dpu_matmul(const float *a, const float *bt, double *out, int64_t M, in
     }
     free(bp);
 }
+
+/* ---------------------------------------------------------------------------------
+ * Stochastic rounding of the accumulator (docs/semantics.md §13).
+ *
+ * Each output element has its own xorshift32 generator, started from states[i, j];
+ * every MAC step steps it and rounds with its top R bits. */
+
+static inline uint64_t sr_step(uint64_t x) /* 32-bit words in 64-bit lanes */
+{
+    x ^= (x << 13) & 0xffffffffu;
+    x ^= x >> 17;
+    return x ^ ((x << 5) & 0xffffffffu);
+}
+
+/* round_f(x + y), stochastically with the random integer rnd in [0, 2^R): the exact
+ * sum's magnitude truncated to R bits below the format's quantum 2^q, plus rnd, then
+ * truncated at 2^q. TwoSum gives hi + lo = the exact sum; the truncation only needs
+ * the floor of the magnitude on the grid 2^(q - R), never finer than the double's
+ * quantum when M + R <= 50 (the caller checks): with lo of the opposite sign the
+ * magnitude lies strictly between |hi| - 1 ulp and |hi|, so its floor is that of the
+ * double below |hi|. Written with selects only, so that the loops vectorize. */
+static inline double sr_sum_round(double x, double y, int64_t rnd, const psum_fmt f, int64_t R)
+{
+    double lo, hi = two_sum(x, y, &lo);
+    uint64_t u = bits_of(hi), ul = bits_of(lo);
+    int64_t a = (int64_t)(u & ~PSUM_SIGN);
+    int64_t below = ((ul & ~PSUM_SIGN) != 0) & (int64_t)((ul ^ u) >> 63);
+    int64_t t = a - below;                           /* floor pattern of the magnitude */
+    int64_t exp_field = t >> 52;
+    int64_t normal = exp_field != 0;
+    int64_t sig = normal ? ((t & ((INT64_C(1) << 52) - 1)) | (INT64_C(1) << 52)) : t;
+    int64_t qd = normal ? exp_field - 1075 : -1074;  /* the double's quantum at t */
+    int64_t lead = normal ? exp_field - 1023 : (int64_t)(bits_of((double)t) >> 52) - 2097;
+    int64_t q = ((f.subnormals & (lead < f.emin)) ? f.emin : lead) - f.man_bits;
+    int64_t d = q - R - qd;
+    d = d < 0 ? 0 : (d > 63 ? 63 : d); /* d < 0 only for flush-to-zero results below 2^-1022 */
+    int64_t n = ((sig >> d) + rnd) >> R;
+    int64_t qc = q < -1074 ? -1074 : q;
+    int64_t tiny = qc < -1022; /* 2^q is a subnormal double: scale by 2^(q + 64), then 2^-64 */
+    double scale = double_of((uint64_t)(qc + 1023 + 64 * tiny) << 52);
+    /* n * 2^q, exact (a value of f, or 2^(emax+1)), in both products */
+    uint64_t r = bits_of((double)n * scale * (tiny ? 0x1p-64 : 1.0));
+    r = (f.subnormals | (r >= (uint64_t)f.min_normal_abs)) ? r : 0; /* flush, after rounding */
+    r = r > (uint64_t)f.max_abs ? (uint64_t)f.overflow_abs : r;
+    uint64_t out = (u & PSUM_SIGN) | r;
+    out = a == 0 ? u : out; /* an exact zero sum: the double's signed zero */
+    out = a == (int64_t)PSUM_INF ? ((u & PSUM_SIGN) | (uint64_t)f.inf_abs) : out;
+    out = a > (int64_t)PSUM_INF ? (uint64_t)f.nan_result : out;
+    return double_of(out);
+}
+
+/* One run of MAC steps k in [k0, k1) for a row: acc[j] = sr_round(acc[j] + a[k] b[k, j]). */
+__attribute__((noinline)) static void sr_run(double *restrict acc, uint64_t *restrict st, const float *restrict arow,
+                   const float *restrict b, int64_t N, int64_t k0, int64_t k1, const psum_mac *m,
+                   int64_t R)
+{
+    const psum_fmt fa = m->acc, fp = m->product;
+    const int shift = (int)(32 - R);
+    for (int64_t k = k0; k < k1; k++) {
+        const double av = arow[k];
+        const float *restrict brow = b + k * N;
+        if (m->has_product) {
+            for (int64_t j = 0; j < N; j++) {
+                double p = double_of(round_bits(bits_of(av * (double)brow[j]), 0, fp));
+                uint64_t s = sr_step(st[j]);
+                st[j] = s;
+                acc[j] = sr_sum_round(acc[j], p, (int64_t)(s >> shift), fa, R);
+            }
+        } else {
+            for (int64_t j = 0; j < N; j++) {
+                uint64_t s = sr_step(st[j]);
+                st[j] = s;
+                acc[j] = sr_sum_round(acc[j], av * (double)brow[j], (int64_t)(s >> shift), fa, R);
+            }
+        }
+    }
+}
+
+/* out[i, j] = the sequential dot product of a's row i and b's column j with a
+ * stochastically rounding accumulator whose generator starts at states[i, j]; chunked
+ * into the outer format (to nearest) every C terms when m->chunk > 0. a (M, K), b (K,
+ * N) float32 holding values of the input formats (products exact in double); out,
+ * states (M, N). Rows are spread over the threads. */
+void psum_matmul_sr(const float *a, const float *b, double *out, const uint32_t *states,
+                    int64_t M, int64_t N, int64_t K, const psum_mac *mp, int64_t R, int threads)
+{
+    const psum_mac m = *mp;
+    const int64_t step = m.chunk > 0 ? m.chunk : (K > 0 ? K : 1);
+#pragma omp parallel num_threads(threads)
+    {
+        double *acc = malloc((size_t)(N > 0 ? N : 1) * sizeof(double));
+        double *outer = malloc((size_t)(N > 0 ? N : 1) * sizeof(double));
+        uint64_t *st = malloc((size_t)(N > 0 ? N : 1) * sizeof(uint64_t));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < M; i++) {
+            for (int64_t j = 0; j < N; j++)
+                st[j] = states[i * N + j];
+            for (int64_t j = 0; j < N; j++)
+                acc[j] = outer[j] = 0.0;
+            for (int64_t k0 = 0; k0 < K; k0 += step) {
+                int64_t k1 = k0 + step < K ? k0 + step : K;
+                if (m.chunk > 0)
+                    for (int64_t j = 0; j < N; j++)
+                        acc[j] = 0.0;
+                sr_run(acc, st, a + i * K, b, N, k0, k1, &m, R);
+                if (m.chunk > 0)
+                    for (int64_t j = 0; j < N; j++)
+                        outer[j] = two_sum_round(outer[j], acc[j], m.outer);
+            }
+            for (int64_t j = 0; j < N; j++)
+                out[i * N + j] = m.chunk > 0 ? outer[j] : acc[j];
+        }
+        free(acc);
+        free(outer);
+        free(st);
+    }
+}

@@ -71,6 +71,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_word(text: str) -> int:
+    """A 32-bit seed: 0..2^32-1."""
+    value = _integer(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{2**32 - 1}, not {value}")
+    return value
+
+
 def nonnegative_int(text: str) -> int:
     value = _integer(text)
     if value < 0:

@@ -8,7 +8,8 @@ import json
 import sys
 
 from psum.cli._common import (UsageError, check_unit_options, command, dataset_arg, given, image_limit, option,
-                              parse_spec, positive_float, positive_int, preprocessing_options, seed, unit_options)
+                              parse_spec, positive_float, positive_int, preprocessing_options, seed, seed_word,
+                              unit_options)
 from psum.formats import FloatFormat, IntFormat
 
 
@@ -141,6 +142,11 @@ def _check_applicable(args: argparse.Namespace, overrides: dict[str, str]) -> No
         if IntFormat not in kinds:
             raise UsageError(f"{option(name)} applies to integer accumulators (--int-acc), and none is asked for")
     check_unit_options(args)
+    specs = (args.acc or []) + [s for s in overrides.values() if s != "float"]
+    stochastic = any(isinstance(f := parse_spec(s), FloatFormat) and f.rounding == "stochastic" for s in specs)
+    if given(args, "sr_seed") and not stochastic:
+        raise UsageError("--sr-seed applies to stochastically rounding accumulators (an --acc with :sr), "
+                         "and none is asked for")
     if given(args, "chunk_acc") and args.chunk is None:
         raise UsageError("--chunk-acc applies to chunked accumulation: give --chunk too")
     if args.chunk_acc is not None:
@@ -169,7 +175,7 @@ def accum_config(args: argparse.Namespace, fmt, where: str):
                                                              args.sticky)
             cfg = AccumConfig(acc=fmt, inputs=args.inputs or "bf16", weights=args.weights,
                               product=args.product, chunk=args.chunk, chunk_acc=args.chunk_acc or "fp32",
-                              order=args.order, unit=unit)
+                              order=args.order, unit=unit, seed=args.sr_seed)
         check_config(cfg)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{where}: {exc}") from None
@@ -337,6 +343,8 @@ def mac_options(p: argparse.ArgumentParser) -> None:
                    "int32 for integer ones)")
     unit_options(p)
     p.add_argument("--order", default="im2col", choices=["im2col", "nhwc"], help="(default im2col)")
+    p.add_argument("--sr-seed", type=seed_word, default=0, help="seed of a stochastically rounding accumulator's "
+                   "generators (an --acc with :sr or :srR; docs/semantics.md §13), 0..2^32-1 (default 0)")
 
 
 #: What MODEL may be, in every command's help.
