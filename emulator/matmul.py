@@ -117,24 +117,28 @@ def check_config(cfg: AccumConfig | IntAccumConfig, out_dtype: torch.dtype = tor
 def matmul(a: torch.Tensor, b: torch.Tensor, acc: FloatFormat | str = "fp32", *,
            inputs: FloatFormat | str = "bf16", weights: FloatFormat | str | None = None,
            product: FloatFormat | str | None = None, chunk: int | None = None,
-           chunk_acc: FloatFormat | str = "fp32") -> torch.Tensor:
+           chunk_acc: FloatFormat | str = "fp32", seed: int = 0) -> torch.Tensor:
     """``a @ b`` with every MAC in the given formats (docs/semantics.md §4-5).
 
     ``a`` (..., K) is rounded to ``inputs`` and ``b`` (K, N) to ``weights`` (default
     ``inputs``); each output element is the sequential dot product over k = 0..K-1,
     products exact (or rounded to ``product``), partial sums rounded to ``acc`` after
-    every add, chunked into ``chunk_acc`` every ``chunk`` terms when given. Returns
-    (..., N) in ``a``'s dtype (float32 or float64), holding values of the accumulator
-    (or ``chunk_acc``) format.
+    every add, chunked into ``chunk_acc`` every ``chunk`` terms when given. An ``acc``
+    that rounds stochastically (``"e4m4:sr"``) gives output (..., i, j) the generator
+    ``stochastic_state(seed, i, j)`` (docs/semantics.md §13). Returns (..., N) in
+    ``a``'s dtype (float32 or float64), holding values of the accumulator (or
+    ``chunk_acc``) format.
 
     >>> ones = torch.ones(1, 64)
     >>> matmul(ones, ones.T, "e4m3"), matmul(ones, ones.T, "fp32")  # e4m3 stagnates at 16
     (tensor([[16.]]), tensor([[64.]]))
     >>> matmul(ones, ones.T, "e4m3", chunk=8)  # chunks of 8 into fp32
     tensor([[64.]])
+    >>> matmul(ones, ones.T, "e4m3:sr"), matmul(ones, ones.T, "e4m3:sr", seed=1)  # stochastic: no stagnation
+    (tensor([[56.]]), tensor([[64.]]))
     """
     cfg = AccumConfig(acc=acc, inputs=inputs, weights=weights, product=product, chunk=chunk,
-                      chunk_acc=chunk_acc)
+                      chunk_acc=chunk_acc, seed=seed)
     return emulated_matmul(a, b, cfg)
 
 
@@ -147,7 +151,8 @@ def emulated_matmul(a: torch.Tensor, b: torch.Tensor, cfg: AccumConfig) -> torch
     a2 = quantize(a.detach().reshape(math.prod(lead), k), cfg.inputs).float()  # (M, K)
     b2 = quantize(b.detach(), cfg.weights).float()  # (K, N)
     if cfg.acc.rounding == "stochastic":  # the generators' start states (docs/semantics.md §13)
-        states = stochastic.stochastic_states(cfg.seed, stochastic.row_indices(a.shape), torch.arange(b.shape[1])).to(a.device)
+        rows, cols = stochastic.row_indices(a.shape), torch.arange(b.shape[1])
+        states = stochastic.stochastic_states(cfg.seed, rows, cols).to(a.device)
         return kernel(a2, b2, cfg, states).to(a.dtype).reshape(*lead, b.shape[1])
     if kernel is _cpu_matmul and a.dtype == torch.float32:  # the kernel writes float32 itself
         return _cpu_matmul(a2, b2, cfg, dtype=torch.float32).reshape(*lead, b.shape[1])

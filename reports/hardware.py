@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (a MAC is built to key its stored row; only a MAC not yet costed is elaborated)
 """The study's silicon: synthesis and energy per MAC of every MAC the searches name.
 
 Each unit is synthesized (``synth.flow``) on the study's Liberty library, and its
@@ -34,7 +36,8 @@ def library(spec: StudySpec):
 
 def units(spec: StudySpec, found: dict) -> list[dict]:
     """The MACs a model's searches name: the references, every FP and INT minimum (the
-    fine-tuned ones too), and per chunk size the chunked MAC with an fp32 outer and with
+    fine-tuned ones too, and the FP candidates rounding stochastically beside their
+    nearest-even MACs), and per chunk size the chunked MAC with an fp32 outer and with
     the narrowest outer."""
     fp = {("fp32", None, None)}
     for summary in found["fp"].values():
@@ -53,6 +56,9 @@ def units(spec: StudySpec, found: dict) -> list[dict]:
     tuned = found.get("finetune", {})  # the fine-tuned minima (reports.finetune)
     if tuned.get("fp"):
         fp.add((tuned["fp"]["finetuned_minimum"], *spec.main_chunk()))
+        for row in tuned["fp"]["candidates"]:  # the stochastically rounding candidates, and their nearest-even
+            if row.get("stochastic"):
+                fp |= {(row["stochastic"]["acc"], *spec.main_chunk()), (row["acc"], *spec.main_chunk())}
     if tuned.get("int"):
         ints.add(tuned["int"]["finetuned_minimum"])
     rows = [{"family": "fp", "acc": a, "chunk": c, "chunk_acc": o} for a, c, o in sorted(fp, key=str)]

@@ -387,7 +387,7 @@ def _finetune(found: dict, spec) -> list[str]:
                          f"| {g['gain']:+.2f} [{g['gain_ci95'][0]:+.2f}, {g['gain_ci95'][1]:+.2f}] "
                          f"| {'yes' if row['finetuned']['within'][str(tol)] else 'no'} "
                          f"| {row['train_seconds'] if row['train_seconds'] is not None else '-'} |")
-    lines += _stochastic(f, tol)
+    lines += _stochastic(found, spec, f, tol)
     lines += ["", "| family | zero-shot minimum | fine-tuned minimum | area um^2 | pJ/MAC | area ratio | energy ratio |",
               "|---|---|---|---|---|---|---|"]
     for family in ("fp", "int"):
@@ -404,21 +404,29 @@ def _finetune(found: dict, spec) -> list[str]:
     return lines + [""]
 
 
-def _stochastic(f: dict, tol: float) -> list[str]:
-    """The FP candidates with their accumulator rounding stochastically (reports.finetune)."""
-    rows = [row["stochastic"] for row in (f.get("fp") or {}).get("candidates", []) if row.get("stochastic")]
+def _stochastic(found: dict, spec, f: dict, tol: float) -> list[str]:
+    """The FP candidates with their accumulator rounding stochastically (reports.finetune),
+    with the MAC's cost beside the nearest-even one's."""
+    rows = [(row["acc"], row["stochastic"]) for row in (f.get("fp") or {}).get("candidates", [])
+            if row.get("stochastic")]
     if not rows:
         return []
+    first = rows[0][1]
     lines = ["", "The same FP accumulators rounding stochastically (docs/semantics.md §13; "
-             f"{parse(rows[0]['acc']).random_bits} random bits, generators seeded {rows[0]['seed']}), on the trained and on the "
-             "fine-tuned network; *gain*: stochastic against nearest-even zero-shot, paired.", "",
-             "| accumulator | zero-shot drop | within tol | on the fine-tuned network | within tol | gain over nearest-even |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
+             f"{parse(first['acc']).random_bits} random bits, generators seeded {first['seed']}), on the trained and "
+             "on the fine-tuned network; *gain*: stochastic against nearest-even zero-shot, paired; the MAC with its "
+             "generator against the nearest-even MAC of the same width.", "",
+             "| accumulator | zero-shot drop | within tol | on the fine-tuned network | within tol "
+             "| gain over nearest-even | area um^2 | pJ/MAC | area ratio | energy ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for nearest, row in rows:
         g = row["gain"]
+        hs, hn = _main_fp(found, spec, row["acc"]), _main_fp(found, spec, nearest)
+        cost = f"{hs['area_um2']:.0f} | {hs['energy_pj']:.3f}" if hs else "- | -"
         lines.append(f"| {row['acc']} | {_drop(row['zero_shot'])} | {'yes' if row['zero_shot']['within'][str(tol)] else 'no'} "
                      f"| {_drop(row['finetuned'])} | {'yes' if row['finetuned']['within'][str(tol)] else 'no'} "
-                     f"| {g['gain']:+.2f} [{g['gain_ci95'][0]:+.2f}, {g['gain_ci95'][1]:+.2f}] |")
+                     f"| {g['gain']:+.2f} [{g['gain_ci95'][0]:+.2f}, {g['gain_ci95'][1]:+.2f}] | {cost} "
+                     f"| {_ratio(hs, hn, 'area_um2')} | {_ratio(hs, hn, 'energy_pj')} |")
     return lines
 
 

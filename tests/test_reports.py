@@ -252,6 +252,9 @@ def test_finetuned_minima_are_costed():
     spec = StudySpec(operand_formats=[], chunk_sizes=[])
     found = {"fp": {4: {"minima": {"0.5": "e4m5", "1.0": "e4m4"}}}, "int": {"wrap seed 0": {"minima": {"0.5": "int18",
                                                                                                      "1.0": "int17"}}},
-             "finetune": {"fp": {"finetuned_minimum": "e4m2"}, "int": {"finetuned_minimum": "int15"}}}
+             "finetune": {"fp": {"finetuned_minimum": "e4m2",
+                                 "candidates": [{"acc": "e4m3", "stochastic": {"acc": "e4m3:sr"}}, {"acc": "e4m1"}]},
+                          "int": {"finetuned_minimum": "int15"}}}
     named = {(u["family"], u["acc"]) for u in units(spec, found)}
-    assert {("fp", "e4m2"), ("int", "int15"), ("fp", "e4m5"), ("int", "int18")} <= named
+    assert {("fp", "e4m2"), ("int", "int15"), ("fp", "e4m5"), ("int", "int18"), ("fp", "e4m3:sr"),
+            ("fp", "e4m3")} <= named and ("fp", "e4m1") not in named

@@ -423,3 +423,55 @@ def test_eval_runs_a_stochastic_accumulator_reproducibly_and_records_its_seed(tm
     first, again = results["1"]
     assert first["policy"] == "acc=e3m2:sr2 inputs=e4m3 seed=1" and results["2"][0]["policy"].endswith("seed=2")
     assert first["correct"] == again["correct"] and first["total"] == 48
+
+
+def test_gate_level_netlist_computes_the_golden_model_and_its_generator_switches(monkeypatch):
+    """The synthesized stochastic MAC (Yosys, the embedded library) runs a program with
+    seeds bit for bit as the golden model; the power simulation drives each lane's
+    seed, so the generator toggles (with seed 0 it would sit still)."""
+    from hwgen.mac import FloatMAC
+    from hwgen.verify import expected, random_program
+    from synth import power
+    from synth.flow import synthesize
+    from synth.liberty import embedded
+    from synth.netlist import GateSimulator, Netlist
+    from synth.power import pack_lanes
+
+    mac = FloatMAC("e4m3", "e3m2:sr3")
+    result = synthesize(mac)
+    program = random_program(mac, 300, seed=8)
+    sim = GateSimulator(Netlist(result.netlist, embedded()), 1)
+    seen = []
+    for a, b, en, clear, seed in program + [(0, 0, 0, 0, 1)]:
+        ports = {name: pack_lanes(np.full((64, 1), value, dtype=np.uint64), len(sim.net.ports[name][1]))[0]
+                 for name, value in (("a", a), ("b", b), ("seed", seed))}
+        ports |= {"en": [sim.ones if en else sim.zero], "clear": [sim.ones if clear else sim.zero]}
+        sim.step(ports, sim.ones)
+        seen.append(sum(int(bit) << i for i, bit in enumerate(sim.read("acc")[:, 0] & np.uint64(1))))
+    assert seen[1:] == expected(mac, program)
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (128, 16), dtype=np.uint64), rng.integers(0, 256, (128, 16), dtype=np.uint64)
+    driven = power.estimate_energy(result.netlist, embedded(), a, b, unit=mac.describe(), operands="uniform")
+    monkeypatch.setattr(power, "_lane_seeds", lambda lanes: np.zeros(lanes, dtype=np.uint64))
+    still = power.estimate_energy(result.netlist, embedded(), a, b, unit=mac.describe(), operands="uniform")
+    assert driven.switching_pj > still.switching_pj
+
+
+def test_training_sees_the_stochastic_bits_and_the_float_gradient():
+    """docs/semantics.md §12 with §13: the training forward is inference's bits (same
+    generators), the backward the float layer's gradient."""
+    torch.manual_seed(1)
+    cfg = AccumConfig(acc="e4m3:sr3", inputs="bf16", seed=4)
+    for layer, x in ((EmulatedConv2d(2, 3, 3, config=cfg), torch.randn(2, 2, 5, 5)),
+                     (EmulatedLinear(10, 4, config=cfg), torch.randn(3, 10))):
+        torch.nn.init.normal_(layer.weight, std=0.5)
+        with torch.no_grad():
+            want = layer(x)
+        x = x.clone().requires_grad_(True)
+        y = layer(x)
+        assert torch.equal(y.detach(), want)
+        y.square().sum().backward()  # dL/dy = 2y, through the float layer
+        float_x = x.detach().clone().requires_grad_(True)
+        (layer._float(float_x, layer.weight.detach(), layer.bias.detach()) * (2 * y.detach())).sum().backward()
+        assert torch.allclose(x.grad, float_x.grad)
