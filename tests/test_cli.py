@@ -31,6 +31,11 @@ def test_format_table_and_json(capsys):
     assert rows[1]["max_finite"] == (2 - 2**-10) * 2.0 ** (31 - 12)
     assert rows[2] == {"spec": "int8", "kind": "int", "bits": 8, "signed": True,
                        "overflow": "wrap", "min": -128, "max": 127}
+    assert rows[0]["random_bits"] is None
+    assert main(["format", "e4m4:sr12"]) == 0 and "| stochastic (R=12) |" in capsys.readouterr().out
+    assert main(["format", "--json", "e4m4:sr"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["rounding"], row["random_bits"]) == ("stochastic", 8)
 
 
 def test_candidates(capsys):

@@ -33,6 +33,7 @@ def format_properties(fmt: FloatFormat | IntFormat) -> dict:
         "overflow": fmt.overflow,
         "subnormals": fmt.subnormals,
         "rounding": fmt.rounding,
+        "random_bits": fmt.random_bits,
         "has_inf": fmt.has_inf,
         "has_nan": fmt.has_nan,
     }
@@ -54,6 +55,11 @@ _COLUMNS = [  # (header, key, how to show)
 ]
 
 
+def _rounding(row: dict) -> str:
+    """The rounding mode, with a stochastic rounding's random bits."""
+    return row["rounding"] + (f" (R={row['random_bits']})" if row.get("random_bits") else "")
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table of format properties (integer formats show their range)."""
     lines = [[h for h, _, _ in _COLUMNS]]
@@ -63,7 +69,7 @@ def format_table(rows: list[dict]) -> str:
                      "-", "-", "1", f"{row['bits'] - 1 if row['signed'] else row['bits']}.0",
                      row["overflow"], "-"]
         else:
-            cells = [show(row[key]) for _, key, show in _COLUMNS]
+            cells = [show(row[key]) for _, key, show in _COLUMNS[:-1]] + [_rounding(row)]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
     out = []
