@@ -3,8 +3,9 @@ expected outputs, and simulation with Amaranth's simulator.
 
 A *program* is a list of ``(a, b, en, clear)`` tuples, one per clock cycle (a, b as bit
 patterns); a MAC whose accumulator rounds stochastically takes ``(a, b, en, clear,
-seed)``, ``seed`` its generator's start state (docs/semantics.md §13). :func:`expected` gives, for each cycle, the ``acc`` the port contract
-promises after that cycle's rising edge; :func:`simulate` gives what the unit does.
+seed)``, ``seed`` its generator's start state (docs/semantics.md §13).
+:func:`expected` gives, for each cycle, the ``acc`` the port contract promises after
+that cycle's rising edge; :func:`simulate` gives what the unit does.
 """
 
 from __future__ import annotations
