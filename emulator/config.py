@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from psum.formats import FloatFormat, IntFormat, parse
+from psum.formats import FloatFormat, IntFormat, not_stochastic, parse
 
 __all__ = ["AccumConfig", "IntAccumConfig", "DotUnit", "ORDERS"]
 
@@ -148,9 +148,7 @@ def _check_stochastic(cfg: AccumConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2^32), not {seed!r}")
     for name in ("inputs", "weights", "product", "chunk_acc"):
-        fmt = getattr(cfg, name)
-        if fmt is not None and fmt.rounding == "stochastic":
-            raise ValueError(f"{name} {fmt}: stochastic rounding is an accumulator mode (docs/semantics.md §13)")
+        not_stochastic(getattr(cfg, name), name)
     if cfg.acc.rounding != "stochastic":
         object.__setattr__(cfg, "seed", 0)
     elif cfg.unit is not None:

@@ -20,7 +20,7 @@ from emulator import _native
 from emulator.config import AccumConfig, IntAccumConfig
 from emulator.quantize import quantize
 from emulator import stochastic
-from psum.formats import FloatFormat, IntFormat
+from psum.formats import FloatFormat, IntFormat, not_stochastic
 
 __all__ = ["matmul", "int_matmul", "matmul_reference", "int_matmul_reference",
            "register_backend", "round_sum", "check_config", "kernel_path", "exact_int_sum"]
@@ -402,7 +402,7 @@ def round_sum(x: torch.Tensor, y: torch.Tensor, fmt: FloatFormat) -> torch.Tenso
     error) and rounded with ``lo`` as the sticky bit, which is correct rounding of
     the exact sum (docs/semantics.md §4).
     """
-    stochastic.refuse_stochastic(fmt, "format")
+    not_stochastic(fmt, "format")
     hi = x + y
     back = hi - x
     lo = (x - (hi - back)) + (y - back)

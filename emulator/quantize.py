@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from emulator import _native
-from emulator.stochastic import refuse_stochastic
-from psum.formats import FloatFormat, parse
+from psum.formats import FloatFormat, not_stochastic, parse
 
 __all__ = ["quantize", "to_bits"]
 
@@ -52,7 +51,7 @@ def quantize(t: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
     Returns a new tensor holding values of ``fmt`` (NaN results as float NaN).
     """
     fmt = as_float_format(fmt)
-    refuse_stochastic(fmt, "quantize's format")
+    not_stochastic(fmt, "quantize's format")
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"quantize takes a torch.Tensor, not {type(t).__name__}")
     if t.dtype not in _KERNELS:

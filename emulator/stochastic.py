@@ -9,20 +9,15 @@ the kernels' bit-pattern one. The matmul reference runs it step by step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from psum.formats import FloatFormat
 
-__all__ = ["stochastic_states", "step", "draw", "sr_round_sum", "row_indices", "refuse_stochastic"]
+__all__ = ["stochastic_states", "step", "draw", "sr_round_sum", "row_indices"]
 
 _MASK32 = (1 << 32) - 1
-
-
-def refuse_stochastic(fmt: FloatFormat, role: str) -> None:
-    """Only a MAC's accumulator rounds stochastically (it owns the random source)."""
-    if isinstance(fmt, FloatFormat) and fmt.rounding == "stochastic":
-        raise ValueError(f"{role} {fmt}: stochastic rounding is an accumulator mode (docs/semantics.md "
-                         "§13); round it to nearest or toward zero")
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -58,11 +53,7 @@ def row_indices(shape: torch.Size) -> torch.Tensor:
     """The §13 row of each flattened leading index of an ``a`` of ``shape`` (..., K):
     its index along the second-to-last dimension (0 for a 1-D ``a``)."""
     lead = shape[:-1]
-    count = 1
-    for size in lead:
-        count *= size
-    period = lead[-1] if lead else 1
-    return torch.arange(count) % max(period, 1)
+    return torch.arange(math.prod(lead)) % max(lead[-1] if lead else 1, 1)
 
 
 def step(states: torch.Tensor) -> torch.Tensor:

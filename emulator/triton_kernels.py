@@ -257,6 +257,19 @@ def _general_step(acc, at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE: tl.constexpr,
                   P_HALFS: tl.constexpr, P_FTZUP: tl.constexpr, P_NAN: tl.constexpr):
     """acc (float64) after the MAC step of term k: products exact in float64 (rounded
     to the product format when there is one), the sum correctly rounded."""
+    p = _term(at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE, HAS_PRODUCT, P_MAN, P_EMIN, P_SUB, P_NE, P_MAX,
+              P_OVF, P_INF, P_MINN, P_MINS, P_HALFS, P_FTZUP, P_NAN)
+    return _two_sum_round(acc, p, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF, A_INF, A_MINN,
+                          A_MINS, A_HALFS, A_FTZUP, A_NAN)
+
+
+@triton.jit
+def _term(at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE: tl.constexpr, HAS_PRODUCT: tl.constexpr,
+          P_MAN: tl.constexpr, P_EMIN: tl.constexpr, P_SUB: tl.constexpr, P_NE: tl.constexpr,
+          P_MAX: tl.constexpr, P_OVF: tl.constexpr, P_INF: tl.constexpr, P_MINN: tl.constexpr,
+          P_MINS: tl.constexpr, P_HALFS: tl.constexpr, P_FTZUP: tl.constexpr, P_NAN: tl.constexpr):
+    """The tile's products of term k in float64: exact, or rounded to the product
+    format when there is one."""
     kk = _index(k, WIDE)
     av = tl.load(at_ptr + kk * MP + rm).to(tl.float64)
     bw = tl.load(b_ptr + kk * NP + rn).to(tl.float64)
@@ -265,8 +278,7 @@ def _general_step(acc, at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE: tl.constexpr,
         p = _round_bits(p.to(tl.int64, bitcast=True), tl.zeros(p.shape, tl.int64), P_MAN,
                         P_EMIN, P_SUB, P_NE, P_MAX, P_OVF, P_INF, P_MINN, P_MINS, P_HALFS,
                         P_FTZUP, P_NAN).to(tl.float64, bitcast=True)
-    return _two_sum_round(acc, p, A_MAN, A_EMIN, A_SUB, A_NE, A_MAX, A_OVF, A_INF, A_MINN,
-                          A_MINS, A_HALFS, A_FTZUP, A_NAN)
+    return p
 
 
 @triton.jit
@@ -576,14 +588,8 @@ def _sr_matmul_kernel(
         k1 = tl.minimum(k0 + CHUNK, K)
         acc = tl.zeros_like(acc)
         for k in range(k0, k1):
-            kk = _index(k, WIDE)
-            av = tl.load(at_ptr + kk * MP + rm).to(tl.float64)
-            bw = tl.load(b_ptr + kk * NP + rn).to(tl.float64)
-            p = av[:, None] * bw[None, :]
-            if HAS_PRODUCT:
-                p = _round_bits(p.to(tl.int64, bitcast=True), tl.zeros(p.shape, tl.int64), P_MAN,
-                                P_EMIN, P_SUB, P_NE, P_MAX, P_OVF, P_INF, P_MINN, P_MINS, P_HALFS,
-                                P_FTZUP, P_NAN).to(tl.float64, bitcast=True)
+            p = _term(at_ptr, b_ptr, k, MP, NP, rm, rn, WIDE, HAS_PRODUCT, P_MAN, P_EMIN, P_SUB, P_NE,
+                      P_MAX, P_OVF, P_INF, P_MINN, P_MINS, P_HALFS, P_FTZUP, P_NAN)
             state = state ^ ((state << 13) & 0xFFFFFFFF)
             state = state ^ (state >> 17)
             state = state ^ ((state << 5) & 0xFFFFFFFF)

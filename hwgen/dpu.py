@@ -20,9 +20,10 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hwgen.mac import _decoded, _float_format, _nearest, add_and_round, exact_product
+from hwgen.mac import _decoded, _float_format, add_and_round, exact_product
 from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_shape
 from psum import golden
+from psum.formats import not_stochastic
 
 __all__ = ["DotProductUnit"]
 
@@ -48,9 +49,9 @@ class DotProductUnit(wiring.Component):
 
     def __init__(self, inputs="bf16", acc="fp32", *, width: int, align_bits: int, include_acc: bool = True,
                  sticky: bool = False, weights=None):
-        self.inputs = _nearest(_float_format(inputs, "inputs"), "inputs")
-        self.weights = self.inputs if weights is None else _nearest(_float_format(weights, "weights"), "weights")
-        self.acc_format = _nearest(_float_format(acc, "acc"), "a dot-product unit's acc")
+        self.inputs = not_stochastic(_float_format(inputs, "inputs"), "inputs")
+        self.weights = self.inputs if weights is None else not_stochastic(_float_format(weights, "weights"), "weights")
+        self.acc_format = not_stochastic(_float_format(acc, "acc"), "a dot-product unit's acc")
         if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
             raise ValueError(f"width must be an integer from 1 to 64, not {width!r}")
         if isinstance(align_bits, bool) or not isinstance(align_bits, int) or not 0 <= align_bits <= 64:

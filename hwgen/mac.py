@@ -24,7 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from psum import golden
-from psum.formats import FloatFormat, IntFormat, parse
+from psum.formats import FloatFormat, IntFormat, not_stochastic, parse
 from hwgen.pieces import Aligner, FloatDecoder, Normalizer, Rounder, exponent_shape
 
 __all__ = ["FloatMAC", "IntMAC", "HWGEN_VERSION", "add_and_round", "encode", "exact_product", "xorshift32"]
@@ -42,13 +42,6 @@ def _float_format(value, role: str) -> FloatFormat:
         raise ValueError(f"{role} must be a floating-point format, not {fmt}")
     if not (_EXP_RANGE[0] <= fmt.exp_bits <= _EXP_RANGE[1] and _MAN_RANGE[0] <= fmt.man_bits <= _MAN_RANGE[1]):
         raise ValueError(f"{role} {fmt}: hwgen supports 2 <= E <= 8 and 0 <= M <= 23")
-    return fmt
-
-
-def _nearest(fmt: FloatFormat, role: str) -> FloatFormat:
-    """Only the accumulator rounds stochastically (docs/semantics.md §13)."""
-    if fmt.rounding == "stochastic":
-        raise ValueError(f"{role} {fmt}: stochastic rounding is an accumulator mode (docs/semantics.md §13)")
     return fmt
 
 
@@ -172,15 +165,15 @@ class FloatMAC(wiring.Component):
 
     def __init__(self, inputs="bf16", acc="fp32", *, weights=None, product=None, pipeline=False,
                  chunk=None, chunk_acc="fp32"):
-        self.inputs = _nearest(_float_format(inputs, "inputs"), "inputs")
-        self.weights = self.inputs if weights is None else _nearest(_float_format(weights, "weights"), "weights")
+        self.inputs = not_stochastic(_float_format(inputs, "inputs"), "inputs")
+        self.weights = self.inputs if weights is None else not_stochastic(_float_format(weights, "weights"), "weights")
         self.acc_format = _float_format(acc, "acc")
-        self.product = None if product is None else _nearest(_float_format(product, "product"), "product")
+        self.product = None if product is None else not_stochastic(_float_format(product, "product"), "product")
         self.pipeline = bool(pipeline)
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk must be a positive integer or None, not {chunk!r}")
         self.chunk = chunk
-        self.chunk_acc = _nearest(_float_format(chunk_acc, "chunk_acc"), "chunk_acc") if chunk else None
+        self.chunk_acc = not_stochastic(_float_format(chunk_acc, "chunk_acc"), "chunk_acc") if chunk else None
         out_fmt = self.chunk_acc or self.acc_format
         ports = {"a": In(self.inputs.bits), "b": In(self.weights.bits), "en": In(1), "clear": In(1),
                  "acc": Out(out_fmt.bits)}

@@ -42,6 +42,7 @@ __all__ = [
     "ROUNDING_MODES",
     "INT_OVERFLOW_MODES",
     "DEFAULT_RANDOM_BITS",
+    "not_stochastic",
 ]
 
 OVERFLOW_MODES = ("inf", "saturate")
@@ -85,6 +86,15 @@ def bias_range(exp_bits: int, man_bits: int, overflow: str = "inf") -> tuple[int
     top = (1 << exp_bits) - (2 if overflow == "inf" else 1)  # the top finite exponent code
     low_exp, high_exp = _FLOAT64_EXP_RANGE
     return top - high_exp, 1 - man_bits - low_exp
+
+
+def not_stochastic(fmt, role: str):
+    """``fmt``, unless it rounds stochastically: only a MAC's accumulator does, since
+    it owns the random source (docs/semantics.md §13). ``role`` names ``fmt`` in the
+    one-line error."""
+    if isinstance(fmt, FloatFormat) and fmt.rounding == "stochastic":
+        raise ValueError(f"{role} {fmt}: stochastic rounding is an accumulator mode (docs/semantics.md §13)")
+    return fmt
 
 
 def _check_bias(fmt: "FloatFormat") -> None:
